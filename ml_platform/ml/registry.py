@@ -1,0 +1,197 @@
+"""Log, register and look up model versions in the MLflow registry.
+
+A registered version is self-contained: the skops-serialised sklearn model,
+its signature, explicit pip requirements, and as extra files the dataset spec
+(``extra_files/dataset_spec.yaml``), an input example
+(``extra_files/input_example.json``) and, where the estimator converts, a
+verified ONNX graph (``extra_files/model.onnx``). Serving needs nothing else.
+
+Version tags written here (all prefixed ``ml_platform.`` is avoided to keep
+them readable in the MLflow UI): ``dataset``, ``data_version``,
+``code_version``, ``git_commit``, ``dagster_run_id``, ``onnx``,
+``validation_status`` (``pending`` until the gates pass, then ``passed`` or
+``failed``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ml_platform.ml.onnx_export import OnnxExport, convert_to_onnx
+from ml_platform.spec import DatasetSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+CHALLENGER_ALIAS = "challenger"
+CHAMPION_ALIAS = "champion"
+PREVIOUS_CHAMPION_ALIAS = "previous_champion"
+MODEL_ARTIFACT_NAME = "model"
+SPEC_FILENAME = "dataset_spec.yaml"
+INPUT_EXAMPLE_FILENAME = "input_example.json"
+VALIDATION_STATUS_TAG = "validation_status"
+INPUT_EXAMPLE_ROWS = 5
+
+_RUNTIME_PACKAGES = ("scikit-learn", "skops", "numpy", "pandas", "scipy")
+
+
+@dataclass
+class RegisteredVersion:
+    """What downstream assets and checks need to know about a registered version."""
+
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+    data_version: str
+    onnx: bool
+    metrics: dict[str, float]
+    tracking_uri: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of the packages a loaded model needs (no slow inference)."""
+    pins = []
+    for package in _RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def git_commit() -> str:
+    """The current git commit, or ``unknown`` outside a checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def code_version() -> str:
+    """The installed ml_platform package version."""
+    try:
+        return metadata.version("ml_platform")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def model_signature(spec: DatasetSpec) -> Any:
+    """MLflow signature from the spec: one named column per feature, one label out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    mlflow_types = {"float": "double", "int": "double", "category": "string"}
+    inputs = Schema([ColSpec(mlflow_types[f.type], f.name) for f in spec.features])
+    label_type = "long" if all(isinstance(c, int) for c in spec.target.classes) else "string"
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(label_type)]))
+
+
+def skops_trusted_types(model: Any) -> list[str]:
+    """Types skops would refuse to load for this model; we trust our own estimator's."""
+    import skops.io
+
+    return list(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def log_and_register_model(
+    model: Any,
+    spec: DatasetSpec,
+    train_frame: pd.DataFrame,
+    *,
+    run_id: str,
+    data_version: str,
+    metrics: dict[str, float],
+    extra_tags: dict[str, str],
+) -> tuple[RegisteredVersion, OnnxExport]:
+    """Log ``model`` to the active MLflow run, register it and alias it ``challenger``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="ml_platform_model_") as tmp:
+        workdir = Path(tmp)
+        onnx_export = convert_to_onnx(model, spec, train_frame, workdir)
+        spec_file = workdir / SPEC_FILENAME
+        if spec.source_path is not None:
+            spec_file.write_text(spec.source_path.read_text())
+        example_file = workdir / INPUT_EXAMPLE_FILENAME
+        example = train_frame[spec.feature_names].head(INPUT_EXAMPLE_ROWS)
+        example_file.write_text(json.dumps({"records": json.loads(example.to_json(orient="records"))}))
+        extra_files = [str(spec_file), str(example_file)]
+        if onnx_export.path is not None:
+            extra_files.append(str(onnx_export.path))
+
+        model_info = mlflow.sklearn.log_model(
+            model,
+            name=MODEL_ARTIFACT_NAME,
+            serialization_format="skops",
+            skops_trusted_types=skops_trusted_types(model),
+            signature=model_signature(spec),
+            pip_requirements=pip_requirements(),
+            extra_files=extra_files,
+            registered_model_name=spec.model.name,
+            await_registration_for=60,
+        )
+    version = str(model_info.registered_model_version)
+    client = MlflowClient()
+    tags = {
+        "dataset": spec.name,
+        "data_version": data_version,
+        "code_version": code_version(),
+        "git_commit": git_commit(),
+        "onnx": "verified" if onnx_export.verified else f"unavailable: {onnx_export.reason}"[:250],
+        VALIDATION_STATUS_TAG: "pending",
+        "accuracy": f"{metrics.get('accuracy', float('nan')):.4f}",
+        **extra_tags,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(spec.model.name, version, key, value)
+    client.set_registered_model_alias(spec.model.name, CHALLENGER_ALIAS, version)
+    registered = RegisteredVersion(
+        name=spec.model.name,
+        version=version,
+        run_id=run_id,
+        model_uri=f"models:/{spec.model.name}/{version}",
+        data_version=data_version,
+        onnx=onnx_export.verified,
+        metrics=metrics,
+        tracking_uri=mlflow.get_tracking_uri(),
+    )
+    return registered, onnx_export
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> Any | None:
+    """The model version behind ``alias``, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_metric(client: MlflowClient, model_version: Any, metric: str) -> float | None:
+    """A metric of the run that produced ``model_version`` (None when absent)."""
+    if not model_version.run_id:
+        return None
+    run = client.get_run(model_version.run_id)
+    value = run.data.metrics.get(metric)
+    return None if value is None else float(value)

@@ -1,0 +1,164 @@
+"""Fit and evaluate the estimator a dataset spec names.
+
+Pure functions over pandas frames: no Dagster, no MLflow. scikit-learn is
+imported inside the functions so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ml_platform.spec import DatasetSpec, SpecError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class TrainingSplit:
+    """Deterministic train/test split of the training dataset."""
+
+    x_train: pd.DataFrame
+    x_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+
+
+@dataclass
+class Evaluation:
+    """Held-out metrics of a fitted model."""
+
+    accuracy: float
+    macro_f1: float
+    per_class_precision: dict[str, float]
+    per_class_recall: dict[str, float]
+    confusion_matrix: list[list[int]]
+    class_labels: list[str]
+    test_rows: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def flat_metrics(self) -> dict[str, float]:
+        """Metrics as a flat mapping suitable for ``mlflow.log_metrics``."""
+        metrics = {"accuracy": self.accuracy, "macro_f1": self.macro_f1}
+        for label, value in self.per_class_precision.items():
+            metrics[f"precision_{label}"] = value
+        for label, value in self.per_class_recall.items():
+            metrics[f"recall_{label}"] = value
+        return metrics
+
+
+def resolve_estimator_class(path: str) -> type:
+    """Import a scikit-learn estimator class from its dotted path."""
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name.startswith("sklearn"):
+        raise SpecError(f"estimator {path!r} is not a scikit-learn class")
+    try:
+        module = importlib.import_module(module_name)
+        estimator_class = getattr(module, class_name)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"cannot import estimator {path!r}: {exc}") from exc
+    if not isinstance(estimator_class, type):
+        raise SpecError(f"{path!r} is not a class")
+    return estimator_class
+
+
+def feature_frame(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """The model's input columns in spec order, numeric features as float64."""
+    features = frame[spec.feature_names].copy()
+    for name in spec.numeric_features:
+        features[name] = features[name].astype("float64")
+    for name in spec.categorical_features:
+        features[name] = features[name].astype("string").astype(object)
+    return features
+
+
+def split_dataset(frame: pd.DataFrame, spec: DatasetSpec) -> TrainingSplit:
+    """Stratified, seeded split so reruns on the same data give the same model."""
+    from sklearn.model_selection import train_test_split
+
+    features = feature_frame(frame, spec)
+    target = frame[spec.target.name]
+    counts = target.value_counts()
+    stratify = target if len(counts) > 1 and counts.min() >= 2 else None
+    x_train, x_test, y_train, y_test = train_test_split(
+        features,
+        target,
+        test_size=spec.model.test_size,
+        random_state=spec.model.random_state,
+        stratify=stratify,
+    )
+    return TrainingSplit(x_train, x_test, y_train, y_test)
+
+
+def build_estimator(spec: DatasetSpec) -> Any:
+    """The spec's estimator, wrapped with one-hot encoding when there are categorical features."""
+    estimator = resolve_estimator_class(spec.model.estimator)(**spec.model.params)
+    if not spec.categorical_features:
+        return estimator
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    encoder = ColumnTransformer(
+        [
+            ("numeric", "passthrough", spec.numeric_features),
+            (
+                "categorical",
+                OneHotEncoder(
+                    categories=[list(spec.feature(n).categories) for n in spec.categorical_features],
+                    handle_unknown="ignore",
+                ),
+                spec.categorical_features,
+            ),
+        ]
+    )
+    return Pipeline([("encode", encoder), ("estimator", estimator)])
+
+
+def fit_model(split: TrainingSplit, spec: DatasetSpec) -> Any:
+    """Fit the spec's estimator on the training split."""
+    model = build_estimator(spec)
+    model.fit(split.x_train, split.y_train)
+    return model
+
+
+def class_label(spec: DatasetSpec, value: Any) -> str:
+    """Readable name of a class value (``labels`` from the spec where given)."""
+    classes = list(spec.target.classes)
+    if spec.target.labels and value in classes:
+        return spec.target.labels[classes.index(value)]
+    return str(value)
+
+
+def evaluate_model(model: Any, split: TrainingSplit, spec: DatasetSpec) -> Evaluation:
+    """Accuracy, macro F1, per-class precision/recall and the confusion matrix on the test split."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    predictions = model.predict(split.x_test)
+    classes = list(spec.target.classes)
+    precision, recall, _, _ = precision_recall_fscore_support(
+        split.y_test, predictions, labels=classes, zero_division=0
+    )
+    labels = [class_label(spec, c) for c in classes]
+    return Evaluation(
+        accuracy=float(accuracy_score(split.y_test, predictions)),
+        macro_f1=float(f1_score(split.y_test, predictions, labels=classes, average="macro", zero_division=0)),
+        per_class_precision={label: float(p) for label, p in zip(labels, precision, strict=True)},
+        per_class_recall={label: float(r) for label, r in zip(labels, recall, strict=True)},
+        confusion_matrix=confusion_matrix(split.y_test, predictions, labels=classes).tolist(),
+        class_labels=labels,
+        test_rows=len(split.y_test),
+    )
+
+
+def confusion_matrix_markdown(evaluation: Evaluation) -> str:
+    """The confusion matrix as a markdown table (rows: actual, columns: predicted)."""
+    header = "| actual \\ predicted | " + " | ".join(evaluation.class_labels) + " |"
+    rule = "|---" * (len(evaluation.class_labels) + 1) + "|"
+    rows = [
+        f"| {label} | " + " | ".join(str(v) for v in row) + " |"
+        for label, row in zip(evaluation.class_labels, evaluation.confusion_matrix, strict=True)
+    ]
+    return "\n".join([header, rule, *rows])
