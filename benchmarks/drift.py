@@ -56,27 +56,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class ColumnSpec:
     name: str
     kind: str  # "numeric" | "categorical"
+    key: str  # generator recipe, see _fill_numeric / _categorical
     pattern: str  # human-readable description of what differs in current
     shifted: bool  # whether the current distribution differs from the reference one
 
 
-NUMERIC_PATTERNS: list[tuple[str, bool]] = [
-    ("normal, unchanged", False),
-    ("normal, mean +0.5 sd", True),
-    ("normal, unchanged, 5% NaN in current", False),
-    ("normal, sd x1.5", True),
-    ("normal, mean +0.05 sd (subtle)", True),
-    ("4 discrete values, unchanged", False),
-    ("4 discrete values, shares changed", True),
-    ("lognormal, unchanged", False),
-    ("lognormal, log-mean +0.3", True),
+NUMERIC_PATTERNS: list[tuple[str, str, bool]] = [
+    ("normal", "normal, unchanged", False),
+    ("normal_mean_0.5", "normal, mean +0.5 sd", True),
+    ("normal_nan", "normal, unchanged, 5% NaN in current", False),
+    ("normal_scale_1.5", "normal, sd x1.5", True),
+    ("normal_mean_0.05", "normal, mean +0.05 sd (subtle)", True),
+    ("discrete", "4 discrete values, unchanged", False),
+    ("discrete_shift", "4 discrete values, shares changed", True),
+    ("lognormal", "lognormal, unchanged", False),
+    ("lognormal_shift", "lognormal, log-mean +0.3", True),
 ]
-CATEGORICAL_PATTERNS: list[tuple[str, bool]] = [
-    ("6 levels, unchanged", False),
-    ("6 levels, shares changed", True),
-    ("5 levels, new level in current (8%)", True),
-    ("2 levels, unchanged", False),
-    ("2 levels, 50/50 -> 35/65", True),
+CATEGORICAL_PATTERNS: list[tuple[str, str, bool]] = [
+    ("six", "6 levels, unchanged", False),
+    ("six_shift", "6 levels, shares changed", True),
+    ("new_level", "5 levels, new level in current (8%)", True),
+    ("binary", "2 levels, unchanged", False),
+    ("binary_shift", "2 levels, 50/50 -> 35/65", True),
 ]
 _LEVELS = np.array(["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"], dtype=object)
 
@@ -87,52 +88,51 @@ def column_specs(cols: int) -> list[ColumnSpec]:
     n_num = n_cat = 0
     for i in range(cols):
         if i % 10 == 9:
-            pattern, shifted = CATEGORICAL_PATTERNS[n_cat % len(CATEGORICAL_PATTERNS)]
-            specs.append(ColumnSpec(f"cat_{i:02d}", "categorical", pattern, shifted))
+            key, pattern, shifted = CATEGORICAL_PATTERNS[n_cat % len(CATEGORICAL_PATTERNS)]
+            specs.append(ColumnSpec(f"cat_{i:02d}", "categorical", key, pattern, shifted))
             n_cat += 1
         else:
-            pattern, shifted = NUMERIC_PATTERNS[n_num % len(NUMERIC_PATTERNS)]
-            specs.append(ColumnSpec(f"num_{i:02d}", "numeric", pattern, shifted))
+            key, pattern, shifted = NUMERIC_PATTERNS[n_num % len(NUMERIC_PATTERNS)]
+            specs.append(ColumnSpec(f"num_{i:02d}", "numeric", key, pattern, shifted))
             n_num += 1
     return specs
 
 
-def _fill_numeric(out: np.ndarray, pattern: str, current: bool, rng: np.random.Generator) -> None:
-    """Fill ``out`` in place (no temporaries of the column size beyond numpy's own)."""
-    if pattern.startswith("normal"):
+def _fill_numeric(out: np.ndarray, key: str, current: bool, rng: np.random.Generator) -> None:
+    """Fill ``out`` in place; the reference always gets the unshifted recipe."""
+    if key.startswith("normal"):
         rng.standard_normal(out=out)
-        if current and "mean +0.5" in pattern:
+        if current and key == "normal_mean_0.5":
             out += 0.5
-        elif current and "mean +0.05" in pattern:
+        elif current and key == "normal_mean_0.05":
             out += 0.05
-        elif current and "sd x1.5" in pattern:
+        elif current and key == "normal_scale_1.5":
             out *= 1.5
-        if current and "NaN" in pattern:
+        elif current and key == "normal_nan":
             out[rng.random(out.size) < 0.05] = np.nan
-    elif pattern.startswith("4 discrete"):
-        probs = [0.4, 0.3, 0.2, 0.1] if not (current and "changed" in pattern) else [0.25, 0.25, 0.25, 0.25]
+    elif key.startswith("discrete"):
+        probs = [0.25, 0.25, 0.25, 0.25] if (current and key == "discrete_shift") else [0.4, 0.3, 0.2, 0.1]
         out[:] = rng.choice(4, size=out.size, p=probs)
-    elif pattern.startswith("lognormal"):
+    elif key.startswith("lognormal"):
         rng.standard_normal(out=out)
-        if current and "+0.3" in pattern:
+        if current and key == "lognormal_shift":
             out += 0.3
         np.exp(out, out=out)
-    else:  # pragma: no cover - patterns are fixed above
-        raise ValueError(pattern)
+    else:  # pragma: no cover - keys are fixed above
+        raise ValueError(key)
 
 
-def _categorical(pattern: str, rows: int, current: bool, rng: np.random.Generator) -> np.ndarray:
-    if pattern.startswith("6 levels"):
+def _categorical(key: str, rows: int, current: bool, rng: np.random.Generator) -> np.ndarray:
+    """Strings drawn from a few shared objects (like a categorical column read from a file)."""
+    if key.startswith("six"):
         probs = np.array([0.30, 0.25, 0.20, 0.12, 0.08, 0.05])
-        if current and "changed" in pattern:
+        if current and key == "six_shift":
             probs = np.array([0.20, 0.20, 0.20, 0.15, 0.15, 0.10])
         return _LEVELS[rng.choice(6, size=rows, p=probs)]
-    if pattern.startswith("5 levels"):
-        probs = np.array([0.30, 0.25, 0.20, 0.15, 0.10, 0.0])
-        if current:
-            probs = np.array([0.28, 0.23, 0.18, 0.14, 0.09, 0.08])
+    if key == "new_level":
+        probs = np.array([0.28, 0.23, 0.18, 0.14, 0.09, 0.08]) if current else np.array([0.30, 0.25, 0.20, 0.15, 0.10, 0.0])
         return _LEVELS[rng.choice(6, size=rows, p=probs)]
-    p_second = 0.65 if (current and "->" in pattern) else 0.5
+    p_second = 0.65 if (current and key == "binary_shift") else 0.5
     return _LEVELS[(rng.random(rows) < p_second).astype(np.intp)]
 
 
@@ -143,12 +143,12 @@ def make_frame(rows: int, cols: int, seed: int, current: bool) -> pd.DataFrame:
     block = np.empty((len(numeric), rows), dtype=np.float64)
     for j, spec in enumerate(numeric):
         rng = np.random.default_rng([seed, int(spec.name[-2:]), int(current)])
-        _fill_numeric(block[j], spec.pattern, current, rng)
+        _fill_numeric(block[j], spec.key, current, rng)
     frame = pd.DataFrame(block.T, columns=[s.name for s in numeric], copy=False)
     for spec in specs:
         if spec.kind == "categorical":
             rng = np.random.default_rng([seed, int(spec.name[-2:]), int(current)])
-            frame[spec.name] = _categorical(spec.pattern, rows, current, rng)
+            frame[spec.name] = _categorical(spec.key, rows, current, rng)
     return frame
 
 

@@ -97,9 +97,18 @@ def mlflow_registry_uri() -> str:
 
 
 def mlflow_artifact_location() -> str | None:
-    """Artifact root for new experiments when the tracking store is local."""
-    if _env("MLFLOW_TRACKING_URI"):
-        return _env("MLFLOW_ARTIFACT_LOCATION")
+    """Artifact root for new experiments.
+
+    ``MLFLOW_ARTIFACT_LOCATION`` if set; for a local (sqlite or file) store the
+    platform home; for a tracking server None, so the server's own artifact
+    root applies. (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so the
+    decision looks at the URI's scheme, not at whether the variable is set.)
+    """
+    configured = _env("MLFLOW_ARTIFACT_LOCATION")
+    if configured:
+        return configured
+    if mlflow_tracking_uri().startswith(("http://", "https://", "databricks")):
+        return None
     return platform_paths().mlflow_artifacts.as_uri()
 
 

@@ -1,0 +1,184 @@
+"""Serving configuration: command-line flags, each with an environment equivalent.
+
+Precedence is flag > environment variable > default. Parsing imports nothing
+heavy, so ``python -m serving --help`` answers instantly and the environment
+(``PROMETHEUS_MULTIPROC_DIR`` in particular) can be prepared before any
+library that reads it is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ALLOWED_HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe accepts
+TRACK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+RUNTIMES = ("auto", "sklearn")
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable has an invalid value."""
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything ``python -m serving`` needs to start, already validated."""
+
+    model_uri: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    track: str = "stable"
+    workers: int = 1
+    max_batch_size: int = 32
+    batch_timeout: float = 0.0
+    max_batch_rows: int = 10_000
+    max_body_bytes: int = 10 * 1024 * 1024
+    model_auto_refresh_seconds: float = 60.0
+    request_timeout: float = 30.0
+    runtime: str = "auto"
+    feedback_cache_size: int = 100_000
+    log_level: str = "info"
+    admin_api_token: str | None = field(default=None, repr=False)
+    prometheus_multiproc_dir: Path | None = None
+    prediction_log_dir: Path | None = None
+    platform_home: Path | None = None
+    tracking_uri: str | None = None
+
+    @property
+    def admin_enabled(self) -> bool:
+        return bool(self.admin_api_token)
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One setting: its flag, environment variable, parser and default."""
+
+    name: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+    default: Any = None
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a finite number >= 0")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 1024 <= value <= 65535:
+        raise ValueError("must be between 1024 and 65535")
+    return value
+
+
+def _host(raw: str) -> str:
+    if raw not in ALLOWED_HOSTS:
+        raise ValueError(f"must be one of {', '.join(ALLOWED_HOSTS)}")
+    return raw
+
+
+def _track(raw: str) -> str:
+    if not TRACK_PATTERN.match(raw):
+        raise ValueError("must be lower-case letters, digits, '-' or '_' (it names log files and metric labels)")
+    return raw
+
+
+def _model_uri(raw: str) -> str:
+    if not raw.startswith("models:/"):
+        raise ValueError("must look like models:/<name>@<alias> or models:/<name>/<version>")
+    return raw
+
+
+def _runtime(raw: str) -> str:
+    if raw not in RUNTIMES:
+        raise ValueError(f"must be one of {', '.join(RUNTIMES)}")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.lower()
+    if level not in ("critical", "error", "warning", "info", "debug"):
+        raise ValueError("must be critical, error, warning, info or debug")
+    return level
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option("model_uri", "MODEL_URI", _model_uri, "registry URI: models:/<name>@<alias> or models:/<name>/<version>"),
+    _Option("host", "HOST", _host, "interface to bind (0.0.0.0 in the container image)", "127.0.0.1"),
+    _Option("port", "PORT", _port, "TCP port", 8000),
+    _Option("track", "TRACK", _track, "deployment track label, e.g. stable or canary", "stable"),
+    _Option("workers", "WORKERS", _positive_int, "inference worker processes", 1),
+    _Option("max_batch_size", "MAX_BATCH_SIZE", _positive_int, "requests merged into one model call", 32),
+    _Option("batch_timeout", "BATCH_TIMEOUT", _non_negative_float, "seconds a worker waits to fill a batch", 0.0),
+    _Option("max_batch_rows", "MAX_BATCH_ROWS", _positive_int, "rows allowed in one /predict request", 10_000),
+    _Option("max_body_bytes", "MAX_BODY_BYTES", _positive_int, "largest accepted request body", 10 * 1024 * 1024),
+    _Option(
+        "model_auto_refresh_seconds",
+        "MODEL_AUTO_REFRESH_SECONDS",
+        _non_negative_float,
+        "re-resolve the model URI this often (0 disables)",
+        60.0,
+    ),
+    _Option("request_timeout", "REQUEST_TIMEOUT", _non_negative_float, "seconds a request may wait for a worker", 30.0),
+    _Option("runtime", "MODEL_RUNTIME", _runtime, "auto (ONNX when verified, else sklearn) or sklearn", "auto"),
+    _Option("feedback_cache_size", "FEEDBACK_CACHE_SIZE", _positive_int, "recent requests kept for /feedback", 100_000),
+    _Option("log_level", "LOG_LEVEL", _log_level, "log verbosity", "info"),
+    _Option("prometheus_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR", Path, "metric files shared by all processes"),
+    _Option("prediction_log_dir", "PREDICTION_LOG_DIR", Path, "prediction/feedback log root"),
+    _Option("platform_home", "ML_PLATFORM_HOME", Path, "platform home (default .ml_platform/)"),
+    _Option("tracking_uri", "MLFLOW_TRACKING_URI", str, "MLflow tracking URI (default sqlite in the platform home)"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m serving`` argument parser (defaults are applied later, from the environment)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="Serve a registered MLflow model with LitServe. Every flag has an environment "
+        "equivalent (shown in brackets); ADMIN_API_TOKEN is environment-only so it never shows in `ps`.",
+    )
+    for option in OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        default = f"; default {option.default}" if option.default is not None else ""
+        parser.add_argument(flag, dest=option.name, default=None, help=f"{option.help} [{option.env}{default}]")
+    return parser
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServingConfig:
+    """Parse flags and environment into a validated :class:`ServingConfig`."""
+    env = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = args.get(option.name)
+        source = "--" + option.name.replace("_", "-")
+        if raw is None:
+            raw = (env.get(option.env) or "").strip() or None
+            source = option.env
+        if raw is None:
+            if option.default is not None:
+                values[option.name] = option.default
+            continue
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}={raw!r}: {exc}") from exc
+    if "model_uri" not in values:
+        raise ConfigError("a model URI is required: --model-uri or MODEL_URI")
+    token = (env.get("ADMIN_API_TOKEN") or "").strip() or None
+    return ServingConfig(**values, admin_api_token=token)

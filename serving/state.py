@@ -1,0 +1,97 @@
+"""State shared between the API process and the inference workers, as small files.
+
+One folder per running server (the *runtime dir*) holds:
+
+- ``desired_model.json``: the version every worker should serve. Only the API
+  side writes it (start-up, refresher, admin reload), atomically via rename.
+  Workers ``stat`` it once per batch (about a microsecond) and hot-swap when
+  its inode changes.
+- ``workers/<id>.json``: what each worker has loaded, so ``/health`` can tell
+  "all workers on the desired version" from "swap in progress" or "load failed".
+- ``models/``: the downloaded model versions (see :mod:`serving.registry`).
+
+Files rather than a multiprocessing manager keep workers independent of the
+API process: a marker can be read after a restart, and is easy to inspect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.registry import ModelBundle, write_json_atomic
+
+
+@dataclass(frozen=True)
+class RuntimeLayout:
+    """Paths inside the runtime dir of one server."""
+
+    root: Path
+
+    @property
+    def marker(self) -> Path:
+        return self.root / "desired_model.json"
+
+    @property
+    def workers_dir(self) -> Path:
+        return self.root / "workers"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def worker_status_path(self, worker_id: int | str) -> Path:
+        return self.workers_dir / f"worker-{worker_id}.json"
+
+    def create(self) -> RuntimeLayout:
+        for folder in (self.root, self.workers_dir, self.models_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def publish_desired_model(layout: RuntimeLayout, bundle: ModelBundle) -> None:
+    """Tell every worker which version to serve (atomic replace: a new inode each time)."""
+    write_json_atomic(layout.marker, {**bundle.to_dict(), "published_at": time.time()})
+
+
+def read_desired_model(layout: RuntimeLayout) -> ModelBundle:
+    return ModelBundle.from_dict(json.loads(layout.marker.read_text()))
+
+
+class MarkerWatcher:
+    """Cheap change detection on the desired-model marker (one ``stat`` per call)."""
+
+    def __init__(self, layout: RuntimeLayout) -> None:
+        self.layout = layout
+        self._seen: tuple[int, int] | None = None
+
+    def poll(self) -> ModelBundle | None:
+        """The marker's bundle if it changed since the last poll, else None."""
+        try:
+            st = os.stat(self.layout.marker)
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns)
+        if key == self._seen:
+            return None
+        self._seen = key
+        return read_desired_model(self.layout)
+
+
+def write_worker_status(layout: RuntimeLayout, worker_id: int | str, status: dict[str, Any]) -> None:
+    write_json_atomic(layout.worker_status_path(worker_id), {**status, "worker_id": str(worker_id), "pid": os.getpid()})
+
+
+def read_worker_statuses(layout: RuntimeLayout) -> list[dict[str, Any]]:
+    """Status of every worker that has reported, sorted by worker id."""
+    statuses = []
+    for path in sorted(layout.workers_dir.glob("worker-*.json")):
+        try:
+            statuses.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return statuses
