@@ -130,7 +130,9 @@ def _categorical(key: str, rows: int, current: bool, rng: np.random.Generator) -
             probs = np.array([0.20, 0.20, 0.20, 0.15, 0.15, 0.10])
         return _LEVELS[rng.choice(6, size=rows, p=probs)]
     if key == "new_level":
-        probs = np.array([0.28, 0.23, 0.18, 0.14, 0.09, 0.08]) if current else np.array([0.30, 0.25, 0.20, 0.15, 0.10, 0.0])
+        probs = (
+            np.array([0.28, 0.23, 0.18, 0.14, 0.09, 0.08]) if current else np.array([0.30, 0.25, 0.20, 0.15, 0.10, 0.0])
+        )
         return _LEVELS[rng.choice(6, size=rows, p=probs)]
     p_second = 0.65 if (current and key == "binary_shift") else 0.5
     return _LEVELS[(rng.random(rows) < p_second).astype(np.intp)]
@@ -172,6 +174,10 @@ def _reset_peak() -> bool:
         return False
 
 
+def _current_rows(rows: int, fraction: float) -> int:
+    return max(1, round(rows * fraction))
+
+
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     specs = column_specs(args.cols)
     numeric = [s.name for s in specs if s.kind == "numeric"]
@@ -180,11 +186,12 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     if args.worker == "engine":
         from ml_platform.drift.engine import compute_drift
     else:
-        from ml_platform.drift.evidently_report import run_evidently_drift
         import evidently.presets  # noqa: F401  (import cost outside the timed region)
 
+        from ml_platform.drift.evidently_report import run_evidently_drift
+
     reference = make_frame(args.rows, args.cols, args.seed, current=False)
-    current = make_frame(args.rows, args.cols, args.seed, current=True)
+    current = make_frame(_current_rows(args.rows, args.current_fraction), args.cols, args.seed, current=True)
     gc.collect()
     generation_peak = _proc_status_mib("VmHWM")
     rss_before = _proc_status_mib("VmRSS")
@@ -197,8 +204,11 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
             f.feature: {"method": f.method, "score": f.score, "threshold": f.threshold, "drifted": f.drifted}
             for f in result.features
         }
-        summary = {"drifted_count": result.drifted_count, "drift_share": result.drift_share,
-                   "dataset_drift": result.dataset_drift}
+        summary = {
+            "drifted_count": result.drifted_count,
+            "drift_share": result.drift_share,
+            "dataset_drift": result.dataset_drift,
+        }
     else:
         evidently_result = run_evidently_drift(reference, current, numeric, categorical)
         columns = evidently_result["columns"]
@@ -209,6 +219,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "variant": args.worker,
         "rows": args.rows,
+        "current_rows": len(current),
         "cols": args.cols,
         "seconds": elapsed,
         "rss_before_mib": rss_before,
@@ -238,7 +249,7 @@ def _verify_wasserstein(
     """Recompute a few engine Wasserstein scores with scipy on the full columns."""
     from scipy import stats
 
-    checked = []
+    checked: list[dict[str, Any]] = []
     for name, col in columns.items():
         if len(checked) >= limit:
             break
@@ -249,13 +260,15 @@ def _verify_wasserstein(
         ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
         start = time.perf_counter()
         expected = stats.wasserstein_distance(ref, cur) / max(float(np.std(ref)), 0.001)
-        checked.append({
-            "column": name,
-            "engine": col["score"],
-            "scipy": expected,
-            "rel_diff": abs(col["score"] - expected) / max(abs(expected), 1e-300),
-            "scipy_seconds": time.perf_counter() - start,
-        })
+        checked.append(
+            {
+                "column": name,
+                "engine": col["score"],
+                "scipy": expected,
+                "rel_diff": abs(col["score"] - expected) / max(abs(expected), 1e-300),
+                "scipy_seconds": time.perf_counter() - start,
+            }
+        )
     return checked
 
 
@@ -264,9 +277,20 @@ def _verify_wasserstein(
 
 def spawn(worker: str, rows: int, args: argparse.Namespace, verify_columns: int = 0) -> dict[str, Any]:
     cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", worker,
-        "--rows", str(rows), "--cols", str(args.cols), "--seed", str(args.seed),
-        "--verify-columns", str(verify_columns),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        worker,
+        "--rows",
+        str(rows),
+        "--cols",
+        str(args.cols),
+        "--seed",
+        str(args.seed),
+        "--verify-columns",
+        str(verify_columns),
+        "--current-fraction",
+        str(args.current_fraction),
     ]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
@@ -287,13 +311,17 @@ def compare(engine: dict[str, Any], evidently: dict[str, Any]) -> dict[str, Any]
     for spec in column_specs(engine["cols"]):
         e, v = engine["columns"][spec.name], evidently["columns"][spec.name]
         diff = abs(e["score"] - v["score"])
-        rows.append({
-            "spec": spec, "engine": e, "evidently": v,
-            "same_decision": e["drifted"] == v["drifted"],
-            "same_method": e["method"] == v["method"],
-            "abs_diff": diff,
-            "rel_diff": diff / abs(v["score"]) if v["score"] else diff,
-        })
+        rows.append(
+            {
+                "spec": spec,
+                "engine": e,
+                "evidently": v,
+                "same_decision": e["drifted"] == v["drifted"],
+                "same_method": e["method"] == v["method"],
+                "abs_diff": diff,
+                "rel_diff": diff / abs(v["score"]) if v["score"] else diff,
+            }
+        )
     return {
         "rows": rows,
         "decisions_agree": sum(r["same_decision"] for r in rows),
@@ -312,37 +340,55 @@ def render(results: dict[str, Any], comparisons: dict[str, dict[str, Any]], args
         f"Synthetic data (seed {args.seed}): {args.cols} columns per frame "
         f"({sum(s.kind == 'numeric' for s in column_specs(args.cols))} numeric float64, "
         f"{sum(s.kind == 'categorical' for s in column_specs(args.cols))} categorical strings), "
-        "reference and current with the same row count; "
+        f"current rows = {args.current_fraction:g} x reference rows; "
         f"machine: {os.cpu_count()} cores. Each row below ran in its own subprocess."
     )
-    out += ["", "| variant | rows (each frame) | cols | wall time (s) | RSS before (MiB) | "
-            "peak RSS during (MiB) | engine working memory (MiB) |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    out += [
+        "",
+        "| variant | reference rows | current rows | cols | wall time (s) | RSS before (MiB) | "
+        "peak RSS during (MiB) | engine working memory (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for run in results["runs"]:
         working = _fmt_mib(run.get("engine_working_mib", float("nan")))
         name = "engine `compute_drift`" if run["variant"] == "engine" else "Evidently `DataDriftPreset`"
         out.append(
-            f"| {name} | {run['rows']:,} | {run['cols']} | {run['seconds']:.2f} | {_fmt_mib(run['rss_before_mib'])} | "
-            f"{_fmt_mib(run['peak_during_mib'])} | {working} |"
+            f"| {name} | {run['rows']:,} | {run['current_rows']:,} | {run['cols']} | {run['seconds']:.2f} | "
+            f"{_fmt_mib(run['rss_before_mib'])} | {_fmt_mib(run['peak_during_mib'])} | {working} |"
         )
-    out += ["", "*RSS before*: process resident memory with libraries imported and both input frames built. "
-            "*Peak RSS during*: resident high-water mark over the timed call only (reset just before it via "
-            "`/proc/self/clear_refs`), input data included. *Engine working memory*: tracemalloc peak of "
-            "allocations made by a second, untimed `compute_drift` call (numpy buffers included)."]
+    out += [
+        "",
+        "*RSS before*: process resident memory with libraries imported and both input frames built. "
+        "*Peak RSS during*: resident high-water mark over the timed call only (reset just before it via "
+        "`/proc/self/clear_refs`), input data included. *Engine working memory*: tracemalloc peak of "
+        "allocations made by a second, untimed `compute_drift` call (numpy buffers included).",
+    ]
 
     big = results["runs"][0]
     if big.get("verification"):
-        out += ["", f"Exactness at {big['rows']:,} rows: engine Wasserstein scores vs "
-                "`scipy.stats.wasserstein_distance(ref, cur) / max(std(ref), 0.001)` on the full columns:", "",
-                "| column | engine | scipy | relative difference | scipy time (s) |", "|---|---:|---:|---:|---:|"]
+        out += [
+            "",
+            f"Exactness at {big['rows']:,} rows: engine Wasserstein scores vs "
+            "`scipy.stats.wasserstein_distance(ref, cur) / max(std(ref), 0.001)` on the full columns:",
+            "",
+            "| column | engine | scipy | relative difference | scipy time (s) |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for check in big["verification"]:
-            out.append(f"| {check['column']} | {check['engine']:.10g} | {check['scipy']:.10g} | "
-                       f"{check['rel_diff']:.1e} | {check['scipy_seconds']:.2f} |")
+            out.append(
+                f"| {check['column']} | {check['engine']:.10g} | {check['scipy']:.10g} | "
+                f"{check['rel_diff']:.1e} | {check['scipy_seconds']:.2f} |"
+            )
 
     if comparisons:
-        out += ["", "### Agreement with Evidently on identical data", "",
-                "| rows (each frame) | regime | same decision | same method | dataset verdict agrees | "
-                "max abs score diff | max rel score diff |", "|---:|---|---:|---:|---|---:|---:|"]
+        out += [
+            "",
+            "### Agreement with Evidently on identical data",
+            "",
+            "| reference rows | regime | same decision | same method | dataset verdict agrees | "
+            "max abs score diff | max rel score diff |",
+            "|---:|---|---:|---:|---|---:|---:|",
+        ]
         for label, comp in comparisons.items():
             out.append(
                 f"| {comp['rows_count']:,} | {label} | {comp['decisions_agree']}/{comp['total']} | "
@@ -350,9 +396,14 @@ def render(results: dict[str, Any], comparisons: dict[str, dict[str, Any]], args
                 f"{comp['max_abs_diff']:.1e} | {comp['max_rel_diff']:.1e} |"
             )
         for label, comp in comparisons.items():
-            out += ["", f"#### Per column, {comp['rows_count']:,} rows ({label})", "",
-                    "| column | injected change | method | engine score | Evidently score | engine drift | "
-                    "Evidently drift | agree |", "|---|---|---|---:|---:|---|---|---|"]
+            out += [
+                "",
+                f"#### Per column, {comp['rows_count']:,} reference rows ({label})",
+                "",
+                "| column | injected change | method | engine score | Evidently score | engine drift | "
+                "Evidently drift | agree |",
+                "|---|---|---|---:|---:|---|---|---|",
+            ]
             for row in comp["rows"]:
                 e, v, spec = row["engine"], row["evidently"], row["spec"]
                 method = e["method"] if row["same_method"] else f"{e['method']} / {v['method']}"
@@ -368,14 +419,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows per frame for the engine timing")
     parser.add_argument("--cols", type=int, default=50, help="columns per frame")
-    parser.add_argument("--compare-rows", type=int, default=100_000,
-                        help="rows per frame for the engine-vs-Evidently comparison (0 to skip)")
-    parser.add_argument("--small-rows", type=int, default=800,
-                        help="rows per frame for the small-data (<=1000 reference rows) comparison (0 to skip)")
+    parser.add_argument(
+        "--compare-rows",
+        type=int,
+        default=100_000,
+        help="rows per frame for the engine-vs-Evidently comparison (0 to skip)",
+    )
+    parser.add_argument(
+        "--small-rows",
+        type=int,
+        default=800,
+        help="rows per frame for the small-data (<=1000 reference rows) comparison (0 to skip)",
+    )
+    parser.add_argument(
+        "--current-fraction",
+        type=float,
+        default=1.0,
+        help="current rows as a fraction of reference rows (1.0: same size)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, default=None, help="engine threads (default: min(cores, 4))")
-    parser.add_argument("--verify-columns", type=int, default=3,
-                        help="Wasserstein columns re-checked with scipy at --rows")
+    parser.add_argument(
+        "--verify-columns", type=int, default=3, help="Wasserstein columns re-checked with scipy at --rows"
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per subprocess")
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
     parser.add_argument("--worker", choices=["engine", "evidently"], help=argparse.SUPPRESS)

@@ -161,7 +161,9 @@ class RegistryClient:
         except MlflowException as exc:
             raise ModelResolutionError(f"cannot resolve {ref.uri}: {exc.message}"[:500]) from exc
         except Exception as exc:  # connection errors surface as many types
-            raise ModelResolutionError(f"cannot reach the registry for {ref.uri}: {type(exc).__name__}: {exc}"[:500]) from exc
+            raise ModelResolutionError(
+                f"cannot reach the registry for {ref.uri}: {type(exc).__name__}: {exc}"[:500]
+            ) from exc
 
     def fetch(self, ref: ModelRef) -> ModelBundle:
         """Resolve ``ref`` and make sure that version is downloaded and complete."""
@@ -189,14 +191,18 @@ class RegistryClient:
         except ModelResolutionError:
             raise
         except Exception as exc:
-            raise ModelResolutionError(f"cannot download models:/{name}/{version}: {type(exc).__name__}: {exc}"[:500]) from exc
+            raise ModelResolutionError(
+                f"cannot download models:/{name}/{version}: {type(exc).__name__}: {exc}"[:500]
+            ) from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     @staticmethod
     def _bundle(name: str, version: str, local_dir: Path, tags: dict[str, str], model_version: Any) -> ModelBundle:
         if not (local_dir / SPEC_RELPATH).exists():
-            raise ModelResolutionError(f"models:/{name}/{version} has no {SPEC_RELPATH}: it was not registered by ml_platform")
+            raise ModelResolutionError(
+                f"models:/{name}/{version} has no {SPEC_RELPATH}: it was not registered by ml_platform"
+            )
         onnx_tag = tags.get("onnx")
         onnx_verified = (local_dir / ONNX_RELPATH).exists() and (onnx_tag is None or onnx_tag == "verified")
         return ModelBundle(
@@ -208,16 +214,25 @@ class RegistryClient:
             data_version=tags.get("data_version"),
         )
 
+    def ping(self) -> bool:
+        """Whether the tracking store answers at all (used to tell "down" from "alias missing")."""
+        try:
+            if self.is_http:
+                self.server_version()
+            else:
+                self._client().search_registered_models(max_results=1)
+            return True
+        except Exception:
+            return False
+
     def server_version(self) -> str | None:
         """``GET <uri>/version`` of an MLflow tracking server (None for local stores)."""
         if not self.is_http:
             return None
-        from mlflow.utils.rest_utils import http_request
         from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
 
-        response = http_request(
-            get_default_host_creds(self.tracking_uri), "/version", "GET", max_retries=0, timeout=5
-        )
+        response = http_request(get_default_host_creds(self.tracking_uri), "/version", "GET", max_retries=0, timeout=5)
         response.raise_for_status()
         return response.text.strip()[:64]
 

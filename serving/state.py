@@ -9,6 +9,8 @@ One folder per running server (the *runtime dir*) holds:
 - ``workers/<id>.json``: what each worker has loaded, so ``/health`` can tell
   "all workers on the desired version" from "swap in progress" or "load failed".
 - ``models/``: the downloaded model versions (see :mod:`serving.registry`).
+- ``prometheus/``: the multiprocess metric files, unless PROMETHEUS_MULTIPROC_DIR names
+  another folder.
 
 Files rather than a multiprocessing manager keep workers independent of the
 API process: a marker can be read after a restart, and is easy to inspect.
@@ -43,6 +45,10 @@ class RuntimeLayout:
     @property
     def models_dir(self) -> Path:
         return self.root / "models"
+
+    @property
+    def default_prometheus_dir(self) -> Path:
+        return self.root / "prometheus"
 
     def worker_status_path(self, worker_id: int | str) -> Path:
         return self.workers_dir / f"worker-{worker_id}.json"
@@ -95,3 +101,17 @@ def read_worker_statuses(layout: RuntimeLayout) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
     return statuses
+
+
+def prepare_multiproc_dir(path: Path) -> Path:
+    """Create ``path``, empty it of metric files, and point prometheus_client at it.
+
+    Must run before ``prometheus_client`` is imported in this process (it picks
+    its storage at import) and before any worker is spawned (workers inherit
+    the environment). Earlier runs' files would otherwise leak into the sums.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.glob("*.db"):
+        entry.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path

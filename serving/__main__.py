@@ -1,0 +1,100 @@
+"""``python -m serving``: resolve the model, prepare shared state, run the LitServe server.
+
+Order matters: the metric directory is set up (``PROMETHEUS_MULTIPROC_DIR``)
+before prometheus_client, LitServe or MLflow are imported, and the model is
+resolved and downloaded before any worker is spawned, so workers start from
+local files and never need the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from serving.config import ConfigError, ServingConfig, load_config
+from serving.state import RuntimeLayout, prepare_multiproc_dir
+
+log = logging.getLogger("serving")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM behaves like Ctrl-C: LitServe then shuts the API server and workers down in order."""
+    raise KeyboardInterrupt
+
+
+def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
+    from ml_platform.settings import mlflow_tracking_uri, platform_paths
+    from serving.api import ModelAPI
+    from serving.refresher import ModelRefresher
+    from serving.registry import ModelResolutionError, RegistryClient, load_bundle_spec, parse_model_uri
+    from serving.schema import RequestSchema
+    from serving.server import ServingServer
+    from serving.service import ServingContext
+    from serving.state import publish_desired_model
+
+    registry = RegistryClient(mlflow_tracking_uri(), layout.models_dir)
+    try:
+        ref = parse_model_uri(config.model_uri)
+        bundle = registry.fetch(ref)
+        schema = RequestSchema(load_bundle_spec(bundle), config.max_batch_rows)
+    except ModelResolutionError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    publish_desired_model(layout, bundle)
+    log.info("serving %s (resolved from %s, ONNX %s)", bundle.uri, ref.uri, "yes" if bundle.onnx_verified else "no")
+
+    log_dir = config.prediction_log_dir or platform_paths().prediction_log_dir
+    refresher = ModelRefresher(ref, registry, layout, schema, bundle, config.model_auto_refresh_seconds)
+    context = ServingContext(config, layout, schema, refresher, Path(log_dir))
+    refresher.on_reachability = context.on_reachability
+    api = ModelAPI(
+        runtime_root=str(layout.root),
+        track=config.track,
+        prediction_log_dir=str(log_dir),
+        runtime_preference=config.runtime,
+        max_batch_size=config.max_batch_size,
+        batch_timeout=config.batch_timeout,
+        log_level=config.log_level,
+    )
+    server = ServingServer(api, context, config)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.serve()
+    except RuntimeError as exc:  # LitServe: a worker failed its setup
+        log.error("cannot start: %s", exc)
+        server.stop_workers()
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"python -m serving: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.platform_home:
+        os.environ["ML_PLATFORM_HOME"] = str(config.platform_home)
+    if config.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = config.tracking_uri
+    from serving.registry import configure_mlflow_client_env
+
+    configure_mlflow_client_env()
+    layout = RuntimeLayout(Path(tempfile.mkdtemp(prefix=f"ml-serving-{config.track}-"))).create()
+    prepare_multiproc_dir(config.prometheus_multiproc_dir or layout.default_prometheus_dir)
+    try:
+        return _serve(config, layout)
+    finally:
+        shutil.rmtree(layout.root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

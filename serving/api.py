@@ -1,0 +1,403 @@
+"""The inference worker: a LitAPI with its batching loop, hot swap and prediction log.
+
+LitServe spawns ``WORKERS`` processes, each running :class:`ServingLoop` over
+:class:`ModelAPI`. A worker receives already-validated payloads from the API
+process, merges concurrent requests into one model call (dynamic batching),
+answers each request with its finished JSON body plus the predicted class
+indices (which the API process needs for feedback and metrics), and queues one
+prediction-log line per row to its own log file.
+
+Hot swap: before each batch (and once a second when idle) the worker stats the
+desired-model marker. When it names another version the worker loads it in a
+background thread while it keeps serving the old one, then swaps the reference
+between two batches: a request is answered entirely by one version and none
+fails because of the swap.
+
+Nothing here imports MLflow unless a version has no verified ONNX graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from queue import Empty
+from typing import Any, NamedTuple
+
+import litserve as ls
+import numpy as np
+from litserve.loops.base import LitLoop
+from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException
+from starlette.exceptions import HTTPException
+
+from serving.encoding import dumps, json_key, matrix_objects
+from serving.predlog import JsonlWriter, PredictionLogFormat
+from serving.registry import ModelBundle, load_bundle_spec
+from serving.runtime import ModelRuntime, Prediction, load_runtime
+from serving.state import MarkerWatcher, RuntimeLayout, read_desired_model, write_worker_status
+
+log = logging.getLogger("serving.worker")
+
+IDLE_POLL_SECONDS = 1.0
+
+
+class PredictPayload(NamedTuple):
+    """What the API process sends a worker for one validated ``/predict`` request."""
+
+    request_id: str
+    rows: np.ndarray | list[tuple[Any, ...]]
+    received_at: float  # Unix time the request arrived in the API process
+
+
+class WorkerResult(NamedTuple):
+    """A worker's answer to one request: the finished body plus bookkeeping for the API process."""
+
+    status: int
+    body: bytes
+    class_index: np.ndarray | None
+    model_version: str
+    runtime: str
+
+
+@dataclass
+class ActiveModel:
+    """A loaded version with everything precomputed that each response needs."""
+
+    runtime: ModelRuntime
+    loaded_at: float
+    track: str
+    log_format: PredictionLogFormat = field(init=False)
+    prediction_json: list[bytes] = field(init=False)
+    label_json: list[bytes] = field(init=False)
+    label_names: list[str] = field(init=False)
+    header: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        spec = self.runtime.spec
+        classes = list(spec.target.classes)
+        self.label_names = [
+            spec.target.labels[i] if i < len(spec.target.labels) else str(c) for i, c in enumerate(classes)
+        ]
+        self.log_format = PredictionLogFormat(spec.feature_names, classes, self.label_names)
+        self.prediction_json = [dumps(c) for c in classes]
+        self.label_json = [json_key(label) for label in self.label_names]
+        self.header = (
+            b',"model_name":'
+            + dumps(self.bundle.name)
+            + b',"model_version":'
+            + dumps(self.bundle.version)
+            + b',"track":'
+            + dumps(self.track)
+            + b',"runtime":'
+            + dumps(self.runtime.kind)
+        )
+
+    @property
+    def bundle(self) -> ModelBundle:
+        return self.runtime.bundle
+
+    def body(self, request_id: str, prediction: Prediction) -> bytes:
+        """The ``/predict`` response body for one request."""
+        index = prediction.class_index.tolist()
+        probabilities = (
+            b"[" + b",".join(matrix_objects(self.label_names, prediction.probabilities)) + b"]"
+            if prediction.probabilities is not None
+            else b"null"
+        )
+        return b"".join(
+            (
+                b'{"request_id":',
+                dumps(request_id),
+                self.header,
+                b',"predictions":[',
+                b",".join([self.prediction_json[i] for i in index]),
+                b'],"probabilities":',
+                probabilities,
+                b',"class_labels":[',
+                b",".join([self.label_json[i] for i in index]),
+                b"]}",
+            )
+        )
+
+
+def _concat(rows: list[np.ndarray | list[tuple[Any, ...]]]) -> np.ndarray | list[tuple[Any, ...]]:
+    if len(rows) == 1:
+        return rows[0]
+    if all(isinstance(r, np.ndarray) for r in rows):
+        return np.concatenate(rows)  # type: ignore[arg-type]
+    return [row for part in rows for row in part]
+
+
+def _slice(prediction: Prediction, start: int, stop: int) -> Prediction:
+    probs = prediction.probabilities
+    return Prediction(prediction.class_index[start:stop], None if probs is None else probs[start:stop])
+
+
+def _error_body(error: str, detail: Any) -> bytes:
+    return dumps({"error": error, "detail": detail})
+
+
+class ModelAPI(ls.LitAPI):
+    """Model inference in a LitServe worker (configured in the API process, pickled into each worker)."""
+
+    def __init__(
+        self,
+        *,
+        runtime_root: str,
+        track: str,
+        prediction_log_dir: str,
+        runtime_preference: str = "auto",
+        max_batch_size: int = 32,
+        batch_timeout: float = 0.0,
+        log_level: str = "info",
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=ServingLoop())
+        self.runtime_root = runtime_root
+        self.track = track
+        self.prediction_log_dir = prediction_log_dir
+        self.runtime_preference = runtime_preference
+        self.log_level = log_level
+
+    # -- LitAPI hooks -----------------------------------------------------------------------
+
+    def setup(self, device: str) -> None:
+        """Load the desired version, start the log writer, report readiness (runs in the worker)."""
+        from serving import metrics
+
+        logging.basicConfig(level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._metrics = metrics
+        self.worker_id = os.environ.get("LITSERVE_WORKER_ID", str(os.getpid()))
+        self.layout = RuntimeLayout(Path(self.runtime_root))
+        self.watcher = MarkerWatcher(self.layout)
+        desired = self.watcher.poll() or read_desired_model(self.layout)
+        self.active = self._load(desired)
+        self._desired = desired
+        self._pending: ActiveModel | None = None
+        self._loading: str | None = None
+        self._failed: str | None = None
+        self._error: str | None = None
+        self.log_writer = JsonlWriter(
+            Path(self.prediction_log_dir),
+            "predictions",
+            self.track,
+            on_drop=metrics.LOG_DROPPED.labels("prediction", self.track).inc,
+        ).start()
+        self._publish(self.active)
+        self._report()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def decode_request(self, request: PredictPayload) -> PredictPayload:
+        return request
+
+    def predict(self, x: list[PredictPayload]) -> list[WorkerResult]:
+        return self.run_batch(x)
+
+    def encode_response(self, output: WorkerResult) -> WorkerResult:
+        return output
+
+    # -- inference --------------------------------------------------------------------------
+
+    def run_batch(self, payloads: list[PredictPayload]) -> list[WorkerResult]:
+        """Answer each payload; one model call for the whole batch, per-request calls only on failure."""
+        active = self.active  # one version for the whole batch, even if a swap lands meanwhile
+        sizes = [len(p.rows) for p in payloads]
+        started = time.perf_counter()
+        try:
+            merged = active.runtime.predict(_concat([p.rows for p in payloads]))
+            offsets = np.cumsum([0, *sizes])
+            predictions: list[Prediction | Exception] = [
+                _slice(merged, offsets[i], offsets[i + 1]) for i in range(len(payloads))
+            ]
+        except Exception as exc:
+            if len(payloads) == 1:
+                predictions = [exc]
+            else:  # isolate the request that broke the batch
+                predictions = []
+                for payload in payloads:
+                    try:
+                        predictions.append(active.runtime.predict(payload.rows))
+                    except Exception as single_exc:
+                        predictions.append(single_exc)
+        duration = time.perf_counter() - started
+        done_at = time.time()
+        version, kind = active.bundle.version, active.runtime.kind
+        self._metrics.INFERENCE_DURATION.labels(version, self.track, kind).observe(duration)
+        self._metrics.BATCH_REQUESTS.labels(self.track).observe(len(payloads))
+
+        results = []
+        for payload, prediction in zip(payloads, predictions, strict=True):
+            if isinstance(prediction, Exception):
+                log.warning("model rejected request %s: %s", payload.request_id, prediction)
+                detail = f"{type(prediction).__name__}: {prediction}"[:500]
+                results.append(
+                    WorkerResult(422, _error_body("the model rejected the input", detail), None, version, kind)
+                )
+                continue
+            self._metrics.INFERENCE_ROWS.labels(version, self.track, kind).inc(len(prediction.class_index))
+            results.append(
+                WorkerResult(200, active.body(payload.request_id, prediction), prediction.class_index, version, kind)
+            )
+            self.log_writer.submit(
+                partial(
+                    active.log_format.render,
+                    request_id=payload.request_id,
+                    received_at=payload.received_at,
+                    latency_ms=(done_at - payload.received_at) * 1000.0,
+                    model_name=active.bundle.name,
+                    model_version=version,
+                    track=self.track,
+                    rows=payload.rows,
+                    class_index=prediction.class_index,
+                    probabilities=prediction.probabilities,
+                )
+            )
+        return results
+
+    # -- model lifecycle --------------------------------------------------------------------
+
+    def _load(self, bundle: ModelBundle) -> ActiveModel:
+        spec = load_bundle_spec(bundle)
+        runtime = load_runtime(bundle, spec, self.runtime_preference)
+        log.info("worker %s loaded %s (%s runtime)", self.worker_id, bundle.uri, runtime.kind)
+        return ActiveModel(runtime, time.time(), self.track)
+
+    def _load_in_background(self, bundle: ModelBundle) -> None:
+        try:
+            self._pending = self._load(bundle)
+            self._error = None
+        except Exception as exc:
+            log.exception(
+                "worker %s could not load %s; still serving %s", self.worker_id, bundle.uri, self.active.bundle.uri
+            )
+            self._failed = bundle.version
+            self._error = f"cannot load {bundle.uri}: {type(exc).__name__}: {exc}"[:500]
+            self._report()
+        finally:
+            self._loading = None
+
+    def maintain(self) -> None:
+        """Between batches: notice a new desired version, load it aside, swap when ready."""
+        changed = self.watcher.poll()
+        if changed is not None:
+            self._desired = changed
+            if changed.version != self._failed:
+                self._failed = None
+        desired = self._desired
+        if desired.version == self.active.bundle.version:
+            return
+        pending = self._pending
+        if pending is not None and pending.bundle.version == desired.version:
+            previous, self.active, self._pending = self.active, pending, None
+            self._publish(self.active, previous)
+            self._report()
+            log.info("worker %s swapped %s -> %s", self.worker_id, previous.bundle.uri, self.active.bundle.uri)
+        elif self._loading is None and self._failed != desired.version:
+            self._loading = desired.version
+            threading.Thread(target=self._load_in_background, args=(desired,), name="model-loader", daemon=True).start()
+
+    def _publish(self, active: ActiveModel, previous: ActiveModel | None = None) -> None:
+        info = self._metrics.MODEL_INFO
+        if previous is not None:
+            info.labels(previous.bundle.name, previous.bundle.version, self.track, previous.runtime.kind).set(0)
+        info.labels(active.bundle.name, active.bundle.version, self.track, active.runtime.kind).set(1)
+
+    def _report(self) -> None:
+        write_worker_status(
+            self.layout,
+            self.worker_id,
+            {
+                "model_version": self.active.bundle.version,
+                "runtime": self.active.runtime.kind,
+                "loaded_at": self.active.loaded_at,
+                "error": self._error,
+            },
+        )
+
+    def close(self) -> None:
+        """Flush the prediction log (called on SIGTERM/SIGINT)."""
+        writer = getattr(self, "log_writer", None)
+        if writer is not None:
+            writer.close()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.close()
+        raise SystemExit(0)
+
+
+class ServingLoop(LitLoop):
+    """LitServe worker loop with dynamic batching that blocks while idle.
+
+    Takes the first queued request (waiting up to a second, so an idle worker
+    costs nothing and still notices model swaps), then whatever else is queued
+    up to ``max_batch_size``, waiting at most ``batch_timeout`` for more. The
+    stock ``BatchedLoop`` polls the queue every millisecond while idle and
+    always waits the full ``batch_timeout``; under load the queue fills while
+    the model runs, so greedy batching needs no added wait.
+    """
+
+    def __call__(
+        self,
+        lit_api: ModelAPI,  # type: ignore[override]
+        device: str,
+        worker_id: int,
+        request_queue: Any,
+        transport: Any,
+        workers_setup_status: Any,
+        callback_runner: Any,
+    ) -> None:
+        while True:
+            batch = self._collect(lit_api, request_queue, transport)
+            if batch is None:
+                return
+            lit_api.maintain()
+            if not batch:
+                continue
+            try:
+                results = lit_api.run_batch([payload for _, _, payload in batch])
+            except Exception:  # a bug, not bad input: answer rather than leave clients hanging
+                log.exception("batch failed")
+                for response_queue_id, uid, _ in batch:
+                    self._fail(transport, response_queue_id, uid, 422, "inference failed")
+                continue
+            for (response_queue_id, uid, _), result in zip(batch, results, strict=True):
+                self.put_response(transport, response_queue_id, uid, result, LitAPIStatus.OK, LoopResponseType.REGULAR)
+
+    def _fail(self, transport: Any, response_queue_id: int, uid: str, status: int, detail: str) -> None:
+        error = PickleableHTTPException.from_exception(HTTPException(status, detail))
+        self.put_response(transport, response_queue_id, uid, error, LitAPIStatus.ERROR, LoopResponseType.REGULAR)
+
+    def _collect(self, lit_api: ModelAPI, request_queue: Any, transport: Any) -> list[tuple[int, str, Any]] | None:
+        """The next batch: [] when idle, None when the server is shutting down."""
+        try:
+            item = request_queue.get(timeout=IDLE_POLL_SECONDS)
+        except Empty:
+            return []
+        batch: list[tuple[int, str, Any]] = []
+        deadline = time.monotonic() + lit_api.batch_timeout
+        while True:
+            if item[1] is None:  # LitServe's stop sentinel
+                return None
+            response_queue_id, uid, enqueued, payload = item
+            timeout = lit_api.request_timeout
+            if timeout not in (None, False, -1) and time.monotonic() - enqueued > timeout:
+                self._fail(transport, response_queue_id, uid, 504, "request timed out waiting for a worker")
+            else:
+                batch.append((response_queue_id, uid, payload))
+            if len(batch) >= lit_api.max_batch_size:
+                return batch
+            try:
+                if lit_api.batch_timeout > 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return batch
+                    item = request_queue.get(timeout=remaining)
+                else:
+                    item = request_queue.get_nowait()
+            except Empty:
+                return batch

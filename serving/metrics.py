@@ -1,0 +1,98 @@
+"""Prometheus metrics, aggregated across the API process and every inference worker.
+
+Names and labels are a contract with deploy/ (alert rules) and the canary
+analysis; see docs/serving.md. Inference runs in spawned worker processes, so
+every metric uses prometheus_client's multiprocess mode: each process writes
+its own memory-mapped files under ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics``
+merges them. :func:`serving.state.prepare_multiproc_dir` must run (it sets the variable)
+before this module is imported anywhere, which ``serving.__main__`` ensures.
+
+Gauges use ``multiprocess_mode="max"``: ``ml_serving_live_accuracy`` has one
+writer (the API process, which owns the feedback bookkeeping), so "max" is its
+value, exported as a single series without a ``pid`` label that queries can use
+directly ("liveall" would add a ``pid`` label and new series on every restart).
+``ml_serving_model_info`` is written by every worker: "max" reads "at least one
+worker serves this version with this runtime", which is what a swap in progress
+looks like. The multiprocess dir is emptied at start-up, so no stale files of
+earlier processes survive into the max.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# --- API process ------------------------------------------------------------------------------
+REQUESTS = Counter(
+    "ml_serving_requests_total",
+    "HTTP requests by endpoint and status code (4xx and 5xx included).",
+    ["endpoint", "status", "model_version", "track"],
+)
+REQUEST_DURATION = Histogram(
+    "ml_serving_request_duration_seconds",
+    "HTTP request duration inside the server.",
+    ["endpoint", "model_version", "track"],
+    buckets=LATENCY_BUCKETS,
+)
+PREDICTIONS = Counter(
+    "ml_serving_predictions_total",
+    "Predicted rows by class.",
+    ["predicted_class", "model_version", "track"],
+)
+FEEDBACK = Counter(
+    "ml_serving_feedback_total",
+    "Ground-truth labels received, by whether the prediction was correct.",
+    ["outcome", "model_version", "track"],
+)
+LIVE_ACCURACY = Gauge(
+    "ml_serving_live_accuracy",
+    "Share of labelled predictions that were correct since start-up (per model version).",
+    ["model_version", "track"],
+    multiprocess_mode="max",
+)
+REGISTRY_UP = Gauge(
+    "ml_serving_registry_up",
+    "1 when the last MLflow registry check succeeded, else 0.",
+    ["track"],
+    multiprocess_mode="max",
+)
+LOG_DROPPED = Counter(
+    "ml_serving_log_dropped_rows_total",
+    "Prediction/feedback log writes dropped because the writer could not keep up.",
+    ["event", "track"],
+)
+
+# --- inference workers ------------------------------------------------------------------------
+MODEL_INFO = Gauge(
+    "ml_serving_model_info",
+    "1 for the model version and runtime a worker serves.",
+    ["model_name", "model_version", "track", "runtime"],
+    multiprocess_mode="max",
+)
+INFERENCE_ROWS = Counter(
+    "ml_serving_inference_rows_total",
+    "Rows run through the model by the inference workers.",
+    ["model_version", "track", "runtime"],
+)
+INFERENCE_DURATION = Histogram(
+    "ml_serving_inference_duration_seconds",
+    "Model call duration per batch in a worker.",
+    ["model_version", "track", "runtime"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_REQUESTS = Histogram(
+    "ml_serving_batch_requests",
+    "Requests merged into one model call by dynamic batching.",
+    ["track"],
+    buckets=BATCH_BUCKETS,
+)
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The merged metrics of all processes in Prometheus text format."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

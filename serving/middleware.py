@@ -1,0 +1,164 @@
+"""The API process's outermost layer: request ids, body limits and request metrics.
+
+A plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and
+a copy per request). For every HTTP request it
+
+- accepts a valid ``X-Request-ID`` (at most 128 of ``[A-Za-z0-9._-]``) or
+  generates one (uuid4 hex), stores it in ``scope["state"]`` and echoes it on
+  the response, errors included; an invalid one is refused with 400;
+- for ``POST /predict`` and ``POST /feedback`` refuses a non-JSON content type
+  (415) and a body over ``MAX_BODY_BYTES`` (413, from ``Content-Length`` or
+  while reading), then replays the body to the route;
+- counts the request in ``ml_serving_requests_total`` and times it in
+  ``ml_serving_request_duration_seconds``, whatever its outcome (4xx included;
+  unknown paths are counted as ``endpoint="other"`` to bound cardinality).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from serving import metrics
+from serving.errors import JSON, error_body
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+KNOWN_ENDPOINTS = frozenset({"/predict", "/feedback", "/health", "/metrics", "/admin/reload"})
+JSON_BODY_ENDPOINTS = frozenset({"/predict", "/feedback"})
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class BodyError(Exception):
+    """The body cannot be accepted: status, summary, detail."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def _send_error(send: Send, status: int, error: str, detail: Any) -> None:
+    body = error_body(error, detail)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ServingMiddleware:
+    """Request ids, JSON body limits and request metrics for every HTTP request."""
+
+    def __init__(self, app: ASGIApp, *, track: str, max_body_bytes: int, current_version: Callable[[], str]) -> None:
+        self.app = app
+        self.track = track
+        self.max_body_bytes = max_body_bytes
+        self.current_version = current_version
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state["received_at"] = time.time()
+        offered = _header(scope, b"x-request-id")
+        valid_id = offered is None or REQUEST_ID.fullmatch(offered) is not None
+        request_id = offered if offered and valid_id else uuid.uuid4().hex
+        state["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
+        status = 500  # if the app dies before answering, the error middleware answers 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        try:
+            if not valid_id:
+                await _send_error(
+                    send_with_id, 400, "invalid X-Request-ID", "use 1 to 128 characters of A-Z a-z 0-9 . _ -"
+                )
+                return
+            if scope["method"] == "POST" and scope["path"] in JSON_BODY_ENDPOINTS:
+                try:
+                    body = await self._read_json_body(scope, receive)
+                except BodyError as exc:
+                    await _send_error(send_with_id, exc.status, exc.error, exc.detail)
+                    return
+                if body is None:  # client went away
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope["path"]
+            endpoint = path if path in KNOWN_ENDPOINTS else "other"
+            version = state.get("model_version") or self.current_version()
+            metrics.REQUESTS.labels(endpoint, str(status), version, self.track).inc()
+            metrics.REQUEST_DURATION.labels(endpoint, version, self.track).observe(time.perf_counter() - started)
+
+    async def _read_json_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        content_type = _header(scope, b"content-type")
+        if not is_json_media_type(content_type):
+            raise BodyError(
+                415, "unsupported media type", f"send Content-Type: application/json (got {content_type!r})"
+            )
+        declared = _header(scope, b"content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise BodyError(400, "invalid Content-Length", declared[:40])
+            if int(declared) > self.max_body_bytes:
+                raise BodyError(413, "request body too large", f"at most {self.max_body_bytes} bytes (MAX_BODY_BYTES)")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise BodyError(413, "request body too large", f"at most {self.max_body_bytes} bytes (MAX_BODY_BYTES)")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields the already-read body once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,224 @@
+"""The prediction log: JSON Lines, one object per row, date-partitioned, written off the request path.
+
+Layout (documented in docs/serving.md; the drift and canary code reads it)::
+
+    <PREDICTION_LOG_DIR>/date=YYYY-MM-DD/predictions-<track>-<pid>.jsonl
+    <PREDICTION_LOG_DIR>/date=YYYY-MM-DD/feedback-<track>-<pid>.jsonl
+
+Each process appends only to its own files (the pid is in the name), so no
+locking is needed. Requests hand a zero-argument render callable to a bounded
+queue (``put_nowait``; if the disk cannot keep up, rows are dropped and counted,
+never waited for); a daemon thread renders, writes, and flushes whenever the
+queue drains and at least every ``flush_interval`` seconds, and on close.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+
+from serving.encoding import json_key, matrix_objects
+
+log = logging.getLogger(__name__)
+
+RenderFn = Callable[[], tuple[str, bytes]]
+_STOP = object()
+
+
+def utc_timestamp(epoch: float) -> tuple[str, str]:
+    """``(YYYY-MM-DD, ISO 8601 UTC with microseconds and Z)`` for a Unix time."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class JsonlWriter:
+    """Appends rendered JSON lines to ``date=<day>/<stem>-<track>-<pid>.jsonl`` from a background thread."""
+
+    def __init__(
+        self,
+        root: Path,
+        stem: str,
+        track: str,
+        *,
+        max_pending: int = 10_000,
+        flush_interval: float = 0.5,
+        on_drop: Callable[[], None] | None = None,
+    ) -> None:
+        self.root = root
+        self.stem = stem
+        self.track = track
+        self.flush_interval = flush_interval
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self._on_drop = on_drop
+        self._thread: threading.Thread | None = None
+        self._files: dict[str, IO[bytes]] = {}
+        self._pid = os.getpid()
+
+    def path_for(self, day: str) -> Path:
+        return self.root / f"date={day}" / f"{self.stem}-{self.track}-{self._pid}.jsonl"
+
+    def start(self) -> JsonlWriter:
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name=f"{self.stem}-log-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, render: RenderFn) -> bool:
+        """Queue rows for writing; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(render)
+            return True
+        except queue.Full:
+            if self._on_drop is not None:
+                self._on_drop()
+            return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write everything queued so far, then stop the thread."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.warning("%s log queue still full at shutdown; some rows are lost", self.stem)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _handle(self, day: str) -> IO[bytes]:
+        handle = self._files.get(day)
+        if handle is None:
+            for old_day in list(self._files):  # a new day: yesterday's file is complete
+                self._files.pop(old_day).close()
+            path = self.path_for(day)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = self._files[day] = open(path, "ab", buffering=1 << 20)  # noqa: SIM115 - kept open across writes
+        return handle
+
+    def _flush(self) -> None:
+        for handle in self._files.values():
+            handle.flush()
+
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=self.flush_interval)
+                except queue.Empty:
+                    self._flush()
+                    last_flush = time.monotonic()
+                    continue
+                if item is _STOP:
+                    break
+                try:
+                    day, data = item()
+                    self._handle(day).write(data)
+                except Exception:
+                    log.exception("could not write %s log rows", self.stem)
+                if self._queue.empty() or time.monotonic() - last_flush >= self.flush_interval:
+                    self._flush()
+                    last_flush = time.monotonic()
+        finally:
+            for handle in self._files.values():
+                handle.close()
+            self._files.clear()
+
+
+def _literal(value: Any) -> bytes:
+    """A JSON literal safe to embed in a ``%`` template."""
+    return orjson.dumps(value).replace(b"%", b"%%")
+
+
+class PredictionLogFormat:
+    """Renders one prediction request as JSON lines (one per row), fast for numeric specs."""
+
+    def __init__(self, feature_names: Sequence[str], class_values: Sequence[Any], class_labels: Sequence[str]) -> None:
+        self.feature_names = list(feature_names)
+        self.class_labels = list(class_labels)
+        self._prediction_json = [orjson.dumps(v) for v in class_values]
+        self._feature_keys = [json_key(n) for n in self.feature_names]
+
+    def _features(self, rows: np.ndarray | list[tuple[Any, ...]]) -> list[bytes]:
+        if isinstance(rows, np.ndarray):
+            return matrix_objects(self.feature_names, rows)
+        return [orjson.dumps(dict(zip(self.feature_names, row, strict=True))) for row in rows]
+
+    def render(
+        self,
+        *,
+        request_id: str,
+        received_at: float,
+        latency_ms: float,
+        model_name: str,
+        model_version: str,
+        track: str,
+        rows: np.ndarray | list[tuple[Any, ...]],
+        class_index: np.ndarray,
+        probabilities: np.ndarray | None,
+    ) -> tuple[str, bytes]:
+        day, stamp = utc_timestamp(received_at)
+        template = (
+            b'{"event":"prediction","request_id":'
+            + _literal(request_id)
+            + b',"row":%d,"timestamp":'
+            + _literal(stamp)
+            + b',"model_name":'
+            + _literal(model_name)
+            + b',"model_version":'
+            + _literal(model_version)
+            + b',"track":'
+            + _literal(track)
+            + b',"features":%s,"prediction":%s,"probabilities":%s,"latency_ms":'
+            + _literal(round(latency_ms, 3))
+            + b"}\n"
+        )
+        features = self._features(rows)
+        predictions = [self._prediction_json[i] for i in class_index.tolist()]
+        probs = matrix_objects(self.class_labels, probabilities) if probabilities is not None else None
+        lines = [
+            template % (i, features[i], predictions[i], probs[i] if probs is not None else b"null")
+            for i in range(len(predictions))
+        ]
+        return day, b"".join(lines)
+
+
+def render_feedback(
+    *,
+    request_id: str,
+    rows: Sequence[int],
+    labels: Sequence[Any],
+    predictions: Sequence[Any],
+    model_version: str,
+    track: str,
+    at: float,
+) -> tuple[str, bytes]:
+    """Feedback events, one JSON line per labelled row."""
+    day, stamp = utc_timestamp(at)
+    lines = [
+        orjson.dumps(
+            {
+                "event": "feedback",
+                "request_id": request_id,
+                "row": row,
+                "timestamp": stamp,
+                "label": label,
+                "prediction": prediction,
+                "correct": label == prediction,
+                "model_version": model_version,
+                "track": track,
+            }
+        )
+        + b"\n"
+        for row, label, prediction in zip(rows, labels, predictions, strict=True)
+    ]
+    return day, b"".join(lines)

@@ -1,0 +1,162 @@
+"""Keeps the served version in step with the registry (runs in the API process).
+
+Every ``MODEL_AUTO_REFRESH_SECONDS`` (and on ``POST /admin/reload``) the model
+URI is resolved again. A new version is downloaded and checked against the
+served request schema *before* the desired-model marker is rewritten, so
+workers only ever swap to a complete, compatible version. When MLflow cannot
+be reached the served model stays, ``/health`` reports ``degraded``, and
+retries back off exponentially (from ``min(1 s, interval)`` up to
+``max(interval, 30 s)``) until the registry answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from serving.registry import ModelBundle, ModelRef, ModelResolutionError, RegistryClient, load_bundle_spec, redact_uri
+from serving.schema import RequestSchema
+from serving.state import RuntimeLayout, publish_desired_model
+
+log = logging.getLogger(__name__)
+
+BACKOFF_CAP_FLOOR = 30.0
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What one refresh did."""
+
+    previous_version: str
+    version: str
+    error: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.version != self.previous_version
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+class ModelRefresher:
+    """Re-resolves the model URI, publishes new versions to workers, and tracks registry health."""
+
+    def __init__(
+        self,
+        ref: ModelRef,
+        registry: RegistryClient,
+        layout: RuntimeLayout,
+        schema: RequestSchema,
+        bundle: ModelBundle,
+        interval: float,
+        on_reachability: Any = None,
+    ) -> None:
+        self.ref = ref
+        self.registry = registry
+        self.layout = layout
+        self.schema = schema
+        self.interval = interval
+        self.current = bundle
+        self.resolved_at: float = time.time()
+        self.reachable: bool = True
+        self.server_version: str | None = None
+        self.last_refresh_at: float | None = None
+        self.last_refresh_error: str | None = None
+        self.failures = 0
+        self.on_reachability = on_reachability
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- refreshing -------------------------------------------------------------------------
+
+    def refresh_now(self) -> RefreshOutcome:
+        """Resolve once; publish a new version if there is one (blocking; thread-safe)."""
+        with self._lock:
+            previous = self.current.version
+            self.last_refresh_at = time.time()
+            try:
+                bundle = self.registry.fetch(self.ref)
+                if bundle.version != previous:
+                    reason = self.schema.incompatibility(load_bundle_spec(bundle))
+                    if reason:
+                        raise ModelResolutionError(f"{bundle.uri} is not served: {reason}")
+                    publish_desired_model(self.layout, bundle)
+                    self.current, self.resolved_at = bundle, time.time()
+                    log.info("model %s now resolves to version %s (was %s)", self.ref.uri, bundle.version, previous)
+                self.server_version = self._server_version()
+                self._set_reachable(True)
+                self.last_refresh_error, self.failures = None, 0
+                return RefreshOutcome(previous, self.current.version, None)
+            except Exception as exc:
+                self.failures += 1
+                self.last_refresh_error = str(exc)[:500]
+                self._set_reachable(self.registry.ping())
+                log.warning("model refresh failed (%d in a row): %s", self.failures, self.last_refresh_error)
+                return RefreshOutcome(previous, previous, self.last_refresh_error)
+
+    def _server_version(self) -> str | None:
+        try:
+            return self.registry.server_version()
+        except Exception:
+            return None
+
+    def _set_reachable(self, reachable: bool) -> None:
+        self.reachable = reachable
+        if self.on_reachability is not None:
+            self.on_reachability(reachable)
+
+    def next_delay(self) -> float:
+        """Seconds until the next attempt: the interval, or an exponential backoff after failures."""
+        if not self.failures:
+            return self.interval
+        base = min(1.0, self.interval)
+        return min(base * 2 ** (self.failures - 1), max(self.interval, BACKOFF_CAP_FLOOR))
+
+    # -- background thread ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Refresh in a daemon thread (not when the interval is 0)."""
+        if self.interval <= 0 or self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="model-refresher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.next_delay()):
+            self.refresh_now()
+
+    # -- reporting --------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self.reachable and self.last_refresh_error is None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The ``mlflow`` block of ``/health``."""
+        return {
+            "tracking_uri": redact_uri(self.registry.tracking_uri),
+            "reachable": self.reachable,
+            "server_version": self.server_version,
+            "model_uri": self.ref.uri,
+            "resolved_version": self.current.version,
+            "loaded_at": _iso(self.resolved_at),
+            "last_refresh_at": _iso(self.last_refresh_at),
+            "last_refresh_error": self.last_refresh_error,
+            "consecutive_failures": self.failures,
+            "auto_refresh_seconds": self.interval,
+        }

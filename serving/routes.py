@@ -1,0 +1,158 @@
+"""HTTP routes of the API process: /predict, /feedback, /health, /metrics, /admin/reload.
+
+``/predict`` validates in this process and hands LitServe only well-formed
+payloads; the worker returns the finished body, and this process records the
+prediction for ``/feedback`` and metrics before answering. Request bodies are
+read raw (validated by :mod:`serving.schema`), so their JSON schemas are added
+to the OpenAPI document explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from serving.api import PredictPayload, WorkerResult
+from serving.encoding import dumps
+from serving.errors import JSON, json_error
+from serving.metrics import render_metrics
+from serving.schema import REQUEST_ID_PATTERN, RequestError
+from serving.service import ServingContext
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "detail": {}},
+    "required": ["error"],
+}
+_REQUEST_ID_PARAMETER = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "Your id for this request (echoed); one is generated when absent.",
+    "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(code): {"description": "error", "content": {JSON: {"schema": _ERROR_SCHEMA}}} for code in codes}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {JSON: {"schema": schema}}}
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(dumps(payload), status_code=status, media_type=JSON)
+
+
+def register_predict(app: FastAPI, ctx: ServingContext, handler: Any) -> None:
+    """``POST /predict`` in front of LitServe's request handler (queue -> worker -> response)."""
+
+    async def predict(request: Request) -> Response:
+        state = request.state
+        try:
+            rows = ctx.schema.parse_predict(await request.body())
+        except RequestError as exc:
+            return json_error(exc.status, exc.error, exc.detail)
+        result: WorkerResult = await handler.handle_request(
+            PredictPayload(state.request_id, rows, state.received_at), PredictPayload
+        )
+        state.model_version = result.model_version
+        if result.status == 200 and result.class_index is not None:
+            ctx.record_prediction(state.request_id, result.model_version, result.class_index)
+        return Response(result.body, status_code=result.status, media_type=JSON)
+
+    app.add_api_route(
+        "/predict",
+        predict,
+        methods=["POST"],
+        summary="Predict classes for one or more rows",
+        response_class=Response,
+        openapi_extra={
+            "requestBody": _json_body(ctx.schema.predict_json_schema()),
+            "parameters": [_REQUEST_ID_PARAMETER],
+            "responses": {"200": {"description": "predictions"}, **_errors(400, 413, 415, 422)},
+        },
+    )
+
+
+def register_routes(app: FastAPI, ctx: ServingContext) -> None:
+    """``/feedback``, ``/health``, ``/metrics`` and ``/admin/reload``."""
+
+    async def feedback(request: Request) -> Response:
+        try:
+            parsed = ctx.schema.parse_feedback(await request.body())
+            return _json(ctx.apply_feedback(parsed))
+        except RequestError as exc:
+            return json_error(exc.status, exc.error, exc.detail)
+
+    async def health() -> Response:
+        status, body = ctx.health()
+        return _json(body, status)
+
+    async def metrics_endpoint() -> Response:
+        body, content_type = render_metrics()
+        return Response(body, media_type=content_type)
+
+    async def reload(request: Request) -> Response:
+        token = ctx.config.admin_api_token
+        if not token:
+            return json_error(403, "admin API disabled", "set ADMIN_API_TOKEN to enable /admin/reload")
+        offered = request.headers.get("x-admin-token")
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and credentials:
+            offered = credentials.strip()
+        if not offered or not hmac.compare_digest(offered.encode(), token.encode()):
+            return json_error(
+                401, "unauthorized", "send Authorization: Bearer <ADMIN_API_TOKEN>", {"WWW-Authenticate": "Bearer"}
+            )
+        outcome = await asyncio.to_thread(ctx.refresher.refresh_now)
+        body = {
+            "changed": outcome.changed,
+            "previous_version": outcome.previous_version,
+            "version": outcome.version,
+            "error": outcome.error,
+        }
+        return _json(body, 503 if outcome.error else 200)
+
+    app.add_api_route(
+        "/feedback",
+        feedback,
+        methods=["POST"],
+        summary="Report ground truth for an earlier prediction",
+        response_class=Response,
+        openapi_extra={
+            "requestBody": _json_body(ctx.schema.feedback_json_schema()),
+            "responses": {"200": {"description": "feedback recorded"}, **_errors(400, 404, 409, 413, 415, 422)},
+        },
+    )
+    app.add_api_route(
+        "/health",
+        health,
+        methods=["GET"],
+        summary="Readiness, served model and registry status",
+        response_class=Response,
+        openapi_extra={"responses": {"200": {"description": "ok or degraded"}, "503": {"description": "unavailable"}}},
+    )
+    app.add_api_route(
+        "/metrics",
+        metrics_endpoint,
+        methods=["GET"],
+        summary="Prometheus metrics of all processes",
+        response_class=Response,
+    )
+    app.add_api_route(
+        "/admin/reload",
+        reload,
+        methods=["POST"],
+        summary="Re-resolve the model URI now (needs ADMIN_API_TOKEN)",
+        response_class=Response,
+        openapi_extra={
+            "parameters": [{"name": "Authorization", "in": "header", "required": False, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "reloaded"}, **_errors(401, 403, 503)},
+        },
+    )

@@ -1,0 +1,210 @@
+"""The request schema, derived from the dataset spec, and request validation.
+
+Validation runs in the API process with pydantic-core straight from the raw
+body (JSON parsing and type checks in one pass, in Rust), so inference
+workers only ever see well-formed batches. Rules:
+
+- numeric features take JSON numbers only (no strings, booleans, null, NaN or
+  infinities); ``int`` features must be integral; ranges are *not* enforced
+  (out-of-range values are drift, not bad requests);
+- category features take one of the spec's category strings;
+- ``features`` rows must have exactly one value per feature, in spec order;
+  ``records`` must have exactly the spec's feature names as keys.
+
+The same pydantic types produce the JSON schema published in ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, NotRequired
+
+import numpy as np
+from pydantic import AllowInfNan, ConfigDict, Field, Strict, TypeAdapter, ValidationError, WithJsonSchema
+from typing_extensions import TypedDict
+
+from ml_platform.spec import DatasetSpec, FeatureSpec
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+MAX_REPORTED_ERRORS = 20
+
+
+class RequestError(Exception):
+    """A request the server refuses, with its HTTP status and a JSON-able detail."""
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class FeedbackRequest:
+    """A validated feedback call: spec class indices for some rows of one prediction."""
+
+    request_id: str
+    rows: list[int] | None  # None: one label per row of the prediction, in order
+    labels: list[int]
+
+
+def _feature_type(feature: FeatureSpec) -> Any:
+    if feature.type == "category":
+        return Literal[feature.categories]  # type: ignore[valid-type]
+    number = Annotated[float, Strict(), AllowInfNan(False)]
+    if feature.type == "int":
+        return Annotated[number, Field(multiple_of=1)]
+    return number
+
+
+def _strict_object(name: str, fields: dict[str, Any], **schema_extra: Any) -> Any:
+    """A TypedDict that rejects unknown keys (functional syntax: any key is allowed)."""
+    typed = TypedDict(name, fields)  # type: ignore[operator]
+    typed.__pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra=schema_extra or None)  # type: ignore[attr-defined]
+    return typed
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``#/$defs/...`` references by their definitions (OpenAPI cannot resolve them)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(copy.deepcopy(defs[ref.split("/")[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+def _describe(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False)[:MAX_REPORTED_ERRORS]
+    ]
+
+
+class RequestSchema:
+    """Validators for ``/predict`` and ``/feedback`` bodies, built from one dataset spec."""
+
+    def __init__(self, spec: DatasetSpec, max_rows: int) -> None:
+        self.spec = spec
+        self.max_rows = max_rows
+        self.feature_names = spec.feature_names
+        self.numeric_only = not spec.categorical_features
+        self.class_values = list(spec.target.classes)
+        self.class_labels = [
+            spec.target.labels[i] if i < len(spec.target.labels) else str(c) for i, c in enumerate(self.class_values)
+        ]
+        types = [_feature_type(f) for f in spec.features]
+        row = tuple[tuple(types)]  # type: ignore[misc]
+        record = _strict_object("Record", dict(zip(self.feature_names, types, strict=True)))
+        rows_field = Field(min_length=1, max_length=max_rows)
+        body = _strict_object(
+            "PredictRequest",
+            {
+                "features": NotRequired[Annotated[list[row], rows_field]],  # type: ignore[valid-type]
+                "records": NotRequired[Annotated[list[record], rows_field]],  # type: ignore[valid-type]
+            },
+            minProperties=1,
+            maxProperties=1,
+            description="Exactly one of `features` (rows of values in spec feature order) or `records` "
+            f"(objects keyed by feature name). Features: {', '.join(self.feature_names)}.",
+        )
+        self._predict = TypeAdapter(body)
+
+        self._label_index: dict[tuple[type, Any], int] = {}
+        for index, value in enumerate(self.class_values):
+            self._label_index[(type(value), value)] = index
+            self._label_index[(str, self.class_labels[index])] = index
+        allowed = sorted({v for _, v in self._label_index}, key=str)
+        label = Annotated[Annotated[int, Strict()] | Annotated[str, Strict()], WithJsonSchema({"enum": allowed})]
+        request_id = Annotated[str, Strict(), Field(pattern=REQUEST_ID_PATTERN)]
+        feedback = _strict_object(
+            "FeedbackRequest",
+            {
+                "request_id": request_id,
+                "labels": NotRequired[Annotated[list[label], Field(min_length=1, max_length=max_rows)]],  # type: ignore[valid-type]
+                "row": NotRequired[Annotated[int, Strict(), Field(ge=0, lt=max_rows)]],
+                "label": NotRequired[label],
+            },
+            description="Ground truth for an earlier prediction: `labels` (one per predicted row) or "
+            "`row` + `label`. A label is a class value or its readable name.",
+        )
+        self._feedback = TypeAdapter(feedback)
+
+    # -- validation -------------------------------------------------------------------------
+
+    def _validate(self, adapter: TypeAdapter[Any], body: bytes) -> dict[str, Any]:
+        try:
+            return adapter.validate_json(body)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            if any(err["type"] == "json_invalid" for err in errors):
+                raise RequestError(400, "malformed JSON", errors[0]["msg"]) from None
+            if any(err["type"] == "too_long" and len(err["loc"]) == 1 for err in errors):
+                raise RequestError(
+                    413, "too many rows", f"at most {self.max_rows} rows per request (MAX_BATCH_ROWS)"
+                ) from None
+            raise RequestError(422, "invalid request", _describe(exc)) from None
+
+    def parse_predict(self, body: bytes) -> np.ndarray | list[tuple[Any, ...]]:
+        """Validate a ``/predict`` body; return rows in spec feature order.
+
+        Numeric-only specs give a float64 array (N, n_features); specs with
+        category features give a list of row tuples.
+        """
+        parsed = self._validate(self._predict, body)
+        if len(parsed) != 1:
+            raise RequestError(422, "invalid request", "send exactly one of `features` or `records`")
+        if "features" in parsed:
+            rows = parsed["features"]
+        else:
+            names = self.feature_names
+            rows = [tuple(record[name] for name in names) for record in parsed["records"]]
+        if self.numeric_only:
+            return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self.feature_names))
+        return rows
+
+    def parse_feedback(self, body: bytes) -> FeedbackRequest:
+        """Validate a ``/feedback`` body; labels come back as spec class indices."""
+        parsed = self._validate(self._feedback, body)
+        has_labels, has_row, has_label = "labels" in parsed, "row" in parsed, "label" in parsed
+        if has_labels == (has_row or has_label) or has_row != has_label:
+            raise RequestError(422, "invalid request", "send either `labels` or both `row` and `label`")
+        raw = parsed["labels"] if has_labels else [parsed["label"]]
+        indices = []
+        for position, value in enumerate(raw):
+            index = self._label_index.get((type(value), value))
+            if index is None:
+                allowed = [*self.class_values, *self.class_labels]
+                raise RequestError(
+                    422, "unknown label", f"label {value!r} at position {position} is not one of {allowed}"
+                )
+            indices.append(index)
+        return FeedbackRequest(parsed["request_id"], None if has_labels else [parsed["row"]], indices)
+
+    # -- OpenAPI ----------------------------------------------------------------------------
+
+    def predict_json_schema(self) -> dict[str, Any]:
+        return _inline_refs(self._predict.json_schema())
+
+    def feedback_json_schema(self) -> dict[str, Any]:
+        return _inline_refs(self._feedback.json_schema())
+
+    # -- compatibility ----------------------------------------------------------------------
+
+    def incompatibility(self, other: DatasetSpec) -> str | None:
+        """Why a new version's spec cannot be served with this schema (None when it can)."""
+        if [(f.name, f.type, f.categories) for f in other.features] != [
+            (f.name, f.type, f.categories) for f in self.spec.features
+        ]:
+            return "its features (names, order, types or categories) differ from the served schema"
+        if list(other.target.classes) != self.class_values:
+            return "its target classes differ from the served schema"
+        return None

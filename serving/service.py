@@ -1,0 +1,197 @@
+"""The API process's state and logic behind the routes: predictions, feedback, health.
+
+One :class:`ServingContext` lives in the API process (built in the main
+process, inherited when LitServe forks the API server). Routes stay thin; the
+bookkeeping that needs to see every worker's answers lives here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving import metrics
+from serving.config import ServingConfig
+from serving.feedback import LiveAccuracy, PredictionCache
+from serving.predlog import JsonlWriter, render_feedback
+from serving.refresher import ModelRefresher
+from serving.schema import FeedbackRequest, RequestError, RequestSchema
+from serving.state import RuntimeLayout, read_worker_statuses
+
+
+class ServingContext:
+    """Everything the API-process routes share."""
+
+    def __init__(
+        self,
+        config: ServingConfig,
+        layout: RuntimeLayout,
+        schema: RequestSchema,
+        refresher: ModelRefresher,
+        prediction_log_dir: Path,
+    ) -> None:
+        self.config = config
+        self.track = config.track
+        self.layout = layout
+        self.schema = schema
+        self.refresher = refresher
+        self.cache = PredictionCache(config.feedback_cache_size)
+        self.accuracy = LiveAccuracy()
+        self.feedback_log = JsonlWriter(
+            prediction_log_dir,
+            "feedback",
+            config.track,
+            on_drop=metrics.LOG_DROPPED.labels("feedback", config.track).inc,
+        )
+        self.workers_ready: Callable[[], bool] = lambda: False
+        self._class_labels = schema.class_labels
+        self._class_values = schema.class_values
+
+    # -- lifecycle (API process) ------------------------------------------------------------
+
+    def start(self) -> None:
+        metrics.REGISTRY_UP.labels(self.track).set(1 if self.refresher.reachable else 0)
+        self.feedback_log.start()
+        self.refresher.start()
+
+    def stop(self) -> None:
+        self.refresher.stop()
+        self.feedback_log.close()
+
+    def current_version(self) -> str:
+        return self.refresher.current.version
+
+    def on_reachability(self, reachable: bool) -> None:
+        metrics.REGISTRY_UP.labels(self.track).set(1 if reachable else 0)
+
+    # -- predictions ------------------------------------------------------------------------
+
+    def record_prediction(self, request_id: str, model_version: str, class_index: np.ndarray) -> None:
+        """Remember a prediction for feedback and count its classes."""
+        self.cache.put(request_id, model_version, class_index)
+        counts = np.bincount(class_index, minlength=len(self._class_labels)) if len(class_index) > 1 else None
+        if counts is None:
+            metrics.PREDICTIONS.labels(self._class_labels[int(class_index[0])], model_version, self.track).inc()
+            return
+        for index, count in enumerate(counts.tolist()):
+            if count:
+                metrics.PREDICTIONS.labels(self._class_labels[index], model_version, self.track).inc(count)
+
+    # -- feedback ---------------------------------------------------------------------------
+
+    def apply_feedback(self, feedback: FeedbackRequest) -> dict[str, Any]:
+        """Score ground truth against the recorded prediction; update metrics and the feedback log."""
+        entry = self.cache.get(feedback.request_id)
+        if entry is None:
+            raise RequestError(
+                404,
+                "unknown request id",
+                f"{feedback.request_id!r} was not predicted by this server recently (or was evicted)",
+            )
+        if feedback.rows is None:
+            if len(feedback.labels) != entry.rows:
+                raise RequestError(
+                    422,
+                    "label count mismatch",
+                    f"the prediction has {entry.rows} rows, got {len(feedback.labels)} labels",
+                )
+            rows = np.arange(entry.rows)
+        else:
+            if feedback.rows[0] >= entry.rows:
+                raise RequestError(422, "row out of range", f"the prediction has {entry.rows} rows (0-based)")
+            rows = np.asarray(feedback.rows)
+        if entry.labelled[rows].any():
+            already = rows[entry.labelled[rows]].tolist()[:20]
+            raise RequestError(
+                409, "feedback already recorded", f"rows {already} of {feedback.request_id!r} are labelled"
+            )
+        entry.labelled[rows] = True
+        labels = np.asarray(feedback.labels)
+        predicted = entry.class_index[rows]
+        correct = int((predicted == labels).sum())
+        total = len(rows)
+        version = entry.model_version
+        if correct:
+            metrics.FEEDBACK.labels("correct", version, self.track).inc(correct)
+        if total - correct:
+            metrics.FEEDBACK.labels("incorrect", version, self.track).inc(total - correct)
+        accuracy = self.accuracy.record(version, correct, total)
+        metrics.LIVE_ACCURACY.labels(version, self.track).set(accuracy)
+        values = self._class_values
+        self.feedback_log.submit(
+            partial(
+                render_feedback,
+                request_id=feedback.request_id,
+                rows=rows.tolist(),
+                labels=[values[i] for i in labels.tolist()],
+                predictions=[values[i] for i in predicted.tolist()],
+                model_version=version,
+                track=self.track,
+                at=time.time(),
+            )
+        )
+        return {
+            "request_id": feedback.request_id,
+            "model_version": version,
+            "accepted": total,
+            "correct": correct,
+            "live_accuracy": accuracy,
+        }
+
+    # -- health -----------------------------------------------------------------------------
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``(HTTP status, body)``: 200 ok/degraded while a model serves, 503 unavailable otherwise."""
+        workers = read_worker_statuses(self.layout)
+        ready = self.workers_ready()
+        desired = self.refresher.current
+        serving_versions = sorted({w["model_version"] for w in workers if w.get("model_version")})
+        runtimes = sorted({w["runtime"] for w in workers if w.get("runtime")})
+        problems = []
+        if not ready or not serving_versions:
+            status = "unavailable"
+            problems.append("inference workers are not ready")
+        else:
+            status = "ok"
+            if not self.refresher.reachable:
+                problems.append("the MLflow registry is unreachable; serving the loaded model")
+            elif self.refresher.last_refresh_error:
+                problems.append("the last model refresh failed; serving the loaded model")
+            problems += [f"worker {w['worker_id']}: {w['error']}" for w in workers if w.get("error")]
+            if problems:
+                status = "degraded"
+        body = {
+            "status": status,
+            "problems": problems,
+            "track": self.track,
+            "model": {
+                "name": desired.name,
+                "version": desired.version,
+                "uri": desired.uri,
+                "runtime": runtimes[0] if len(runtimes) == 1 else runtimes,
+                "serving_versions": serving_versions,
+                "swap_in_progress": serving_versions != [desired.version],
+                "data_version": desired.data_version,
+                "workers_ready": ready,
+                "workers": [
+                    {
+                        "worker_id": w.get("worker_id"),
+                        "pid": w.get("pid"),
+                        "model_version": w.get("model_version"),
+                        "runtime": w.get("runtime"),
+                        "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(w["loaded_at"]))
+                        if w.get("loaded_at")
+                        else None,
+                        "error": w.get("error"),
+                    }
+                    for w in workers
+                ],
+            },
+            "mlflow": self.refresher.snapshot(),
+        }
+        return (503 if status == "unavailable" else 200), body
