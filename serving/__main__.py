@@ -24,8 +24,17 @@ from serving.state import RuntimeLayout, prepare_multiproc_dir
 log = logging.getLogger("serving")
 
 
+_MAIN_PID = os.getpid()
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM behaves like Ctrl-C: LitServe then shuts the API server and workers down in order."""
+    """SIGTERM behaves like Ctrl-C: LitServe then shuts the API server and workers down in order.
+
+    The forked API server inherits this handler; uvicorn re-raises the signal
+    there after its own graceful shutdown, which should simply end that process.
+    """
+    if os.getpid() != _MAIN_PID:
+        raise SystemExit(0)
     raise KeyboardInterrupt
 
 
@@ -97,4 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Children (API server, workers) have flushed and exited; skip the slow final
+    # garbage collection of a process that imported MLflow.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -69,17 +69,17 @@ def redact_uri(uri: str) -> str:
         parts = urlsplit(uri)
     except ValueError:
         return "<unparseable uri>"
-    netloc = parts.netloc
+    netloc, query = parts.netloc, parts.query
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
-    query = parts.query
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}" if ":" in userinfo else f"***@{host}"
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
             [(k, "***" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v) for k, v in pairs], safe="*"
         )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri  # nothing secret (and sqlite:////abs/path keeps its slashes)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

@@ -21,7 +21,7 @@ from serving.registry import ModelBundle
 
 log = logging.getLogger(__name__)
 
-PROBABILITY_DECIMALS = 6
+PROBABILITY_DECIMALS = 5  # float32 sums over many trees are exact to ~1e-6
 
 
 class ModelLoadError(RuntimeError):

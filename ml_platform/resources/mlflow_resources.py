@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -71,24 +72,62 @@ def ensure_experiment(name: str, tracking_uri: str | None = None) -> str:
     },
     description="dagster-mlflow tracking (one MLflow run per Dagster run), imported lazily.",
 )
-def mlflow_tracking(init_context: dg.InitResourceContext) -> Any:
-    """One MLflow run per Dagster run through dagster-mlflow's ``MlFlow`` resource."""
-    from dagster_mlflow.resources import MlFlow
+def mlflow_tracking(init_context: dg.InitResourceContext) -> Iterator[Any]:
+    """One MLflow run per Dagster run through dagster-mlflow's ``MlFlow`` resource.
 
+    The MLflow run starts on first use, so runs whose gates stop them before
+    training leave no empty MLflow run behind; a run still open when the
+    Dagster run ends (the step failed) is closed as FAILED.
+    """
     config = dict(init_context.resource_config or {})
-    config.setdefault("experiment_name", experiment_name(load_spec().name))
-    explicit_uri = config.get("mlflow_tracking_uri")
-    config["mlflow_tracking_uri"] = explicit_uri or settings.mlflow_tracking_uri()
-    config.setdefault("env", {})
-    ensure_experiment(config["experiment_name"], explicit_uri)
-    # MlFlow reads only these attributes of its init context.
-    context_view = SimpleNamespace(
-        log=init_context.log,
-        dagster_run=init_context.dagster_run,
-        run_id=init_context.run_id,
-        resource_config=config,
-    )
-    return MlFlow(context_view)
+
+    def start() -> Any:
+        from dagster_mlflow.resources import MlFlow
+
+        config.setdefault("experiment_name", experiment_name(load_spec().name))
+        explicit_uri = config.get("mlflow_tracking_uri")
+        config["mlflow_tracking_uri"] = explicit_uri or settings.mlflow_tracking_uri()
+        config.setdefault("env", {})
+        ensure_experiment(config["experiment_name"], explicit_uri)
+        # MlFlow reads only these attributes of its init context.
+        context_view = SimpleNamespace(
+            log=init_context.log,
+            dagster_run=init_context.dagster_run,
+            run_id=init_context.run_id,
+            resource_config=config,
+        )
+        return MlFlow(context_view)
+
+    tracking = LazyMlflowTracking(start)
+    try:
+        yield tracking
+    finally:
+        tracking.close_if_open()
+
+
+class LazyMlflowTracking:
+    """Builds the dagster-mlflow resource on first attribute access."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._resource: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._resource is None:
+            self._resource = self._factory()
+        return getattr(self._resource, name)
+
+    def close_if_open(self) -> None:
+        """End this Dagster run's MLflow run if a step left it open."""
+        if self._resource is None:
+            return
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self._resource.mlflow_run_id:
+            mlflow.end_run(status="FAILED")
 
 
 class MlflowRegistry(dg.ConfigurableResource):

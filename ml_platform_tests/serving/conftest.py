@@ -1,0 +1,161 @@
+"""Session fixtures: one real MLflow store with three versions, and real serving processes.
+
+Serving processes are shared: ``main`` (ONNX, two workers, admin token) serves
+most tests; ``fallback`` serves the sklearn-only version (no admin token);
+``hotswap`` follows an alias with a one-second refresh. They start
+concurrently once per session, and are stopped with SIGTERM at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import replace
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ml_platform_tests.serving.helpers import MODEL_NAME, MlflowStore, ServingProcess, running
+
+ADMIN_TOKEN = "test-admin-token-3f1c"
+MAIN_MAX_BATCH_ROWS = 2000
+MAIN_MAX_BODY_BYTES = 1_000_000
+
+
+def _register_sklearn_only(model: object, spec: object, train_frame: object) -> str:
+    """Register ``model`` the way ml_platform does, but without the ONNX graph (the fallback path)."""
+    import mlflow
+
+    from ml_platform.ml.registry import model_signature, pip_requirements, skops_trusted_types
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file = Path(tmp) / "dataset_spec.yaml"
+        spec_file.write_text(spec.source_path.read_text())  # type: ignore[attr-defined]
+        example = Path(tmp) / "input_example.json"
+        example.write_text(json.dumps({"records": train_frame.head(5).to_dict(orient="records")}))  # type: ignore[attr-defined]
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                serialization_format="skops",
+                skops_trusted_types=skops_trusted_types(model),
+                signature=model_signature(spec),  # type: ignore[arg-type]
+                pip_requirements=pip_requirements(),
+                extra_files=[str(spec_file), str(example)],
+                registered_model_name=MODEL_NAME,
+                await_registration_for=60,
+            )
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_model_version_tag(MODEL_NAME, version, "onnx", "unavailable: test fixture")
+    return version
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowStore]:
+    """Iris forests registered in a sqlite store: v1 ONNX, v2 another ONNX forest, v3 = v1 without ONNX."""
+    import mlflow
+    import pandas as pd
+
+    from ml_platform.ml.registry import log_and_register_model
+    from ml_platform.ml.training import evaluate_model, fit_model, split_dataset
+    from ml_platform.spec import load_spec
+
+    root = tmp_path_factory.mktemp("mlflow")
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        mlflow.create_experiment("serving-tests", artifact_location=(root / "artifacts").as_uri())
+        mlflow.set_experiment("serving-tests")
+        spec = load_spec("iris")
+        frame = pd.read_csv(spec.bootstrap_path())
+        split = split_dataset(frame, spec)
+        model = fit_model(split, spec)
+        small = {"n_estimators": 7, "max_depth": 2, "random_state": 3}
+        other = fit_model(split, replace(spec, model=replace(spec.model, params=small)))
+        versions = []
+        for fitted in (model, other):
+            with mlflow.start_run() as run:
+                registered, export = log_and_register_model(
+                    fitted,
+                    spec,
+                    split.x_train,
+                    run_id=run.info.run_id,
+                    data_version="test-data",
+                    metrics=evaluate_model(fitted, split, spec).flat_metrics(),
+                    extra_tags={},
+                )
+            assert export.verified, export.reason
+            versions.append(registered.version)
+        versions.append(_register_sklearn_only(model, spec, split.x_train))
+        yield MlflowStore(root, tracking_uri, *versions)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+
+
+def _set_alias(store: MlflowStore, alias: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=store.tracking_uri).set_registered_model_alias(MODEL_NAME, alias, version)
+
+
+@pytest.fixture(scope="session")
+def set_alias(mlflow_store: MlflowStore):  # type: ignore[no-untyped-def]
+    """Move an alias of the test model (what a promotion does)."""
+    return lambda alias, version: _set_alias(mlflow_store, alias, version)
+
+
+@pytest.fixture(scope="session")
+def fleet(mlflow_store: MlflowStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServingProcess]]:
+    """The shared serving processes, started concurrently."""
+    _set_alias(mlflow_store, "hotswap", mlflow_store.onnx_version)
+    base = tmp_path_factory.mktemp("serving")
+    common = {"MLFLOW_TRACKING_URI": mlflow_store.tracking_uri}
+    servers = {
+        "main": ServingProcess(
+            "main",
+            base / "main",
+            {
+                **common,
+                "MODEL_URI": f"models:/{MODEL_NAME}/{mlflow_store.onnx_version}",
+                "WORKERS": "2",
+                "ADMIN_API_TOKEN": ADMIN_TOKEN,
+                "MAX_BATCH_ROWS": str(MAIN_MAX_BATCH_ROWS),
+                "MAX_BODY_BYTES": str(MAIN_MAX_BODY_BYTES),
+            },
+        ),
+        "fallback": ServingProcess(
+            "fallback",
+            base / "fallback",
+            {**common, "MODEL_URI": f"models:/{MODEL_NAME}/{mlflow_store.sklearn_version}", "TRACK": "canary"},
+        ),
+        "hotswap": ServingProcess(
+            "hotswap",
+            base / "hotswap",
+            {
+                **common,
+                "MODEL_URI": f"models:/{MODEL_NAME}@hotswap",
+                "WORKERS": "2",
+                "MODEL_AUTO_REFRESH_SECONDS": "1",
+                "ADMIN_API_TOKEN": ADMIN_TOKEN,
+            },
+        ),
+    }
+    with running(*servers.values()):
+        yield servers
+
+
+@pytest.fixture(scope="session")
+def main_server(fleet: dict[str, ServingProcess]) -> ServingProcess:
+    return fleet["main"]
+
+
+@pytest.fixture(scope="session")
+def fallback_server(fleet: dict[str, ServingProcess]) -> ServingProcess:
+    return fleet["fallback"]
+
+
+@pytest.fixture(scope="session")
+def hotswap_server(fleet: dict[str, ServingProcess]) -> ServingProcess:
+    return fleet["hotswap"]

@@ -1,0 +1,1 @@
+"""The Dagster UI (``dagster dev``) driven in headless Chromium."""

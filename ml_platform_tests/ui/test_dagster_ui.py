@@ -1,0 +1,141 @@
+"""The Dagster UI shows the platform's assets and gates, and runs ``training_job`` when asked.
+
+A real ``dagster dev`` (webserver + daemon) serves a temporary platform home with the bundled
+iris data landed; Debian's Chromium drives it through Playwright. Screenshots of what the
+test saw are saved in ``test-artifacts/ui/``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ml_platform_tests.ui.conftest import CHROMIUM, LOCATION, SENSOR, DagsterUI
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator, Page
+
+pytestmark = [
+    pytest.mark.ui,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not found (apt-get install chromium)"),
+]
+
+ASSETS = ("raw_batch", "training_dataset", "candidate_model", "reference_snapshot")
+CHECKS = {
+    "raw_batch": ("batch_passes_expectation_suite",),
+    "candidate_model": ("meets_metric_thresholds", "no_regression_against_champion", "serving_smoke_test"),
+}
+RUN_TIMEOUT_S = 240
+TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
+
+_RUN_QUERY = """
+query ($runId: ID!) { runOrError(runId: $runId) { __typename
+    ... on Run { runId status jobName tags { key value } }
+    ... on PythonError { message } } }
+"""
+_RUNS_QUERY = "{ runsOrError { ... on Runs { results { runId jobName status } } } }"
+_RUN_LOGS_QUERY = """
+query ($runId: ID!) { logsForRun(runId: $runId) { ... on EventConnection { events {
+    __typename ... on MessageEvent { message stepKey } } } } }
+"""
+_SENSOR_QUERY = """
+query ($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+    __typename ... on Sensor { sensorState { status } } } }
+"""
+
+
+def shown(page: Page, name: str) -> Locator:
+    """A visible element naming ``name``: its text, or the full name of a middle-truncated label."""
+    return page.get_by_text(name, exact=True).or_(page.get_by_title(name, exact=True)).filter(visible=True).first
+
+
+def _run(ui: DagsterUI, run_id: str) -> dict[str, Any]:
+    run = ui.graphql(_RUN_QUERY, {"runId": run_id})["runOrError"]
+    assert run["__typename"] == "Run", run
+    return dict(run)
+
+
+def _failure_summary(ui: DagsterUI, run_id: str) -> str:
+    events = ui.graphql(_RUN_LOGS_QUERY, {"runId": run_id})["logsForRun"].get("events", [])
+    failures = [e for e in events if "Failure" in e["__typename"] or "Error" in e["__typename"]]
+    lines = [f"{e['__typename']} {e.get('stepKey') or ''}: {e.get('message', '')[:400]}" for e in failures or events[-10:]]
+    return "\n".join(lines) + f"\n--- dagster dev log ---\n{ui.log_tail(40)}"
+
+
+def test_asset_graph_shows_every_asset_and_check(page: Page, dagster_ui: DagsterUI, artifacts_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    # Global asset lineage: the two groups (ingestion, training) start collapsed; ⌥E expands all.
+    page.goto("/asset-groups")
+    expect(page.get_by_text("Global asset lineage")).to_be_visible()
+    expect(shown(page, "training")).to_be_visible()
+    page.keyboard.press("Alt+KeyE")
+    for asset in ASSETS:
+        expect(shown(page, asset), f"asset {asset} in the lineage graph").to_be_visible()
+    page.screenshot(path=str(artifacts_dir / "01-asset-graph.png"))
+
+    # Each asset's Checks tab lists its gates (the UI has no global list of checks).
+    for number, (asset, checks) in enumerate(CHECKS.items(), start=2):
+        page.goto(f"/assets/{asset}?view=checks")
+        expect(page.get_by_text(f"Checks ({len(checks)})", exact=True)).to_be_visible()
+        for check in checks:
+            expect(shown(page, check), f"check {check} on {asset}").to_be_visible()
+        page.screenshot(path=str(artifacts_dir / f"0{number}-checks-{asset}.png"))
+
+
+def test_launch_training_job_from_launchpad(page: Page, dagster_ui: DagsterUI, artifacts_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "sensorName": SENSOR}
+    sensor = dagster_ui.graphql(_SENSOR_QUERY, {"selector": selector})["sensorOrError"]
+    assert sensor["sensorState"]["status"] == "STOPPED", f"the sensor would launch runs of its own: {sensor}"
+
+    # Launchpad of the job. raw_batch is dynamically partitioned and nothing is registered yet:
+    # launching without a partition runs the job in sweep mode over everything in incoming/.
+    page.goto(f"/locations/{LOCATION}/jobs/training_job/playground")
+    expect(page.get_by_text("No errors", exact=True)).to_be_visible(timeout=60_000)
+    page.screenshot(path=str(artifacts_dir / "04-launchpad.png"))
+    page.get_by_role("button", name="Launch Run").click()
+    confirm = page.get_by_role("dialog").filter(has_text="This job is partitioned")
+    expect(confirm).to_be_visible()
+    confirm.get_by_role("button", name="Confirm").click()
+
+    # The UI opens the new run's page.
+    page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
+    match = re.search(r"/runs/([0-9a-f-]{36})", page.url)
+    assert match, page.url
+    run_id = match.group(1)
+
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    run = _run(dagster_ui, run_id)
+    while run["status"] not in TERMINAL_STATUSES and time.monotonic() < deadline:
+        time.sleep(2)
+        run = _run(dagster_ui, run_id)
+    if run["status"] != "SUCCESS":
+        page.screenshot(path=str(artifacts_dir / "05-run.png"))
+        pytest.fail(f"run {run_id} is {run['status']}:\n{_failure_summary(dagster_ui, run_id)}")
+
+    # What the UI shows: the status badge and the tab title.
+    expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+    expect(page).to_have_title(re.compile(r"\[SUCCESS\]"))
+    page.screenshot(path=str(artifacts_dir / "05-run-success.png"))
+
+    # The run was launched from the UI, and it is the only one (no sensor run raced it).
+    assert run["jobName"] == "training_job"
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert tags.get("dagster/from_ui") == "true", tags
+    assert "dagster/sensor_name" not in tags, tags
+    runs = dagster_ui.graphql(_RUNS_QUERY)["runsOrError"]["results"]
+    assert [r["runId"] for r in runs] == [run_id], runs
+
+    # Every gate on the candidate model now shows as succeeded.
+    page.goto("/assets/candidate_model?view=checks")
+    for check in CHECKS["candidate_model"]:
+        expect(shown(page, check)).to_be_visible()
+    expect(page.get_by_text("Succeeded", exact=True)).to_have_count(len(CHECKS["candidate_model"]))
+    page.screenshot(path=str(artifacts_dir / "06-checks-after-run.png"))
