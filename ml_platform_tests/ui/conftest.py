@@ -156,19 +156,21 @@ def _wait_until_loaded(ui: DagsterUI) -> None:
     raise RuntimeError(f"dagster dev not ready after {SERVER_START_TIMEOUT_S}s ({last}):\n{ui.log_tail()}")
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C the whole process group like a terminal would, then SIGKILL whatever is left."""
+def _stop(process: subprocess.Popen[bytes], grace_s: float = 15) -> None:
+    """Stop ``dagster dev`` as Ctrl-C would, then SIGKILL whatever is left of its process group.
+
+    Only the leader gets the interrupt: it shuts the webserver and the daemon down through their
+    shutdown pipes. Interrupting every process of the group at once can leave them hanging.
+    """
     pgid = process.pid  # start_new_session=True: the group id is the leader's pid
     try:
-        os.killpg(pgid, signal.SIGINT)
-        process.wait(timeout=20)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=grace_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     finally:
         try:
-            os.killpg(pgid, signal.SIGKILL)  # children (code server, run workers) may outlive the leader
+            os.killpg(pgid, signal.SIGKILL)  # the code server and run workers may outlive the leader
         except ProcessLookupError:
             pass
         try:
@@ -214,14 +216,16 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) ->
         _wait_until_loaded(ui)
         yield ui
     finally:
-        _kill_group(process)
+        _stop(process)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's Chromium, headless, driven by Playwright."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Two cores shared by the webserver, the daemon, a run and Chromium: be patient.
+    expect.set_options(timeout=30_000)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
