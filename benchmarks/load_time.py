@@ -33,8 +33,9 @@ def time_snippet(code: str) -> float:
 
 
 def heavy_modules_loaded() -> list[str]:
-    probe = "import sys, ml_platform; ml_platform.defs; print(','.join(m for m in %r if m in sys.modules))" % (
-        HEAVY_MODULES,
+    probe = (
+        "import sys, ml_platform; ml_platform.defs; "
+        f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     out = subprocess.run([sys.executable, "-c", probe], check=True, env=env, capture_output=True, text=True)
@@ -52,7 +53,7 @@ def main() -> int:
         for label, code in SNIPPETS.items():
             samples[label].append(time_snippet(code))
     baseline = statistics.median(samples["import dagster"])
-    print(f"| what | median (s) | min (s) | max (s) | ratio to `import dagster` |\n|---|---|---|---|---|")
+    print("| what | median (s) | min (s) | max (s) | ratio to `import dagster` |\n|---|---|---|---|---|")
     for label, values in samples.items():
         median = statistics.median(values)
         print(f"| `{label}` | {median:.3f} | {min(values):.3f} | {max(values):.3f} | {median / baseline:.2f}x |")

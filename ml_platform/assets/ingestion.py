@@ -1,6 +1,5 @@
 """Ingestion assets: landed files (one partition each) and the training dataset."""
 
-
 import hashlib
 from typing import Any
 

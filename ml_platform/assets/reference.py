@@ -6,7 +6,6 @@ the deployment sensor waits for. Drift reports compare production windows
 against the snapshot of the version that served them.
 """
 
-
 import os
 from typing import Any
 

@@ -1,6 +1,5 @@
 """The candidate model: trained from the spec, tracked and registered in MLflow."""
 
-
 from typing import Any
 
 import dagster as dg

@@ -1,6 +1,5 @@
 """The batch gate: every landed file must pass the GX suite generated from the spec."""
 
-
 from pathlib import Path
 from typing import Any
 

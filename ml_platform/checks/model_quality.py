@@ -6,7 +6,6 @@ snapshot is not written, the version is tagged rejected, and
 touched here.
 """
 
-
 from typing import Any
 
 import dagster as dg
@@ -64,8 +63,9 @@ def meets_metric_thresholds(candidate_model: dict[str, Any], mlflow_registry: Ml
         [
             "| metric | observed | threshold | result |",
             "|---|---|---|---|",
-            f"| accuracy | {accuracy:.4f} | >= {spec.min_accuracy:.4f} | {'pass' if accuracy >= spec.min_accuracy else 'FAIL'} |",
-            f"| macro_f1 | {macro_f1:.4f} | {'>= %.4f' % min_f1 if min_f1 is not None else 'n/a'} | "
+            f"| accuracy | {accuracy:.4f} | >= {spec.min_accuracy:.4f} | "
+            f"{'pass' if accuracy >= spec.min_accuracy else 'FAIL'} |",
+            f"| macro_f1 | {macro_f1:.4f} | {f'>= {min_f1:.4f}' if min_f1 is not None else 'n/a'} | "
             f"{'pass' if min_f1 is None or macro_f1 >= min_f1 else 'FAIL'} |",
         ]
     )
@@ -134,7 +134,9 @@ def no_regression_against_champion(
     champion_accuracy, how = _evaluate_champion(champion, candidate_model, spec)
     if champion_accuracy is None:
         recorded = version_metric(client, champion, "accuracy")
-        champion_accuracy, how = (recorded, f"{how}; used its recorded accuracy") if recorded is not None else (None, how)
+        champion_accuracy, how = (
+            (recorded, f"{how}; used its recorded accuracy") if recorded is not None else (None, how)
+        )
     if champion_accuracy is None:
         return _gate_result(
             mlflow_registry,

@@ -42,12 +42,13 @@ How the numbers are computed at scale. Every statistic is exact, none is sampled
 or sketched. K-S, chi-square, Z-test and Jensen-Shannon work on the sorted column
 or on per-value counts. The Wasserstein-1 distance is computed exactly from the
 two sorted columns: equal sizes use ``mean(|sorted(ref) - sorted(cur)|)``; otherwise
-the sorted columns are merged in O(n + m) with ``searchsorted`` and the area
-between the two empirical CDFs is summed in fixed-size chunks. That is
-mathematically identical to ``scipy.stats.wasserstein_distance``, whose scores
-it matches to floating-point rounding, at O(n log n) for the sorts and
-O(chunk) extra memory. Numeric values are processed as float64 (as scipy does),
-one column at a time per worker thread.
+the sorted columns are merged with ``searchsorted`` and the area between the
+two empirical CDFs is summed in fixed-size chunks. That is mathematically
+identical to ``scipy.stats.wasserstein_distance``, whose scores it matches to
+floating-point rounding (relative 1e-13 observed at 1M rows), in O(n log n) time.
+Numeric values are processed as float64 (as scipy does), one column at a time
+per worker thread, so the extra memory is a few copies of one column per worker
+rather than copies of the frames.
 """
 
 from __future__ import annotations
@@ -202,8 +203,10 @@ def compute_drift(
         share_threshold: Share of drifted columns at which the dataset drifts
             (Evidently's ``drift_share``, default 0.5).
         workers: Threads analysing columns in parallel (numpy releases the GIL
-            while sorting); default ``min(cpu count, 4)``. Extra memory grows
-            with the number of workers (about 17 bytes per row and worker).
+            while sorting); default ``min(cpu count, 4)``. Each worker holds
+            sorted float64 copies of one column pair (8 bytes per value) and,
+            when reference and current sizes differ, a merged copy plus about
+            32 MiB of chunk buffers: about 110 MiB for 2 workers at 1M rows.
 
     Returns:
         The per-column results and the dataset verdict.
@@ -216,27 +219,22 @@ def compute_drift(
     columns += [(c, "categorical") for c in categorical]
     _validate(reference, current, columns, share_threshold)
 
-    def analyse(item: tuple[str, FeatureKind]) -> FeatureDrift:
-        name, kind = item
+    # Column Series are taken here, in the calling thread (views, no copies).
+    tasks = [(name, kind, reference[name], current[name]) for name, kind in columns]
+
+    def analyse(task: tuple[str, FeatureKind, pd.Series, pd.Series]) -> FeatureDrift:
+        name, kind, ref, cur = task
         if kind == "numeric":
-            return _numeric_drift(
-                name,
-                _sorted_finite(reference[name], name, "reference"),
-                _sorted_finite(current[name], name, "current"),
-            )
-        return _categorical_drift(
-            name,
-            _value_counts(reference[name], name, "reference"),
-            _value_counts(current[name], name, "current"),
-        )
+            return _numeric_drift(name, _sorted_finite(ref, name, "reference"), _sorted_finite(cur, name, "current"))
+        return _categorical_drift(name, _value_counts(ref, name, "reference"), _value_counts(cur, name, "current"))
 
     n_workers = workers if workers is not None else min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
-    n_workers = max(1, min(n_workers, len(columns)))
+    n_workers = max(1, min(n_workers, len(tasks)))
     if n_workers == 1:
-        features = [analyse(item) for item in columns]
+        features = [analyse(task) for task in tasks]
     else:
         with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="drift") as pool:
-            features = list(pool.map(analyse, columns))
+            features = list(pool.map(analyse, tasks))
 
     drifted_count = sum(1 for f in features if f.drifted)
     drift_share = drifted_count / len(features)
@@ -326,6 +324,9 @@ def _validate(
         missing = [name for name in names if name not in frame.columns]
         if missing:
             raise ValueError(f"columns missing from the {role} dataset: {missing}")
+        ambiguous = [name for name in names if not isinstance(frame[name], pd.Series)]
+        if ambiguous:
+            raise ValueError(f"column labels used more than once in the {role} dataset: {ambiguous}")
 
 
 def _sorted_finite(series: pd.Series, name: str, role: str) -> np.ndarray:

@@ -8,6 +8,7 @@ avoids unpickling anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -59,10 +60,8 @@ class JsonIOManager(dg.ConfigurableIOManager):
         candidates = []
         upstream = context.upstream_output
         if upstream is not None:
-            try:
+            with contextlib.suppress(dg.DagsterInvariantViolationError):
                 candidates.append(folder / "runs" / f"{_safe(upstream.run_id)}.json")
-            except dg.DagsterInvariantViolationError:
-                pass
         if context.has_asset_partitions and len(context.asset_partition_keys) == 1:
             candidates.append(folder / f"{_safe(context.asset_partition_key)}.json")
         candidates.append(folder / f"{UNPARTITIONED}.json")

@@ -10,8 +10,8 @@ artifact root under the platform home when the store is the local default.
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg

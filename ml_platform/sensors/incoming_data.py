@@ -1,6 +1,5 @@
 """``incoming_data_sensor``: one training run per newly landed file."""
 
-
 import json
 
 import dagster as dg

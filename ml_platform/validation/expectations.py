@@ -89,7 +89,11 @@ class ValidationReport:
             lines.append(f"- **parse error**: {self.parse_error}")
         lines.extend(f"- hint: {hint}" for hint in self.hints)
         if self.outcomes:
-            lines += ["", "| expectation | column | result | expected | observed / unexpected | sample |", "|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| expectation | column | result | expected | observed / unexpected | sample |",
+                "|---|---|---|---|---|---|",
+            ]
             for o in self.outcomes:
                 observed = (
                     f"{o.unexpected_count} rows ({(o.unexpected_percent or 0):.1f}%)"
@@ -100,7 +104,9 @@ class ValidationReport:
                     observed = f"error: {_short(o.error)}"
                 sample = _short(o.sample_values) if o.sample_values else ""
                 status = "pass" if o.success else "**FAIL**"
-                lines.append(f"| {o.expectation} | {o.column or ''} | {status} | {o.expected} | {observed} | {sample} |")
+                lines.append(
+                    f"| {o.expectation} | {o.column or ''} | {status} | {o.expected} | {observed} | {sample} |"
+                )
         rows = [r for o in self.failed for r in o.sample_rows][:SAMPLE_ROWS]
         if rows:
             columns = list(rows[0].keys())
@@ -119,7 +125,8 @@ def _describe(outcome: ExpectationOutcome) -> str:
     if outcome.error:
         return f"{outcome.expectation}{where}: {_short(outcome.error, 120)}"
     if outcome.unexpected_count:
-        return f"{outcome.expectation}{where}: {outcome.unexpected_count} unexpected value(s), e.g. {outcome.sample_values[:3]}"
+        examples = outcome.sample_values[:3]
+        return f"{outcome.expectation}{where}: {outcome.unexpected_count} unexpected value(s), e.g. {examples}"
     return f"{outcome.expectation}{where}: expected {outcome.expected}, observed {_short(outcome.observed)}"
 
 
@@ -153,7 +160,9 @@ def build_expectations(spec: DatasetSpec) -> list[tuple[Any, str]]:
             if feature.min is not None or feature.max is not None:
                 expectations.append(
                     (
-                        gxe.ExpectColumnValuesToBeBetween(column=feature.name, min_value=feature.min, max_value=feature.max),
+                        gxe.ExpectColumnValuesToBeBetween(
+                            column=feature.name, min_value=feature.min, max_value=feature.max
+                        ),
                         f"between {feature.min} and {feature.max}",
                     )
                 )
@@ -171,7 +180,10 @@ def build_expectations(spec: DatasetSpec) -> list[tuple[Any, str]]:
             (gxe.ExpectColumnValuesToBeInTypeList(column=target.name, type_list=_INTEGER_TYPES), "integer class labels")
         )
     expectations.append(
-        (gxe.ExpectColumnValuesToBeInSet(column=target.name, value_set=list(target.classes)), f"one of {list(target.classes)}")
+        (
+            gxe.ExpectColumnValuesToBeInSet(column=target.name, value_set=list(target.classes)),
+            f"one of {list(target.classes)}",
+        )
     )
     return expectations
 
@@ -194,19 +206,17 @@ def _run_suite(frame: pd.DataFrame, spec: DatasetSpec) -> list[ExpectationOutcom
     for expectation, expected in build_expectations(spec):
         suite.add_expectation(expectation)
         expected_text[(expectation.expectation_type, getattr(expectation, "column", None))] = expected
-    result = batch.validate(
-        suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS}
-    )
+    result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS})
     outcomes = []
     for item in result.results:
         config = item.expectation_config
+        if config is None:  # GX always attaches it to suite results; guard for the type checker
+            continue
         payload = item.result or {}
         column = config.kwargs.get("column")
         indexes = list(payload.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS]
         sample_rows = (
-            json.loads(frame.loc[[i for i in indexes if i in frame.index]].to_json(orient="records"))
-            if indexes
-            else []
+            json.loads(frame.loc[[i for i in indexes if i in frame.index]].to_json(orient="records")) if indexes else []
         )
         error = _exception_message(item.exception_info)
         outcomes.append(

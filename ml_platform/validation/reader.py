@@ -81,9 +81,7 @@ def read_batch(path: Path, spec: DatasetSpec) -> BatchRead:
         return result
     delimiter = _sniff_delimiter(sample)
     if delimiter and delimiter != ",":
-        result.hints.append(
-            f"the file looks delimited by {delimiter!r}; this platform expects comma-separated values"
-        )
+        result.hints.append(f"the file looks delimited by {delimiter!r}; this platform expects comma-separated values")
     first_line = sample.splitlines()[0]
     if first_line.lstrip().startswith(("{", "[")):
         result.hints.append("the file looks like JSON, not CSV")

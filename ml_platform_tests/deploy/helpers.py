@@ -65,3 +65,41 @@ def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
     assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
     return matches[0]
+
+
+def dockerignore_allows(patterns: list[str], relpath: str) -> bool:
+    """Whether a file goes into the build context, by .dockerignore rules.
+
+    Docker's semantics for the patterns used here: the last matching pattern
+    wins, `!` re-includes, a pattern matching a parent folder matches the
+    files in it, `**` spans folders (also none), `*` stays within one.
+    """
+    import re
+
+    def regex(pattern: str) -> re.Pattern[str]:
+        out, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out, i = out + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                out, i = out + ".*", i + 2
+            elif pattern[i] == "*":
+                out, i = out + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                out, i = out + "[^/]", i + 1
+            elif pattern[i] == "[":
+                end = pattern.index("]", i)
+                out, i = out + pattern[i : end + 1], end + 1
+            else:
+                out, i = out + re.escape(pattern[i]), i + 1
+        return re.compile(out + r"\Z")
+
+    parts = relpath.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    allowed = True
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern[1:] if negate else pattern
+        if any(regex(body.strip("/")).match(c) for c in candidates):
+            allowed = negate
+    return allowed

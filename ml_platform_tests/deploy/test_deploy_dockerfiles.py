@@ -9,16 +9,18 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import DOCKER, REPO_ROOT, find
+from .helpers import DOCKER, REPO_ROOT, dockerignore_allows, find, run
 
 DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile*") if p.suffix != ".dockerignore")
 PINNED_BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}$")
@@ -219,3 +221,59 @@ def test_serving_image_and_deployment_agree(rendered):
         # The image's writable folders are writable volumes in the pod.
         assert env["ML_PLATFORM_HOME"] in mounts
         assert env["PROMETHEUS_MULTIPROC_DIR"] in mounts
+
+
+# --- the build stage, without Docker ----------------------------------------
+
+
+def _ignore_patterns(dockerfile: Path) -> list[str]:
+    text = Path(f"{dockerfile}.dockerignore").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_dockerignore_matcher_follows_docker_rules():
+    patterns = ["*", "!pyproject.toml", "!serving/", "**/__pycache__", "**/*.py[cod]"]
+    assert dockerignore_allows(patterns, "pyproject.toml")
+    assert dockerignore_allows(patterns, "serving/api.py")
+    assert not dockerignore_allows(patterns, "serving/__pycache__/api.cpython-311.pyc")
+    assert not dockerignore_allows(patterns, "serving/api.pyc")
+    assert not dockerignore_allows(patterns, ".venv/bin/python")
+    assert not dockerignore_allows(patterns, "ml_platform_tests/test_x.py")
+
+
+def _context(dockerfile: Path) -> list[str]:
+    """The repository files (tracked or not ignored by git) a build would send."""
+    patterns = _ignore_patterns(dockerfile)
+    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT)
+    assert listed.returncode == 0, listed.stderr
+    return sorted(p for p in listed.stdout.splitlines() if dockerignore_allows(patterns, p) and (REPO_ROOT / p).is_file())
+
+
+def test_both_project_images_get_the_same_project_files():
+    serving, dagster = _context(DOCKER / "Dockerfile"), _context(DOCKER / "Dockerfile.dagster")
+    assert set(dagster) - set(serving) == {"deploy/docker/dagster-requirements.txt"}
+    assert set(serving) <= set(dagster)
+    # Nothing of the local state, the tests or the other deploy files is sent.
+    assert not [p for p in dagster if p.startswith((".venv", ".ml_platform", "ml_platform_tests/", ".git/", "deploy/k8s"))]
+    assert _context(DOCKER / "Dockerfile.mlflow") == ["deploy/docker/mlflow-requirements.txt"]
+
+
+def test_build_context_builds_the_project_wheel(tmp_path: Path):
+    """`pip wheel .` on exactly the files the .dockerignore lets through, as the
+    build stage does (pip fetches the build backend the way the image build
+    does; dependencies are not built here)."""
+    if not (REPO_ROOT / "pyproject.toml").is_file():
+        pytest.skip("no pyproject.toml at the repository root yet")
+    context = tmp_path / "context"
+    for rel in _context(DOCKER / "Dockerfile"):
+        (context / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / rel, context / rel)
+    out = tmp_path / "wheels"
+    build = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(context)], timeout=300)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    (wheel,) = out.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    # What the images run, and the data the code location reads at import.
+    assert "serving/__main__.py" in names
+    assert "ml_platform/__init__.py" in names
+    assert any(n.startswith("ml_platform/specs/") and n.endswith(".yaml") for n in names)

@@ -32,9 +32,7 @@ def test_sensor_requests_one_run_per_new_file_and_survives_restarts(platform_hom
     with dg.instance_for_test() as instance:
         first = _tick(instance, None, zone)
         # a fresh home is bootstrapped with the bundled iris file as its first batch
-        assert [r.partition_key for r in first.run_requests] == [
-            f"iris.csv@{zone.pending_files()[0].sha256[:12]}"
-        ]
+        assert [r.partition_key for r in first.run_requests] == [f"iris.csv@{zone.pending_files()[0].sha256[:12]}"]
         assert first.run_requests[0].run_key == first.run_requests[0].partition_key
         assert first.dynamic_partitions_requests[0].partition_keys == [first.run_requests[0].partition_key]
 
@@ -126,4 +124,4 @@ def test_a_bad_file_never_blocks_good_files_landing_after_it(platform_home: Path
     assert len(model_versions("iris-random-forest")) == 2
     accepted = sorted(p.name.split("@")[0] for p in zone.accepted_files())
     assert accepted == ["iris", "more"]
-    assert [p.name for p in zone.quarantine_dir.iterdir() if p.suffix == ".csv"][0].startswith("unknown_class@")
+    assert next(p.name for p in zone.quarantine_dir.iterdir() if p.suffix == ".csv").startswith("unknown_class@")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import threading
@@ -267,11 +266,9 @@ def test_environment_variables_configure_the_server(tmp_path: Path):
 
 
 def test_unknown_model_exits_with_an_error(mlflow_store: MlflowStore, tmp_path: Path):
-    db = tmp_path / "copy.db"
-    shutil.copy(mlflow_store.root / "mlflow.db", db)
     result = run_serving(
         ["--model-uri", f"models:/{MODEL_NAME}@no-such-alias", "--port", str(free_port())],
-        {"MLFLOW_TRACKING_URI": f"sqlite:///{db}", "ML_PLATFORM_HOME": str(tmp_path / "home")},
+        {"MLFLOW_TRACKING_URI": mlflow_store.tracking_uri, "ML_PLATFORM_HOME": str(tmp_path / "home")},
     )
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "no-such-alias" in result.stderr

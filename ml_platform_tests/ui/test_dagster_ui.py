@@ -41,7 +41,8 @@ query ($runId: ID!) { runOrError(runId: $runId) { __typename
 _RUNS_QUERY = "{ runsOrError { ... on Runs { results { runId jobName status } } } }"
 _RUN_LOGS_QUERY = """
 query ($runId: ID!) { logsForRun(runId: $runId) { ... on EventConnection { events {
-    __typename ... on MessageEvent { message stepKey } } } } }
+    __typename ... on MessageEvent { message stepKey }
+    ... on ExecutionStepFailureEvent { error { message } } } } } }
 """
 _SENSOR_QUERY = """
 query ($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
@@ -63,7 +64,10 @@ def _run(ui: DagsterUI, run_id: str) -> dict[str, Any]:
 def _failure_summary(ui: DagsterUI, run_id: str) -> str:
     events = ui.graphql(_RUN_LOGS_QUERY, {"runId": run_id})["logsForRun"].get("events", [])
     failures = [e for e in events if "Failure" in e["__typename"] or "Error" in e["__typename"]]
-    lines = [f"{e['__typename']} {e.get('stepKey') or ''}: {e.get('message', '')[:400]}" for e in failures or events[-10:]]
+    lines = [
+        f"{e['__typename']} {e.get('stepKey') or ''}: {e.get('message', '')} {(e.get('error') or {}).get('message', '')}"[:800]
+        for e in failures or events[-10:]
+    ]
     return "\n".join(lines) + f"\n--- dagster dev log ---\n{ui.log_tail(40)}"
 
 
