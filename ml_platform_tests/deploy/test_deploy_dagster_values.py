@@ -21,27 +21,75 @@ VALUES = yaml.safe_load((K8S / "dagster" / "values.yaml").read_text())
 # sections this file sets. A typo here is silently ignored by Helm.
 CHART_KEYS = {
     "": {
-        "global", "serviceAccount", "generatePostgresqlPasswordSecret", "postgresql", "telemetry",
-        "dagsterWebserver", "dagsterDaemon", "dagster-user-deployments", "runLauncher",
+        "global",
+        "serviceAccount",
+        "generatePostgresqlPasswordSecret",
+        "postgresql",
+        "telemetry",
+        "dagsterWebserver",
+        "dagsterDaemon",
+        "dagster-user-deployments",
+        "runLauncher",
     },
     "global": {"postgresqlSecretName", "dagsterHome", "serviceAccountName", "celeryConfigSecretName"},
     "serviceAccount": {"create", "name", "annotations"},
     "postgresql": {
-        "image", "enabled", "postgresqlHost", "postgresqlUsername", "postgresqlPassword",
-        "postgresqlDatabase", "postgresqlParams", "postgresqlScheme", "service",
+        "image",
+        "enabled",
+        "postgresqlHost",
+        "postgresqlUsername",
+        "postgresqlPassword",
+        "postgresqlDatabase",
+        "postgresqlParams",
+        "postgresqlScheme",
+        "service",
     },
     "dagster-user-deployments": {"enabled", "enableSubchart", "imagePullSecrets", "deployments"},
     "deployment": {
-        "name", "image", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns",
-        "deploymentNamespace", "port", "env", "envConfigMaps", "envSecrets", "annotations", "nodeSelector",
-        "affinity", "tolerations", "podSecurityContext", "securityContext", "resources", "livenessProbe",
-        "readinessProbe", "startupProbe", "labels", "volumeMounts", "volumes", "schedulerName",
-        "initContainers", "sidecarContainers",
+        "name",
+        "image",
+        "dagsterApiGrpcArgs",
+        "codeServerArgs",
+        "includeConfigInLaunchedRuns",
+        "deploymentNamespace",
+        "port",
+        "env",
+        "envConfigMaps",
+        "envSecrets",
+        "annotations",
+        "nodeSelector",
+        "affinity",
+        "tolerations",
+        "podSecurityContext",
+        "securityContext",
+        "resources",
+        "livenessProbe",
+        "readinessProbe",
+        "startupProbe",
+        "labels",
+        "volumeMounts",
+        "volumes",
+        "schedulerName",
+        "initContainers",
+        "sidecarContainers",
     },
     "k8sRunLauncher": {
-        "image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile", "envConfigMaps",
-        "envSecrets", "envVars", "volumeMounts", "volumes", "labels", "failPodOnRunFailure", "resources",
-        "schedulerName", "securityContext", "runK8sConfig",
+        "image",
+        "imagePullPolicy",
+        "jobNamespace",
+        "loadInclusterConfig",
+        "kubeconfigFile",
+        "envConfigMaps",
+        "envSecrets",
+        "envVars",
+        "volumeMounts",
+        "volumes",
+        "labels",
+        "failPodOnRunFailure",
+        "resources",
+        "schedulerName",
+        "securityContext",
+        "runK8sConfig",
     },
     "runK8sConfig": {"containerConfig", "podSpecConfig", "podTemplateSpecMetadata", "jobSpecConfig", "jobMetadata"},
 }
@@ -65,7 +113,15 @@ def test_values_use_only_chart_keys():
     assert set(launcher) <= CHART_KEYS["k8sRunLauncher"]
     assert set(launcher["runK8sConfig"]) <= CHART_KEYS["runK8sConfig"]
     # Required by the chart's schema when the K8sRunLauncher is configured.
-    assert {"imagePullPolicy", "loadInclusterConfig", "envConfigMaps", "envSecrets", "envVars", "volumeMounts", "volumes"} <= set(launcher)
+    assert {
+        "imagePullPolicy",
+        "loadInclusterConfig",
+        "envConfigMaps",
+        "envSecrets",
+        "envVars",
+        "volumeMounts",
+        "volumes",
+    } <= set(launcher)
 
 
 def test_code_location_runs_ml_platform_on_port_4000():
@@ -84,14 +140,21 @@ def test_environment_points_at_mlflow_and_object_storage(rendered):
     env = env_of(code_location())
     assert urlsplit(env["ML_PLATFORM_HOME"]).scheme == "s3"
     # The same MLflow the serving pods use, which that Service really is.
-    serving_env = find(rendered["base"], "ConfigMap", next(
-        o["metadata"]["name"] for o in rendered["base"]
-        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("serving-common-env")
-    ))["data"]
+    serving_env = find(
+        rendered["base"],
+        "ConfigMap",
+        next(
+            o["metadata"]["name"]
+            for o in rendered["base"]
+            if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("serving-common-env")
+        ),
+    )["data"]
     assert env["MLFLOW_TRACKING_URI"] == serving_env["MLFLOW_TRACKING_URI"]
     url = urlsplit(env["MLFLOW_TRACKING_URI"])
-    service = find(rendered["mlflow"], "Service", url.hostname.split(".")[0])
-    assert url.hostname.split(".")[1] == service["metadata"]["namespace"]
+    assert url.hostname
+    service_name, namespace, *_ = url.hostname.split(".")
+    service = find(rendered["mlflow"], "Service", service_name)
+    assert namespace == service["metadata"]["namespace"]
     assert url.port == service["spec"]["ports"][0]["port"]
 
 
@@ -114,14 +177,16 @@ def test_pod_settings_are_valid_kubernetes():
         "spec": {
             "securityContext": deployment["podSecurityContext"],
             "volumes": deployment["volumes"],
-            "containers": [{
-                "name": "dagster",
-                "image": "example",
-                "env": deployment["env"],
-                "securityContext": deployment["securityContext"],
-                "resources": deployment["resources"],
-                "volumeMounts": deployment["volumeMounts"],
-            }],
+            "containers": [
+                {
+                    "name": "dagster",
+                    "image": "example",
+                    "env": deployment["env"],
+                    "securityContext": deployment["securityContext"],
+                    "resources": deployment["resources"],
+                    "volumeMounts": deployment["volumeMounts"],
+                }
+            ],
         },
     }
     kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
@@ -154,7 +219,9 @@ def test_network_policies_and_rbac_admit_the_dagster_pods(rendered):
     mlflow_policy = find(rendered["mlflow"], "NetworkPolicy", "mlflow")
     for policy in (serving_policy, mlflow_policy):
         peers = [
-            peer for rule in policy["spec"]["ingress"] for peer in rule["from"]
+            peer
+            for rule in policy["spec"]["ingress"]
+            for peer in rule["from"]
             if peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "dagster"}
         ]
         assert peers, policy["metadata"]["name"]
@@ -164,4 +231,9 @@ def test_network_policies_and_rbac_admit_the_dagster_pods(rendered):
     binding = find(rendered["base"], "RoleBinding", "ml-platform-deployer")
     assert binding["subjects"][0]["name"] == VALUES["global"]["serviceAccountName"] == VALUES["serviceAccount"]["name"]
     # The deployer patches through the API: run pods need their token.
-    assert VALUES["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]["automountServiceAccountToken"] is True
+    assert (
+        VALUES["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"][
+            "automountServiceAccountToken"
+        ]
+        is True
+    )

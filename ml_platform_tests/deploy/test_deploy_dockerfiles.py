@@ -92,7 +92,7 @@ def test_runs_as_uid_10001_with_a_healthcheck(path: Path):
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_no_secrets_in_the_image_definition(path: Path):
-    for key, value in env_of(path).items():
+    for key in env_of(path):
         assert not re.search(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY|PRIVATE", key), key
     for args in of(path, "ARG"):
         assert not re.search(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY|PRIVATE", args), args
@@ -104,6 +104,8 @@ def test_serving_image_contract():
     path = DOCKER / "Dockerfile"
     assert json.loads(of(path, "ENTRYPOINT")[-1]) == ["python", "-m", "serving"]
     env = env_of(path)
+    # The service binds 127.0.0.1 by default: unreachable from outside a container.
+    assert env["HOST"] == "0.0.0.0"
     assert env["PORT"] == "8000"
     assert env["ML_PLATFORM_HOME"] == "/var/lib/ml_platform"
     assert env["PROMETHEUS_MULTIPROC_DIR"] == "/tmp/prometheus-multiproc"
@@ -119,7 +121,15 @@ def test_dagster_image_runs_the_code_server_as_cmd():
     path = DOCKER / "Dockerfile.dagster"
     assert not of(path, "ENTRYPOINT"), "an ENTRYPOINT would swallow the run launcher's command"
     assert json.loads(of(path, "CMD")[-1]) == [
-        "dagster", "code-server", "start", "-m", "ml_platform", "-h", "0.0.0.0", "-p", "4000",
+        "dagster",
+        "code-server",
+        "start",
+        "-m",
+        "ml_platform",
+        "-h",
+        "0.0.0.0",
+        "-p",
+        "4000",
     ]
     (healthcheck,) = of(path, "HEALTHCHECK")
     assert json.loads(healthcheck.split("CMD", 1)[1]) == ["dagster", "api", "grpc-health-check", "-p", "4000"]
@@ -168,7 +178,7 @@ def health_server() -> Iterator[tuple[int, dict[str, int]]]:
     state = {"status": 200}
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(state["status"] if self.path == "/health" else 404)
             self.end_headers()
 
@@ -246,7 +256,9 @@ def _context(dockerfile: Path) -> list[str]:
     patterns = _ignore_patterns(dockerfile)
     listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT)
     assert listed.returncode == 0, listed.stderr
-    return sorted(p for p in listed.stdout.splitlines() if dockerignore_allows(patterns, p) and (REPO_ROOT / p).is_file())
+    return sorted(
+        p for p in listed.stdout.splitlines() if dockerignore_allows(patterns, p) and (REPO_ROOT / p).is_file()
+    )
 
 
 def test_both_project_images_get_the_same_project_files():
@@ -254,7 +266,9 @@ def test_both_project_images_get_the_same_project_files():
     assert set(dagster) - set(serving) == {"deploy/docker/dagster-requirements.txt"}
     assert set(serving) <= set(dagster)
     # Nothing of the local state, the tests or the other deploy files is sent.
-    assert not [p for p in dagster if p.startswith((".venv", ".ml_platform", "ml_platform_tests/", ".git/", "deploy/k8s"))]
+    assert not [
+        p for p in dagster if p.startswith((".venv", ".ml_platform", "ml_platform_tests/", ".git/", "deploy/k8s"))
+    ]
     assert _context(DOCKER / "Dockerfile.mlflow") == ["deploy/docker/mlflow-requirements.txt"]
 
 

@@ -42,7 +42,10 @@ def test_both_tracks_render_with_service_and_namespace(rendered, name):
         assert service["spec"]["selector"].items() <= pod_labels.items()
         assert service["spec"]["selector"]["track"] == track
         assert service["spec"]["ports"][0]["targetPort"] == "http"
-    assert find(objects, "Namespace", NAMESPACE)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert (
+        find(objects, "Namespace", NAMESPACE)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+        == "restricted"
+    )
     namespaced = [o for o in objects if o["kind"] not in {"Namespace"}]
     assert {o["metadata"].get("namespace") for o in namespaced} == {NAMESPACE}
 
@@ -70,6 +73,7 @@ def test_configmaps_set_model_uri_track_and_in_cluster_mlflow(rendered):
     assert canary_env["MODEL_URI"].rsplit("/", 1)[1].isdigit()
     for env in (stable_env, canary_env):
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mlops.svc:5000"
+        assert env["HOST"] == "0.0.0.0"
         assert env["PORT"] == "8000"
         assert env["ML_PLATFORM_HOME"] == "/var/lib/ml_platform"
         assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
@@ -193,7 +197,10 @@ def test_network_policy_admits_prometheus_and_dagster_and_reaches_only_mlflow_an
 
 @pytest.mark.parametrize(
     ("name", "policy", "namespace"),
-    [("gateway-api", "serving-from-gateway", "gateway-system"), ("ingress-nginx", "serving-from-ingress-nginx", "ingress-nginx")],
+    [
+        ("gateway-api", "serving-from-gateway", "gateway-system"),
+        ("ingress-nginx", "serving-from-ingress-nginx", "ingress-nginx"),
+    ],
 )
 def test_each_overlay_admits_only_its_router(rendered, name, policy, namespace):
     objects = rendered[name]
@@ -269,7 +276,11 @@ def test_deployer_role_can_patch_the_traffic_split_and_nothing_dangerous(rendere
         for group in rule["apiGroups"]
         for resource in rule["resources"]
     }
-    for key in [("apps", "deployments"), ("networking.k8s.io", "ingresses"), ("gateway.networking.k8s.io", "httproutes")]:
+    for key in [
+        ("apps", "deployments"),
+        ("networking.k8s.io", "ingresses"),
+        ("gateway.networking.k8s.io", "httproutes"),
+    ]:
         assert "patch" in granted[key], key
     everything = [verb for verbs in granted.values() for verb in verbs] + [r for _, r in granted]
     for forbidden in ("*", "create", "delete", "deletecollection", "escalate", "bind", "impersonate", "secrets"):

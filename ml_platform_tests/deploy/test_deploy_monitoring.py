@@ -133,7 +133,9 @@ def test_promtool_fails_a_broken_threshold(tmp_path: Path):
 
 def _promtool_supports_kubernetes_sd(promtool: str, tmp_path: Path) -> bool:
     probe = tmp_path / "probe.yml"
-    probe.write_text(yaml.safe_dump({"scrape_configs": [{"job_name": "p", "kubernetes_sd_configs": [{"role": "pod"}]}]}))
+    probe.write_text(
+        yaml.safe_dump({"scrape_configs": [{"job_name": "p", "kubernetes_sd_configs": [{"role": "pod"}]}]})
+    )
     return run([promtool, "check", "config", str(probe)]).returncode == 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +33,25 @@ ROUTE_PATCH = block(lambda text: text.startswith("[") and "backendRefs" in text)
 INGRESS_PATCH = block(lambda text: "canary-weight" in text)
 CANARY_PATCH = block(lambda text: "MODEL_URI" in text)
 # Promotion: the inline strategic merge patch that rolls the stable pods.
-STABLE_PATCH = json.loads(re.search(r"`(\{\"spec\": \{\"template\": \{\"metadata\".*?\}\}\}\}\})`", README)[1])
+_INLINE = re.search(r"`(\{\"spec\": \{\"template\": \{\"metadata\".*?\}\}\}\}\})`", README)
+assert _INLINE, "the promotion patch is missing from the README"
+STABLE_PATCH = json.loads(_INLINE[1])
 
 
-def patch(obj: dict[str, Any], kind: str, body: Any, tmp_path: Path) -> tuple[int, dict[str, Any] | str]:
+def kubectl_patch(obj: dict[str, Any], kind: str, body: Any, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     kubectl = require_binary("kubectl")
     source = tmp_path / "object.yaml"
     source.write_text(yaml.safe_dump(obj))
-    result = run([kubectl, "patch", "--local", "-f", str(source), f"--type={kind}", "-p", json.dumps(body), "-o", "json"])
-    if result.returncode != 0:
-        return result.returncode, result.stderr
-    return 0, json.loads(result.stdout)
+    args = ["patch", "--local", "-f", str(source), f"--type={kind}", "-p", json.dumps(body), "-o", "json"]
+    return run([kubectl, *args])
+
+
+def patch(obj: dict[str, Any], kind: str, body: Any, tmp_path: Path) -> dict[str, Any]:
+    """The object as the API server would store it after the patch."""
+    result = kubectl_patch(obj, kind, body, tmp_path)
+    assert result.returncode == 0, result.stderr
+    patched: dict[str, Any] = json.loads(result.stdout)
+    return patched
 
 
 def weights(route: dict[str, Any]) -> dict[str, int]:
@@ -51,8 +60,7 @@ def weights(route: dict[str, Any]) -> dict[str, int]:
 
 def test_route_patch_moves_the_canary_weight_and_nothing_else(rendered, tmp_path):
     route = find(rendered["gateway-api"], "HTTPRoute", "serving")
-    code, patched = patch(route, "json", ROUTE_PATCH, tmp_path)
-    assert code == 0, patched
+    patched = patch(route, "json", ROUTE_PATCH, tmp_path)
     assert weights(route) == {"serving-stable": 100, "serving-canary": 0}
     assert weights(patched) == {"serving-stable": 75, "serving-canary": 25}
     assert sum(weights(patched).values()) == 100
@@ -67,15 +75,14 @@ def test_route_patch_refuses_a_route_whose_backends_moved(rendered, tmp_path):
     """The `test` operations: if the list is not as expected, nothing changes."""
     route = copy.deepcopy(find(rendered["gateway-api"], "HTTPRoute", "serving"))
     route["spec"]["rules"][0]["backendRefs"].reverse()
-    code, error = patch(route, "json", ROUTE_PATCH, tmp_path)
-    assert code != 0
-    assert "test" in error
+    result = kubectl_patch(route, "json", ROUTE_PATCH, tmp_path)
+    assert result.returncode != 0
+    assert "test" in result.stderr
 
 
 def test_ingress_patch_sets_the_canary_weight_annotation(rendered, tmp_path):
     ingress = find(rendered["ingress-nginx"], "Ingress", "serving-canary")
-    code, patched = patch(ingress, "merge", INGRESS_PATCH, tmp_path)
-    assert code == 0, patched
+    patched = patch(ingress, "merge", INGRESS_PATCH, tmp_path)
     annotations = patched["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/canary-weight"] == "25"
     assert annotations["nginx.ingress.kubernetes.io/canary"] == "true"
@@ -85,8 +92,7 @@ def test_ingress_patch_sets_the_canary_weight_annotation(rendered, tmp_path):
 
 def test_canary_patch_changes_the_model_and_keeps_everything_else(rendered, tmp_path):
     deployment = find(rendered["base"], "Deployment", "serving-canary")
-    code, patched = patch(deployment, "strategic", CANARY_PATCH, tmp_path)
-    assert code == 0, patched
+    patched = patch(deployment, "strategic", CANARY_PATCH, tmp_path)
     (container,) = patched["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
     assert env["MODEL_URI"]["value"] == "models:/iris-random-forest/7"
@@ -105,16 +111,14 @@ def test_canary_patch_can_also_change_the_image(rendered, tmp_path):
     body = copy.deepcopy(CANARY_PATCH)
     image = "ghcr.io/example-org/ml-platform-serving@sha256:" + "1" * 64
     body["spec"]["template"]["spec"]["containers"][0]["image"] = image
-    code, patched = patch(deployment, "strategic", body, tmp_path)
-    assert code == 0, patched
+    patched = patch(deployment, "strategic", body, tmp_path)
     assert patched["spec"]["template"]["spec"]["containers"][0]["image"] == image
 
 
 @pytest.mark.parametrize("name", ["serving-stable", "serving-canary"])
 def test_promotion_patch_rolls_the_pods_and_nothing_else(rendered, tmp_path, name):
     deployment = find(rendered["base"], "Deployment", name)
-    code, patched = patch(deployment, "strategic", STABLE_PATCH, tmp_path)
-    assert code == 0, patched
+    patched = patch(deployment, "strategic", STABLE_PATCH, tmp_path)
     template = patched["spec"]["template"]
     assert template["metadata"]["annotations"]["ml-platform/model-version"] == "7"
     assert template["spec"] == deployment["spec"]["template"]["spec"]

@@ -103,7 +103,11 @@ def test_deploy_builds_and_pushes_every_image_from_the_repo_root():
     (job,) = workflow["jobs"].values()
     assert job["permissions"] == {"contents": "read", "packages": "write"}
     dockerfiles = [entry["dockerfile"] for entry in job["strategy"]["matrix"]["include"]]
-    assert sorted(dockerfiles) == ["deploy/docker/Dockerfile", "deploy/docker/Dockerfile.dagster", "deploy/docker/Dockerfile.mlflow"]
+    assert sorted(dockerfiles) == [
+        "deploy/docker/Dockerfile",
+        "deploy/docker/Dockerfile.dagster",
+        "deploy/docker/Dockerfile.mlflow",
+    ]
     for dockerfile in dockerfiles:
         assert (REPO_ROOT / dockerfile).is_file()
     (build,) = [s for s in steps(workflow) if "build-push-action" in s.get("uses", "")]

@@ -124,7 +124,9 @@ def _kinds_and_decisions(result: DriftResult) -> set[tuple[str, bool]]:
 def test_small_reference_uses_tests_and_matches_evidently() -> None:
     """<= 1,000 reference rows: K-S, chi-square and Z-test, as Evidently picks them."""
     reference, current = make_frame(600, seed=1, current=False), make_frame(750, seed=1, current=True)
-    result = assert_matches_evidently(reference, current, NUMERIC, CATEGORICAL)
+    # Evidently spends ~0.5 s per column building plots: skip the near-duplicate distance-regime columns.
+    numeric = [c for c in NUMERIC if c not in ("n_scale", "n_subtle", "n_ties")]
+    result = assert_matches_evidently(reference, current, numeric, CATEGORICAL)
 
     assert {f.method for f in result.features} == {KS, CHI_SQUARE, Z_TEST}
     assert result.feature("n_same").method == KS
@@ -133,15 +135,18 @@ def test_small_reference_uses_tests_and_matches_evidently() -> None:
     assert result.feature("c_shift").method == CHI_SQUARE
     assert result.feature("c_bin_shift").method == Z_TEST
     assert _kinds_and_decisions(result) == {(k, d) for k in ("numeric", "categorical") for d in (True, False)}
-    for name in ("n_shift", "n_scale", "n_disc_shift", "n_bin_shift", "c_shift", "c_new_level", "c_bin_shift"):
+    for name in ("n_shift", "n_disc_shift", "n_bin_shift", "c_shift", "c_new_level", "c_bin_shift"):
         assert result.feature(name).drifted, name
     assert result.feature("c_new_level").score == 0.0  # unseen in reference: infinite chi-square
 
 
-@pytest.mark.parametrize("current_rows", [3000, 4200], ids=["equal-sizes", "unequal-sizes"])
-def test_large_reference_uses_distances_and_matches_evidently(current_rows: int) -> None:
-    """> 1,000 reference rows: normed Wasserstein and Jensen-Shannon, as Evidently picks them."""
-    reference, current = make_frame(3000, seed=2, current=False), make_frame(current_rows, seed=2, current=True)
+def test_large_reference_uses_distances_and_matches_evidently() -> None:
+    """> 1,000 reference rows: normed Wasserstein and Jensen-Shannon, as Evidently picks them.
+
+    Equal row counts, so most Wasserstein columns take the equal-size path and ``n_nan_inf``
+    (NaN/inf dropped from current) the general merge path.
+    """
+    reference, current = make_frame(3000, seed=2, current=False), make_frame(3000, seed=2, current=True)
     result = assert_matches_evidently(reference, current, NUMERIC, CATEGORICAL)
 
     assert {f.method for f in result.features} == {WASSERSTEIN, JENSEN_SHANNON}

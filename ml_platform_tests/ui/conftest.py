@@ -10,6 +10,7 @@ Screenshots and the ``dagster dev`` log go to ``test-artifacts/ui/`` (git-ignore
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,9 @@ _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Remember each phase's report so ``page`` can screenshot a failed test."""
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
@@ -67,9 +70,7 @@ def _free_port() -> int:
 
 def _platform_env(home: Path) -> dict[str, str]:
     env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(_DROPPED_PREFIXES) and key not in _DROPPED
+        key: value for key, value in os.environ.items() if not key.startswith(_DROPPED_PREFIXES) and key not in _DROPPED
     }
     pythonpath = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(
@@ -163,20 +164,13 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float = 15) -> None:
     shutdown pipes. Interrupting every process of the group at once can leave them hanging.
     """
     pgid = process.pid  # start_new_session=True: the group id is the leader's pid
-    try:
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
         process.send_signal(signal.SIGINT)
         process.wait(timeout=grace_s)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    finally:
-        try:
-            os.killpg(pgid, signal.SIGKILL)  # the code server and run workers may outlive the leader
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)  # the code server and run workers may outlive the leader
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -201,16 +195,24 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) ->
     _run([sys.executable, "-m", "dagster", "sensor", "stop", "-m", "ml_platform", SENSOR], env, home, log)
 
     port = _free_port()
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-m", "ml_platform", "-h", "127.0.0.1", "-p", str(port)],
-            env=env,
-            cwd=home,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    # A process started with SIGINT ignored (e.g. pytest in a background CI step) passes that on,
+    # and dagster dev would then ignore Ctrl-C and SIGTERM; give the child the default handling.
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dagster", "dev", "-m", "ml_platform", "-h", "127.0.0.1", "-p", str(port)],
+                env=env,
+                cwd=home,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     ui = DagsterUI(base_url=f"http://127.0.0.1:{port}", home=home, log=log, process=process)
     try:
         _wait_until_loaded(ui)
@@ -235,7 +237,9 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser, dagster_ui: DagsterUI, artifacts_dir: Path, request: pytest.FixtureRequest) -> Iterator[Page]:
+def page(
+    browser: Browser, dagster_ui: DagsterUI, artifacts_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Page]:
     """A fresh browser page on the UI; the Dagster community pop-up never gets in the way."""
     context = browser.new_context(viewport={"width": 1600, "height": 1000}, base_url=dagster_ui.base_url)
     # The UI asks "Join the Dagster community" once per browser profile; mark it as seen,

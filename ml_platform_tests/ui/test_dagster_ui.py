@@ -64,10 +64,10 @@ def _run(ui: DagsterUI, run_id: str) -> dict[str, Any]:
 def _failure_summary(ui: DagsterUI, run_id: str) -> str:
     events = ui.graphql(_RUN_LOGS_QUERY, {"runId": run_id})["logsForRun"].get("events", [])
     failures = [e for e in events if "Failure" in e["__typename"] or "Error" in e["__typename"]]
-    lines = [
-        f"{e['__typename']} {e.get('stepKey') or ''}: {e.get('message', '')} {(e.get('error') or {}).get('message', '')}"[:800]
-        for e in failures or events[-10:]
-    ]
+    lines = []
+    for event in failures or events[-10:]:
+        error = (event.get("error") or {}).get("message", "")
+        lines.append(f"{event['__typename']} {event.get('stepKey') or ''}: {event.get('message', '')} {error}"[:800])
     return "\n".join(lines) + f"\n--- dagster dev log ---\n{ui.log_tail(40)}"
 
 
