@@ -42,7 +42,13 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
     from ml_platform.settings import mlflow_tracking_uri, platform_paths
     from serving.api import ModelAPI
     from serving.refresher import ModelRefresher
-    from serving.registry import ModelResolutionError, RegistryClient, load_bundle_spec, parse_model_uri
+    from serving.registry import (
+        ModelResolutionError,
+        RegistryClient,
+        load_bundle_spec,
+        load_input_example,
+        parse_model_uri,
+    )
     from serving.schema import RequestSchema
     from serving.server import ServingServer
     from serving.service import ServingContext
@@ -52,7 +58,7 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
     try:
         ref = parse_model_uri(config.model_uri)
         bundle = registry.fetch(ref)
-        schema = RequestSchema(load_bundle_spec(bundle), config.max_batch_rows)
+        schema = RequestSchema(load_bundle_spec(bundle), config.max_batch_rows, load_input_example(bundle))
     except ModelResolutionError as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -61,6 +67,7 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
 
     log_dir = config.prediction_log_dir or platform_paths().prediction_log_dir
     refresher = ModelRefresher(ref, registry, layout, schema, bundle, config.model_auto_refresh_seconds)
+    refresher.server_version = refresher.probe_server_version()
     context = ServingContext(config, layout, schema, refresher, Path(log_dir))
     refresher.on_reachability = context.on_reachability
     api = ModelAPI(

@@ -91,7 +91,7 @@ class ModelRefresher:
                     publish_desired_model(self.layout, bundle)
                     self.current, self.resolved_at = bundle, time.time()
                     log.info("model %s now resolves to version %s (was %s)", self.ref.uri, bundle.version, previous)
-                self.server_version = self._server_version()
+                self.server_version = self.probe_server_version()
                 self._set_reachable(True)
                 self.last_refresh_error, self.failures = None, 0
                 return RefreshOutcome(previous, self.current.version, None)
@@ -102,7 +102,8 @@ class ModelRefresher:
                 log.warning("model refresh failed (%d in a row): %s", self.failures, self.last_refresh_error)
                 return RefreshOutcome(previous, previous, self.last_refresh_error)
 
-    def _server_version(self) -> str | None:
+    def probe_server_version(self) -> str | None:
+        """The tracking server's version (None for local stores, or when it does not answer)."""
         try:
             return self.registry.server_version()
         except Exception:

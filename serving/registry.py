@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 SPEC_RELPATH = Path("extra_files") / "dataset_spec.yaml"
+EXAMPLE_RELPATH = Path("extra_files") / "input_example.json"
 ONNX_RELPATH = Path("extra_files") / "model.onnx"
 _URI_PATTERN = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 _SECRET_QUERY_KEYS = ("token", "password", "secret", "key", "signature", "credential")
@@ -125,6 +126,15 @@ def load_bundle_spec(bundle: ModelBundle) -> Any:
         return parse_spec(raw, source_path=bundle.spec_path)
     except (OSError, yaml.YAMLError, SpecError) as exc:
         raise ModelResolutionError(f"{bundle.uri}: unusable dataset spec: {exc}") from exc
+
+
+def load_input_example(bundle: ModelBundle) -> dict[str, Any] | None:
+    """The request example logged with the version (``extra_files/input_example.json``), if any."""
+    try:
+        example = json.loads((Path(bundle.local_dir) / EXAMPLE_RELPATH).read_text())
+    except (OSError, ValueError):
+        return None
+    return example if isinstance(example, dict) else None
 
 
 def configure_mlflow_client_env() -> None:

@@ -82,20 +82,6 @@ class ClassMapper:
         return np.round(probs, PROBABILITY_DECIMALS)
 
 
-def _onnx_class_labels(path: str) -> list[Any] | None:
-    """Class labels stored in a converted classifier's graph (skl2onnx ``classlabels_*`` attributes)."""
-    import onnx
-
-    model = onnx.load(path, load_external_data=False)
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if attribute.name == "classlabels_int64s" and attribute.ints:
-                return [int(v) for v in attribute.ints]
-            if attribute.name == "classlabels_strings" and attribute.strings:
-                return [v.decode() for v in attribute.strings]
-    return None
-
-
 class OnnxRuntime:
     """Serves the verified ONNX graph with onnxruntime."""
 
@@ -110,8 +96,7 @@ class OnnxRuntime:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        path = str(bundle.onnx_path)
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(bundle.onnx_path), options, providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()
         width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
         if len(inputs) != 1 or width not in (None, len(spec.feature_names)):
@@ -119,16 +104,19 @@ class OnnxRuntime:
                 f"{bundle.uri}: ONNX input {inputs[0].shape} does not match {len(spec.feature_names)} features"
             )
         self.input_name = inputs[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.label_output = outputs[0]
-        self.prob_output = outputs[1] if len(outputs) > 1 else None
-        classes = _onnx_class_labels(path) or sorted(spec.target.classes, key=str)
-        self.mapper = ClassMapper(spec, classes)
+        outputs = self.session.get_outputs()
+        self.has_proba = len(outputs) > 1
+        # skl2onnx orders probability columns like sklearn's classes_: the sorted training labels. Training
+        # labels are a subset of the spec's classes, so equal width means exactly the spec's classes, sorted.
+        width = outputs[1].shape[1] if self.has_proba and len(outputs[1].shape) == 2 else None
+        if isinstance(width, int) and width != len(spec.target.classes):
+            raise ModelLoadError(f"{bundle.uri}: {width} probability columns for {len(spec.target.classes)} classes")
+        self.mapper = ClassMapper(spec, sorted(spec.target.classes))
 
     def predict(self, rows: np.ndarray | list[tuple[Any, ...]]) -> Prediction:
         matrix = np.asarray(rows, dtype=np.float32)
         outputs = self.session.run(None, {self.input_name: matrix})
-        probs = self.mapper.probabilities(outputs[1]) if self.prob_output is not None else None
+        probs = self.mapper.probabilities(outputs[1]) if self.has_proba else None
         return Prediction(self.mapper.indices(outputs[0]), probs)
 
 

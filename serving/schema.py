@@ -17,6 +17,7 @@ The same pydantic types produce the JSON schema published in ``/openapi.json``.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -92,9 +93,10 @@ def _describe(exc: ValidationError) -> list[dict[str, Any]]:
 class RequestSchema:
     """Validators for ``/predict`` and ``/feedback`` bodies, built from one dataset spec."""
 
-    def __init__(self, spec: DatasetSpec, max_rows: int) -> None:
+    def __init__(self, spec: DatasetSpec, max_rows: int, example: dict[str, Any] | None = None) -> None:
         self.spec = spec
         self.max_rows = max_rows
+        self.example = example
         self.feature_names = spec.feature_names
         self.numeric_only = not spec.categorical_features
         self.class_values = list(spec.target.classes)
@@ -192,7 +194,15 @@ class RequestSchema:
     # -- OpenAPI ----------------------------------------------------------------------------
 
     def predict_json_schema(self) -> dict[str, Any]:
-        return _inline_refs(self._predict.json_schema())
+        """The ``/predict`` body schema, with the model's input example when it validates."""
+        schema = _inline_refs(self._predict.json_schema())
+        if self.example is not None:
+            try:
+                self.parse_predict(json.dumps(self.example).encode())
+                schema["examples"] = [self.example]
+            except RequestError:
+                pass
+        return schema
 
     def feedback_json_schema(self) -> dict[str, Any]:
         return _inline_refs(self._feedback.json_schema())

@@ -87,7 +87,9 @@ def _combine(results: list[MetricResult], name: str, threshold: str) -> MetricRe
             worst = max(chosen, key=lambda r: r.observed if r.observed is not None else -1.0)
             return worst
     best = max(results, key=lambda r: r.samples) if results else None
-    return MetricResult(name, None, threshold, best.samples if best else 0, "inconclusive", best.source if best else "-")
+    return MetricResult(
+        name, None, threshold, best.samples if best else 0, "inconclusive", best.source if best else "-"
+    )
 
 
 def evaluate(

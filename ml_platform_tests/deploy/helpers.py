@@ -34,6 +34,7 @@ INSTALL_HINTS = {
     "kubectl": "install kubectl (CI: the Kubernetes apt repository, see deploy/README.md)",
     "promtool": "apt-get install prometheus",
     "checkov": "python3 -m venv .venv-tools && .venv-tools/bin/pip install checkov",
+    "git": "apt-get install git",
 }
 
 

@@ -138,7 +138,9 @@ def test_code_location_runs_ml_platform_on_port_4000():
 
 def test_environment_points_at_mlflow_and_object_storage(rendered):
     env = env_of(code_location())
-    assert urlsplit(env["ML_PLATFORM_HOME"]).scheme == "s3"
+    # The platform home is a mounted (shared) volume; snapshots live in object storage.
+    assert env["ML_PLATFORM_HOME"].startswith("/")
+    assert urlsplit(env["REFERENCE_DATASET_URI"]).scheme == "s3"
     # The same MLflow the serving pods use, which that Service really is.
     serving_env = find(
         rendered["base"],

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import DOCKER, REPO_ROOT, dockerignore_allows, find, run
+from .helpers import DOCKER, REPO_ROOT, dockerignore_allows, find, require_binary, run
 
 DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile*") if p.suffix != ".dockerignore")
 PINNED_BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}$")
@@ -254,7 +254,8 @@ def test_dockerignore_matcher_follows_docker_rules():
 def _context(dockerfile: Path) -> list[str]:
     """The repository files (tracked or not ignored by git) a build would send."""
     patterns = _ignore_patterns(dockerfile)
-    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT)
+    git = require_binary("git")
+    listed = run([git, "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT)
     assert listed.returncode == 0, listed.stderr
     return sorted(
         p for p in listed.stdout.splitlines() if dockerignore_allows(patterns, p) and (REPO_ROOT / p).is_file()

@@ -8,8 +8,7 @@ concurrently once per session, and are stopped with SIGTERM at the end.
 
 from __future__ import annotations
 
-import json
-import tempfile
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,32 +22,17 @@ MAIN_MAX_BATCH_ROWS = 2000
 MAIN_MAX_BODY_BYTES = 1_000_000
 
 
-def _register_sklearn_only(model: object, spec: object, train_frame: object) -> str:
-    """Register ``model`` the way ml_platform does, but without the ONNX graph (the fallback path)."""
+def _register_without_onnx(version: str, root: Path) -> str:
+    """Register a copy of ``version``'s model files minus the ONNX graph: the sklearn fallback path."""
     import mlflow
 
-    from ml_platform.ml.registry import model_signature, pip_requirements, skops_trusted_types
-
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_file = Path(tmp) / "dataset_spec.yaml"
-        spec_file.write_text(spec.source_path.read_text())  # type: ignore[attr-defined]
-        example = Path(tmp) / "input_example.json"
-        example.write_text(json.dumps({"records": train_frame.head(5).to_dict(orient="records")}))  # type: ignore[attr-defined]
-        with mlflow.start_run():
-            info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                serialization_format="skops",
-                skops_trusted_types=skops_trusted_types(model),
-                signature=model_signature(spec),  # type: ignore[arg-type]
-                pip_requirements=pip_requirements(),
-                extra_files=[str(spec_file), str(example)],
-                registered_model_name=MODEL_NAME,
-                await_registration_for=60,
-            )
-    version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_model_version_tag(MODEL_NAME, version, "onnx", "unavailable: test fixture")
-    return version
+    client = mlflow.MlflowClient()
+    source = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{version}"))
+    target = root / f"sklearn-only-{version}"
+    shutil.copytree(source, target)
+    (target / "extra_files" / "model.onnx").unlink()
+    created = client.create_model_version(MODEL_NAME, target.as_uri(), tags={"onnx": "unavailable: test fixture"})
+    return str(created.version)
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +72,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSto
                 )
             assert export.verified, export.reason
             versions.append(registered.version)
-        versions.append(_register_sklearn_only(model, spec, split.x_train))
+        versions.append(_register_without_onnx(versions[0], root))
         yield MlflowStore(root, tracking_uri, *versions)
     finally:
         mlflow.set_tracking_uri(previous_uri)

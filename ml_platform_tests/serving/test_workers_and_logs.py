@@ -52,13 +52,14 @@ def test_request_counts_are_exact_across_two_workers(main_server: ServingProcess
     before = main_server.metrics()
     tag = uuid.uuid4().hex[:8]
 
-    def call(i: int) -> int:
-        with httpx.Client(base_url=main_server.url, timeout=30) as client:
+    with httpx.Client(base_url=main_server.url, timeout=30) as client:
+
+        def call(i: int) -> int:
             body = {"features": [[5.0 + (i % 10) / 10, 3.0, 1.5, 0.2]]}
             return client.post("/predict", json=body, headers={"X-Request-ID": f"count-{tag}-{i}"}).status_code
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        statuses = list(pool.map(call, range(n)))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(call, range(n)))
     assert statuses == [200] * n
     after = main_server.metrics()
 

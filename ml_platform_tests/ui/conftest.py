@@ -1,7 +1,8 @@
 """A real ``dagster dev`` (webserver + daemon) on a temporary platform home, and headless Chromium.
 
 ``dagster_ui`` (one per module) bootstraps a fresh platform home, stops ``incoming_data_sensor``
-in that instance (so the only run is the one the test launches from the UI), starts
+in that instance before the daemon starts (and any other sensor right after), so the only run is
+the one the test launches from the UI, starts
 ``dagster dev -m ml_platform`` on a free 127.0.0.1 port in its own process group and always
 kills that whole group afterwards (dagster dev spawns the webserver, the daemon, code servers
 and run workers). ``page`` is a fresh browser page per test; a failing test leaves a screenshot.
@@ -157,6 +158,33 @@ def _wait_until_loaded(ui: DagsterUI) -> None:
     raise RuntimeError(f"dagster dev not ready after {SERVER_START_TIMEOUT_S}s ({last}):\n{ui.log_tail()}")
 
 
+SENSORS_QUERY = """
+query ($selector: RepositorySelector!) { sensorsOrError(repositorySelector: $selector) {
+    __typename ... on Sensors { results { name sensorState { id status } } } } }
+"""
+REPOSITORY = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"}
+_STOP_SENSOR = """
+mutation ($id: String!) { stopSensor(id: $id) { __typename
+    ... on StopSensorMutationResult { instigationState { status } } ... on PythonError { message } } }
+"""
+
+
+def sensor_states(ui: DagsterUI) -> dict[str, str]:
+    """Sensor name -> RUNNING / STOPPED, as the webserver reports it."""
+    sensors = ui.graphql(SENSORS_QUERY, {"selector": REPOSITORY})["sensorsOrError"]
+    assert sensors["__typename"] == "Sensors", sensors
+    return {s["name"]: s["sensorState"]["status"] for s in sensors["results"]}
+
+
+def _stop_other_sensors(ui: DagsterUI) -> None:
+    """Stop any other sensor that runs by default: on a fresh home they have nothing to act on yet."""
+    sensors = ui.graphql(SENSORS_QUERY, {"selector": REPOSITORY})["sensorsOrError"]["results"]
+    for sensor in sensors:
+        if sensor["sensorState"]["status"] == "RUNNING":
+            result = ui.graphql(_STOP_SENSOR, {"id": sensor["sensorState"]["id"]})["stopSensor"]
+            assert result["__typename"] == "StopSensorMutationResult", result
+
+
 def _stop(process: subprocess.Popen[bytes], grace_s: float = 15) -> None:
     """Stop ``dagster dev`` as Ctrl-C would, then SIGKILL whatever is left of its process group.
 
@@ -216,6 +244,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) ->
     ui = DagsterUI(base_url=f"http://127.0.0.1:{port}", home=home, log=log, process=process)
     try:
         _wait_until_loaded(ui)
+        _stop_other_sensors(ui)
         yield ui
     finally:
         _stop(process)

@@ -1,0 +1,418 @@
+"""Serving benchmark: our LitServe service vs a plain FastAPI server vs ``mlflow models serve``.
+
+Run (from the repository root, with the project venv)::
+
+    .venv/bin/python benchmarks/serving.py                 # fresh temp MLflow store, iris forest
+    .venv/bin/python benchmarks/serving.py --duration 20 --workers 2 --max-batch-size 64
+
+All servers serve the same registered model version on 127.0.0.1, one at a
+time, and face the same load generator (aiohttp, in its own process):
+
+- single-row requests from ``--concurrency`` (32) connections for ``--duration``
+  seconds: requests/s, p50, p99;
+- 1,000-row requests from ``--batch-concurrency`` connections: rows/s;
+- in-process ``predict`` of the same model (ONNX and sklearn) as the ceiling.
+
+It prints a markdown table and the command that produced it. This is a
+benchmark, not a test: numbers depend on the machine and what else runs on it.
+``--baseline-server`` is an internal mode that runs the FastAPI baseline (the
+predecessor's approach: one process, sklearn ``predict`` on a DataFrame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+MODEL_NAME = "iris-random-forest"
+ROW = [5.8, 2.7, 5.1, 1.9]
+BATCH_ROWS = 1000
+
+
+# --- the FastAPI baseline (internal mode) ------------------------------------------------------
+
+
+def run_baseline_server(model_dir: str, port: int) -> None:
+    """A single uvicorn process holding the sklearn model: what the platform's predecessor ran."""
+    import mlflow.sklearn
+    import pandas as pd
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    from serving.registry import ModelBundle, load_bundle_spec
+
+    spec = load_bundle_spec(ModelBundle(MODEL_NAME, "0", model_dir, False))
+    model = mlflow.sklearn.load_model(model_dir)
+    columns = spec.feature_names
+    app = FastAPI()
+
+    class PredictRequest(BaseModel):
+        features: list[list[float]]
+
+    @app.post("/predict")
+    def predict(request: PredictRequest) -> dict[str, Any]:
+        frame = pd.DataFrame(request.features, columns=columns)
+        return {
+            "predictions": model.predict(frame).tolist(),
+            "probabilities": model.predict_proba(frame).tolist(),
+        }
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --- the load generator (runs in its own process) ----------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+    rows_per_request: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.requests * self.rows_per_request / self.seconds
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+async def _load(url: str, body: bytes, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
+    import aiohttp
+
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    latencies: list[float] = []
+    errors = 0
+    measuring = False
+    stop_at = time.perf_counter() + warmup + duration
+
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def client() -> None:
+            nonlocal errors
+            while (now := time.perf_counter()) < stop_at:
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    ok = False
+                if measuring:
+                    if ok:
+                        latencies.append((time.perf_counter() - now) * 1000)
+                    else:
+                        errors += 1
+
+        tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
+        await asyncio.sleep(warmup)
+        measuring = True
+        started = time.perf_counter()
+        await asyncio.gather(*tasks)
+        seconds = time.perf_counter() - started
+    return {"requests": len(latencies), "errors": errors, "seconds": seconds, "latencies_ms": latencies}
+
+
+def _load_process(url: str, body: bytes, concurrency: int, duration: float, warmup: float, out: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out.send(asyncio.run(_load(url, body, concurrency, duration, warmup)))
+
+
+def generate_load(url: str, body: bytes, rows: int, concurrency: int, duration: float, warmup: float) -> LoadResult:
+    """Closed-loop load from ``concurrency`` connections, in a separate process."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_load_process, args=(url, body, concurrency, duration, warmup, child))
+    process.start()
+    result = parent.recv()
+    process.join()
+    return LoadResult(rows_per_request=rows, **result)
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready within {timeout}s")
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], health_url: str, log: Path) -> Iterator[None]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(health_url, process)
+        yield
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+# --- in-process ceiling --------------------------------------------------------------------------
+
+
+def rows_per_second(fn: Callable[[], Any], rows: int, seconds: float) -> float:
+    fn()
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        fn()
+        calls += 1
+    return calls * rows / elapsed
+
+
+def in_process_ceiling(model_dir: str, seconds: float) -> dict[str, float]:
+    """Rows/s of the model itself: ONNX (one thread, as a worker runs it) and sklearn."""
+    import mlflow.sklearn
+    import numpy as np
+    import onnxruntime as ort
+    import pandas as pd
+
+    from serving.registry import ModelBundle, load_bundle_spec
+
+    spec = load_bundle_spec(ModelBundle(MODEL_NAME, "0", model_dir, True))
+    batch = np.tile(np.asarray(ROW, dtype=np.float32), (BATCH_ROWS, 1))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(Path(model_dir) / "extra_files" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    model = mlflow.sklearn.load_model(model_dir)
+    frame = pd.DataFrame(batch.astype(np.float64), columns=spec.feature_names)
+    one, one_frame = batch[:1], frame.iloc[:1]
+
+    def sk(x: Any) -> Callable[[], Any]:
+        return lambda: (model.predict(x), model.predict_proba(x))
+
+    return {
+        "onnx_1": rows_per_second(lambda: session.run(None, {"input": one}), 1, seconds),
+        "onnx_1000": rows_per_second(lambda: session.run(None, {"input": batch}), BATCH_ROWS, seconds),
+        "sklearn_1": rows_per_second(sk(one_frame), 1, seconds),
+        "sklearn_1000": rows_per_second(sk(frame), BATCH_ROWS, seconds),
+    }
+
+
+# --- model store -------------------------------------------------------------------------------------
+
+
+def register_iris(root: Path) -> tuple[str, str]:
+    """A fresh sqlite store with the iris forest registered by ml_platform (verified ONNX graph)."""
+    import mlflow
+    import pandas as pd
+
+    from ml_platform.ml.registry import log_and_register_model
+    from ml_platform.ml.training import evaluate_model, fit_model, split_dataset
+    from ml_platform.spec import load_spec
+
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.create_experiment("serving-benchmark", artifact_location=(root / "artifacts").as_uri())
+    mlflow.set_experiment("serving-benchmark")
+    spec = load_spec("iris")
+    split = split_dataset(pd.read_csv(spec.bootstrap_path()), spec)
+    model = fit_model(split, spec)
+    with mlflow.start_run() as run:
+        registered, export = log_and_register_model(
+            model,
+            spec,
+            split.x_train,
+            run_id=run.info.run_id,
+            data_version="benchmark",
+            metrics=evaluate_model(model, split, spec).flat_metrics(),
+            extra_tags={},
+        )
+    if not export.verified:
+        raise RuntimeError(f"ONNX export failed: {export.reason}")
+    return tracking_uri, registered.version
+
+
+# --- the benchmark -------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    single: LoadResult | None
+    batch: LoadResult | None
+
+
+def measure(name: str, url: str, single_body: bytes, batch_body: bytes, args: argparse.Namespace) -> Row:
+    print(f"  {name}: single rows x{args.concurrency} for {args.duration}s ...", file=sys.stderr)
+    single = generate_load(url, single_body, 1, args.concurrency, args.duration, args.warmup)
+    print(f"  {name}: {BATCH_ROWS}-row batches x{args.batch_concurrency} for {args.duration}s ...", file=sys.stderr)
+    batch = generate_load(url, batch_body, BATCH_ROWS, args.batch_concurrency, args.duration, args.warmup)
+    return Row(name, single, batch)
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def report(rows: list[Row], ceiling: dict[str, float], args: argparse.Namespace) -> str:
+    lines = [
+        f"| server | single-row req/s (x{args.concurrency}) | p50 ms | p99 ms | errors | "
+        f"{BATCH_ROWS}-row rows/s (x{args.batch_concurrency}) | batch p50 ms | batch errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        s, b = row.single, row.batch
+        lines.append(
+            f"| {row.name} | {fmt(s.rps) if s else '-'} | {fmt(s.percentile(50), 1) if s else '-'} | "
+            f"{fmt(s.percentile(99), 1) if s else '-'} | {s.errors if s else '-'} | "
+            f"{fmt(b.rows_per_second) if b else '-'} | {fmt(b.percentile(50), 1) if b else '-'} | "
+            f"{b.errors if b else '-'} |"
+        )
+    lines += [
+        f"| in-process ONNX (1 thread) | {fmt(ceiling['onnx_1'])} rows/s | | | | {fmt(ceiling['onnx_1000'])} | | |",
+        f"| in-process sklearn | {fmt(ceiling['sklearn_1'])} rows/s | | | | {fmt(ceiling['sklearn_1000'])} | | |",
+    ]
+    ours = next((r for r in rows if r.name.startswith("ml_platform")), None)
+    base = next((r for r in rows if r.name.startswith("FastAPI")), None)
+    if ours and ours.single and ours.batch:
+        lines.append("")
+        if base and base.single:
+            ratio = ours.single.rps / base.single.rps
+            lines.append(f"- single-row throughput vs FastAPI baseline: **{ratio:.1f}x** (target >= 10x)")
+        lines.append(f"- single-row p99: **{ours.single.percentile(99):.1f} ms** (target <= 100 ms)")
+        share = ours.batch.rows_per_second / ceiling["onnx_1000"]
+        lines.append(f"- {BATCH_ROWS}-row throughput vs in-process ONNX predict: **{share:.2f}x** (target >= 0.5x)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of measured load per scenario")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections for single-row requests")
+    parser.add_argument("--batch-concurrency", type=int, default=4, help="connections for 1,000-row requests")
+    parser.add_argument("--workers", type=int, default=None, help="WORKERS for our service (default: its own)")
+    parser.add_argument("--max-batch-size", type=int, default=None, help="MAX_BATCH_SIZE for our service")
+    parser.add_argument("--batch-timeout", type=float, default=None, help="BATCH_TIMEOUT for our service")
+    parser.add_argument("--only", default="ours,fastapi,mlflow", help="comma-separated subset of servers")
+    parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.baseline_server:
+        run_baseline_server(args.model_dir, args.port)
+        return 0
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    command = "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    only = set(args.only.split(","))
+    workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    try:
+        print(f"registering the iris model in {workdir} ...", file=sys.stderr)
+        tracking_uri, version = register_iris(workdir)
+        import mlflow.artifacts
+
+        model_dir = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{version}", dst_path=str(workdir / "model"))
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "PYTHONPATH": str(REPO_ROOT),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+            "ML_PLATFORM_HOME": str(workdir / "home"),
+        }
+        single_body = json.dumps({"features": [ROW]}).encode()
+        batch_body = json.dumps({"features": [ROW] * BATCH_ROWS}).encode()
+        rows: list[Row] = []
+
+        if "fastapi" in only:
+            port = free_port()
+            cmd = [sys.executable, __file__, "--baseline-server", "--model-dir", model_dir, "--port", str(port)]
+            with server(cmd, env, f"http://127.0.0.1:{port}/health", workdir / "fastapi.log"):
+                rows.append(measure("FastAPI + uvicorn, sklearn (baseline)", f"http://127.0.0.1:{port}/predict", single_body, batch_body, args))
+
+        if "mlflow" in only:
+            port = free_port()
+            cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}/{version}",
+                   "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+            split = lambda n: json.dumps({"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"], "data": [ROW] * n}}).encode()  # noqa: E731
+            with server(cmd, env, f"http://127.0.0.1:{port}/ping", workdir / "mlflow.log"):
+                rows.append(measure("mlflow models serve", f"http://127.0.0.1:{port}/invocations", split(1), split(BATCH_ROWS), args))
+
+        if "ours" in only:
+            port = free_port()
+            ours_env = {**env, "PREDICTION_LOG_DIR": str(workdir / "predictions"), "LOG_LEVEL": "warning"}
+            for flag, name in ((args.workers, "WORKERS"), (args.max_batch_size, "MAX_BATCH_SIZE"), (args.batch_timeout, "BATCH_TIMEOUT")):
+                if flag is not None:
+                    ours_env[name] = str(flag)
+            cmd = [sys.executable, "-m", "serving", "--model-uri", f"models:/{MODEL_NAME}/{version}", "--port", str(port)]
+            with server(cmd, ours_env, f"http://127.0.0.1:{port}/health", workdir / "ours.log"):
+                rows.append(measure("ml_platform serving (LitServe, ONNX)", f"http://127.0.0.1:{port}/predict", single_body, batch_body, args))
+
+        print("measuring in-process predict ...", file=sys.stderr)
+        ceiling = in_process_ceiling(model_dir, min(args.duration, 5.0))
+        print(f"\n{report(rows, ceiling, args)}\n\nCommand: `{command.strip()}` on {os.cpu_count()} CPUs "
+              f"(load average before: {os.getloadavg()[0]:.1f})")
+        return 0
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""The ``local`` deployer backend: serving processes on 127.0.0.1 behind a local nginx.
+
+Layout under ``<home>/deployments/<model>/``: ``state.json`` (what runs
+where), ``lock``, ``nginx/`` (config, pid, access and error logs),
+``logs/<track>-<port>.log`` (serving output), ``run/<track>-<port>/``
+(each process's Prometheus multiprocess folder). ``<home>/deployments/prometheus/serving-<model>.json``
+lists the running processes for a Prometheus ``file_sd_configs`` job.
+
+Stable serves ``models:/<name>@champion`` with an admin token only the
+deployer knows; a promotion moves the alias, then ``POST /admin/reload`` makes
+stable hot-swap (no request fails during the swap). The canary serves a pinned
+version. A canary is removed in two reloads: first no new traffic, then no
+route at all once the old nginx workers have drained, and only then stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from ml_platform import settings
+from ml_platform.deployment.backend import DeploymentError, DeploymentStatus
+from ml_platform.deployment.nginx import NginxError, NginxRouter, Routing
+from ml_platform.deployment.processes import (
+    ProcessStartError,
+    free_port,
+    health,
+    pid_alive,
+    served_version,
+    start_serving,
+    stop_group,
+    wait_ready,
+)
+from ml_platform.deployment.router_log import RouterLogReader
+from ml_platform.deployment.state import DeploymentState, ProcessRecord, StateStore
+
+ACCESS_LOG_ROTATE_BYTES = 64 * 1024 * 1024
+
+
+class LocalBackend:
+    """Stable and canary serving processes behind one nginx, driven through a state file."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        deployments_dir: Path | None = None,
+        public_port: int = 8080,
+        nginx_binary: str = "nginx",
+        workers: int = 1,
+        stable_refresh_seconds: float = 30.0,
+        drain_seconds: float = 1.0,
+        canary_env: Mapping[str, str] | None = None,
+        stable_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.model_name = model_name
+        root = deployments_dir or settings.platform_paths().deployments_dir
+        self.root = root
+        self.folder = root / model_name
+        self.store = StateStore(self.folder)
+        self.configured_port = public_port
+        self.nginx_binary = shutil.which(nginx_binary) or (
+            "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else nginx_binary
+        )
+        self.workers = workers
+        self.stable_refresh_seconds = stable_refresh_seconds
+        self.drain_seconds = drain_seconds
+        self.canary_env = dict(canary_env or {})
+        self.stable_env = dict(stable_env or {})
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _state(self) -> DeploymentState:
+        state = self.store.load()
+        if state is None:
+            state = DeploymentState(model_name=self.model_name, public_port=self.configured_port)
+        elif state.public_port != self.configured_port and not self._router(state).running():
+            state.public_port = self.configured_port  # nothing listens on the old port: take the configured one
+        return state
+
+    def _router(self, state: DeploymentState) -> NginxRouter:
+        return NginxRouter(self.folder / "nginx", state.public_port, self.nginx_binary)
+
+    def _save(self, state: DeploymentState) -> None:
+        self.store.save(state)
+        self._write_prometheus_targets(state)
+
+    def _write_prometheus_targets(self, state: DeploymentState) -> None:
+        folder = self.root / "prometheus"
+        folder.mkdir(parents=True, exist_ok=True)
+        targets = [f"127.0.0.1:{r.port}" for r in (state.stable, state.canary) if r is not None]
+        payload = [{"targets": targets, "labels": {"deployment": self.model_name}}] if targets else []
+        path = folder / f"serving-{self.model_name}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, path)
+
+    @property
+    def public_url(self) -> str:
+        return f"http://127.0.0.1:{self._state().public_port}"
+
+    @contextmanager
+    def lock(self, timeout: float = 0.0) -> Iterator[None]:
+        with self.store.lock(timeout):
+            yield
+
+    # -- processes --------------------------------------------------------------------------
+
+    def canary_upstream_port(self, record: ProcessRecord) -> int:
+        """Where the router sends canary traffic (the process itself; tests put a proxy here)."""
+        return record.port
+
+    def _start(self, track: str, model_uri: str, version: str, env: Mapping[str, str], timeout: float) -> ProcessRecord:
+        port = free_port()
+        run_dir = self.folder / "run" / f"{track}-{port}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        log_path = self.folder / "logs" / f"{track}-{port}.log"
+        settings_env = {
+            "ML_PLATFORM_HOME": str(settings.platform_home()),
+            "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri(),
+            "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "prometheus"),
+            "WORKERS": str(self.workers),
+            "LOG_LEVEL": "warning",
+            **env,
+        }
+        pid = start_serving(model_uri=model_uri, port=port, track=track, log_path=log_path, env=settings_env)
+        record = ProcessRecord(
+            track=track,
+            model_uri=model_uri,
+            version=version,
+            pid=pid,
+            port=port,
+            upstream_port=port,
+            log_path=str(log_path),
+            started_at=time.time(),
+            admin_token=env.get("ADMIN_API_TOKEN", ""),
+        )
+        try:
+            body = wait_ready(pid, port, timeout, log_path, track)
+        except ProcessStartError as exc:
+            stop_group(pid)
+            raise DeploymentError(str(exc)) from exc
+        serving = served_version(body)
+        if serving != version:
+            stop_group(pid)
+            raise DeploymentError(f"{track} process resolved {model_uri} to version {serving}, expected {version}")
+        return record
+
+    def _stop(self, record: ProcessRecord | None) -> None:
+        if record is None:
+            return
+        stop_group(record.pid)
+        shutil.rmtree(self.folder / "run" / f"{record.track}-{record.port}", ignore_errors=True)
+
+    @staticmethod
+    def _alive(record: ProcessRecord | None) -> bool:
+        return record is not None and pid_alive(record.pid) and health(record.port)[0] == 200
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _apply(self, state: DeploymentState, *, include_canary: bool = True, pin_canary: bool = True) -> None:
+        if state.stable is None:
+            raise DeploymentError("no stable process to route to")
+        state.generation += 1
+        canary = state.canary if include_canary else None
+        routing = Routing(
+            generation=state.generation,
+            stable_port=state.stable.upstream_port,
+            canary_port=canary.upstream_port if canary else None,
+            canary_weight=state.canary_weight if canary else 0,
+            pin_canary=pin_canary,
+        )
+        try:
+            self._router(state).apply(routing)
+        except NginxError as exc:
+            raise DeploymentError(str(exc)) from exc
+        state.note("routing", generation=state.generation, canary_weight=routing.canary_weight)
+        self._save(state)
+
+    # -- the rollout steps ------------------------------------------------------------------
+
+    def ensure_stable(self, champion_version: str, timeout: float) -> None:
+        """Stable runs, serves ``champion_version`` and receives the traffic."""
+        state = self._state()
+        if self._alive(state.stable):
+            assert state.stable is not None
+            if served_version(health(state.stable.port)[1]) != champion_version:
+                self._reload_stable(state, champion_version, timeout)
+        else:
+            self._stop(state.stable)
+            token = secrets.token_urlsafe(24)
+            env = {
+                "MODEL_AUTO_REFRESH_SECONDS": str(self.stable_refresh_seconds),
+                **self.stable_env,
+                "ADMIN_API_TOKEN": token,
+            }
+            uri = f"models:/{self.model_name}@champion"
+            state.stable = self._start("stable", uri, champion_version, env, timeout)
+            state.note("stable started", version=champion_version, pid=state.stable.pid, port=state.stable.port)
+        if state.canary is not None and not pid_alive(state.canary.pid):
+            state.note("canary gone", version=state.canary.version)
+            state.canary, state.canary_weight = None, 0
+        self._apply(state)
+
+    def start_canary(self, version: str, timeout: float) -> None:
+        """A canary process for ``version``, ready, routed only for pinned requests (weight 0)."""
+        state = self._state()
+        if state.canary is not None:
+            self.retire_canary()
+            state = self._state()
+        self._rotate_access_log(state)
+        env = {"MODEL_AUTO_REFRESH_SECONDS": "0", **self.canary_env, "ADMIN_API_TOKEN": ""}
+        record = self._start("canary", f"models:/{self.model_name}/{version}", version, env, timeout)
+        record.upstream_port = self.canary_upstream_port(record)
+        state.canary, state.canary_weight = record, 0
+        state.note("canary started", version=version, pid=record.pid, port=record.port)
+        self._apply(state)
+
+    def canary_health(self) -> tuple[bool, str]:
+        canary = self._state().canary
+        if canary is None:
+            return False, "no canary is deployed"
+        if not pid_alive(canary.pid):
+            return False, f"canary process {canary.pid} is gone"
+        status, body = health(canary.port, timeout=2.0)
+        if status != 200:
+            return False, f"/health answered {status}" if status else "/health unreachable"
+        serving = served_version(body)
+        if serving not in (None, canary.version):
+            return False, f"serves version {serving}, expected {canary.version}"
+        return True, str(body.get("status", "ok"))
+
+    def set_canary_weight(self, weight: int) -> None:
+        state = self._state()
+        if state.canary is None:
+            raise DeploymentError("no canary to send traffic to")
+        state.canary_weight = int(weight)
+        self._apply(state)
+
+    def _reload_stable(self, state: DeploymentState, version: str, timeout: float) -> None:
+        stable = state.stable
+        if stable is None:
+            raise DeploymentError("no stable process")
+        try:
+            response = httpx.post(
+                f"{stable.url}/admin/reload", headers={"Authorization": f"Bearer {stable.admin_token}"}, timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            raise DeploymentError(f"stable /admin/reload failed: {exc!r}") from exc
+        if response.status_code != 200:
+            raise DeploymentError(f"stable /admin/reload answered {response.status_code}: {response.text[:300]}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if served_version(health(stable.port)[1]) == version:
+                stable.version = version
+                state.note("stable serves", version=version)
+                self._save(state)
+                return
+            time.sleep(0.2)
+        raise DeploymentError(f"stable did not switch to version {version} within {timeout:.0f}s")
+
+    def serve_on_stable(self, version: str, timeout: float) -> None:
+        """Stable re-resolves ``@champion`` now and hot-swaps to ``version``."""
+        self._reload_stable(self._state(), version, timeout)
+
+    def retire_canary(self) -> None:
+        """No new canary traffic; once drained, no route; then stop the process."""
+        state = self._state()
+        if state.canary is None:
+            if state.stable is not None:
+                self._apply(state)
+            return
+        router = self._router(state)
+        state.canary_weight = 0
+        self._apply(state, pin_canary=True)  # pinned feedback still reaches answers the canary gave
+        router.wait_drained(timeout=30)
+        time.sleep(self.drain_seconds)
+        self._apply(state, include_canary=False)
+        router.wait_drained(timeout=30)
+        canary, state.canary = state.canary, None
+        state.note("canary retired", version=canary.version)
+        self._save(state)
+        self._stop(canary)
+
+    # -- observation ------------------------------------------------------------------------
+
+    def metrics_targets(self, track: str) -> list[str]:
+        state = self._state()
+        record = state.stable if track == "stable" else state.canary
+        return [f"{record.url}/metrics"] if record else []
+
+    def router_view(self) -> RouterLogReader | None:
+        state = self._state()
+        if state.canary is None:
+            return None
+        return RouterLogReader(self._router(state).access_log, f"127.0.0.1:{state.canary.upstream_port}")
+
+    def _rotate_access_log(self, state: DeploymentState) -> None:
+        router = self._router(state)
+        try:
+            if router.access_log.stat().st_size < ACCESS_LOG_ROTATE_BYTES:
+                return
+        except OSError:
+            return
+        os.replace(router.access_log, router.access_log.with_suffix(".log.1"))
+        pid = router.master_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGUSR1)  # reopen log files
+
+    def status(self) -> DeploymentStatus:
+        state = self._state()
+        router = self._router(state)
+
+        def describe(record: ProcessRecord | None) -> str:
+            if record is None:
+                return "-"
+            alive = "up" if self._alive(record) else "DOWN"
+            return f"pid {record.pid}, port {record.port}, {record.model_uri}, {alive}"
+
+        return DeploymentStatus(
+            backend=self.kind,
+            model_name=self.model_name,
+            public_url=f"http://127.0.0.1:{state.public_port}" if router.running() else None,
+            stable_version=state.stable.version if state.stable else None,
+            canary_version=state.canary.version if state.canary else None,
+            canary_weight=state.canary_weight if state.canary else 0,
+            detail={
+                "nginx": f"pid {router.master_pid()}" if router.running() else "not running",
+                "stable": describe(state.stable),
+                "canary": describe(state.canary),
+                "state file": str(self.store.path),
+            },
+        )
+
+    def shutdown(self) -> None:
+        """Stop nginx and every serving process of this deployment; forget the state."""
+        state = self.store.load()
+        if state is None:
+            self._router(DeploymentState(self.model_name, self.configured_port)).stop()
+            return
+        self._router(state).stop()
+        self._stop(state.canary)
+        self._stop(state.stable)
+        state.stable = state.canary = None
+        self.store.clear()
+        self._write_prometheus_targets(state)

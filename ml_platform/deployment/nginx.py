@@ -1,0 +1,236 @@
+"""A local nginx that splits traffic between the stable and canary serving processes.
+
+One instance per deployed model, with its own prefix under the platform home
+(config, pid, logs, temp folders), so it needs no root and touches nothing
+system-wide. Every change is a new config *generation*: written, checked with
+``nginx -t``, applied by a graceful reload (SIGHUP: new workers take new
+connections, old workers finish what they hold), then confirmed by asking
+``/_deployment`` which generation answers.
+
+Routing:
+
+- ``X-ML-Track: canary`` / ``stable`` pins a request to a track (smoke tests;
+  feedback for an answer, whose body names its ``track``);
+- otherwise ``split_clients`` on the request id (``X-Request-ID`` when sent)
+  sends ``weight`` percent to the canary;
+- the canary pool lists the stable process as ``backup``: a canary that
+  refuses, resets, times out or answers 502/503/504 has the request retried on
+  stable (``/predict`` is retried even after it was sent: predictions are
+  side-effect free);
+- ``keepalive_timeout 0``: every client connection closes after its answer,
+  so a reload never races a request on a reused idle connection (the one way
+  a graceful reload can otherwise reset a client).
+
+The access log is JSON Lines with the upstream address, status and time of
+every attempt: the router's view of the canary (see :mod:`.router_log`).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ml_platform.deployment.processes import pid_alive
+
+ACCESS_LOG_FORMAT = (
+    'log_format canary escape=json \'{"t":$msec,"uri":"$uri","pool":"$pool",'
+    '"addr":"$upstream_addr","ustatus":"$upstream_status","urt":"$upstream_response_time",'
+    '"status":$status,"rid":"$route_key"}\';'
+)
+
+
+class NginxError(RuntimeError):
+    """nginx refused a config, did not start, or did not apply a generation."""
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What the router should do: the upstream ports and the canary's share."""
+
+    generation: int
+    stable_port: int
+    canary_port: int | None = None
+    canary_weight: int = 0
+    pin_canary: bool = True  # route `X-ML-Track: canary` to the canary (off while retiring it)
+
+
+def _user_directive() -> str:
+    """As root, keep workers on the same user as the master (temp dirs live in our home)."""
+    if os.geteuid() != 0:
+        return ""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    return f"user {user} {group};"
+
+
+def render_config(prefix: Path, public_port: int, routing: Routing) -> str:
+    """The complete nginx.conf for one generation."""
+    tmp = prefix / "tmp"
+    has_canary = routing.canary_port is not None
+    upstreams = [f"  upstream stable {{ server 127.0.0.1:{routing.stable_port} max_fails=0; }}"]
+    if has_canary:
+        upstreams.append(
+            f"  upstream canary {{ server 127.0.0.1:{routing.canary_port} max_fails=1 fail_timeout=2s; "
+            f"server 127.0.0.1:{routing.stable_port} backup; }}"
+        )
+    weight = routing.canary_weight if has_canary else 0
+    split = (f"{weight}% canary; " if 0 < weight < 100 else "") + ("* canary;" if weight >= 100 else "* stable;")
+    pinned_canary = "canary" if has_canary and routing.pin_canary else "stable"
+    status = f'{{"generation": {routing.generation}, "canary_weight": {weight}}}'
+    return f"""# Written by ml_platform.deployment.nginx (generation {routing.generation}); do not edit.
+{_user_directive()}
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  client_body_temp_path {tmp}/client_body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  client_max_body_size 10m;
+  keepalive_timeout 0;
+  server_tokens off;
+  map $http_x_request_id $route_key {{ "" $request_id; default $http_x_request_id; }}
+  split_clients "${{route_key}}" $weighted_pool {{ {split} }}
+  map $http_x_ml_track $pool {{ canary {pinned_canary}; stable stable; default $weighted_pool; }}
+  {ACCESS_LOG_FORMAT}
+  access_log {prefix}/logs/access.log canary;
+{chr(10).join(upstreams)}
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_set_header Host $host;
+  proxy_set_header X-Request-ID $route_key;
+  proxy_connect_timeout 2s;
+  proxy_read_timeout 60s;
+  proxy_next_upstream_tries 2;
+  server {{
+    listen 127.0.0.1:{public_port};
+    location = /_deployment {{ default_type application/json; return 200 '{status}'; }}
+    location = /predict {{
+      proxy_pass http://$pool;
+      proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
+    }}
+    location / {{
+      proxy_pass http://$pool;
+      proxy_next_upstream error timeout http_502 http_503 http_504;
+    }}
+  }}
+}}
+"""
+
+
+class NginxRouter:
+    """Start, reconfigure (gracefully) and stop one local nginx instance."""
+
+    def __init__(self, prefix: Path, public_port: int, binary: str = "nginx") -> None:
+        self.prefix = prefix
+        self.public_port = public_port
+        self.binary = binary
+        self.conf = prefix / "nginx.conf"
+        self.pid_file = prefix / "nginx.pid"
+        self.error_log = prefix / "logs" / "error.log"
+        self.access_log = prefix / "logs" / "access.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.public_port}"
+
+    def _cmd(self, *extra: str, conf: Path | None = None) -> list[str]:
+        return [self.binary, "-p", str(self.prefix), "-c", str(conf or self.conf), "-e", str(self.error_log), *extra]
+
+    def master_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return self.master_pid() is not None
+
+    def apply(self, routing: Routing, timeout: float = 30.0) -> None:
+        """Write, check and apply ``routing``; return once that generation answers."""
+        for folder in (self.prefix / "logs", self.prefix / "tmp"):
+            folder.mkdir(parents=True, exist_ok=True)
+        candidate = self.prefix / f"nginx.conf.{routing.generation}"
+        candidate.write_text(render_config(self.prefix, self.public_port, routing))
+        check = subprocess.run(self._cmd("-t", "-q", conf=candidate), capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise NginxError(f"nginx rejected generation {routing.generation}: {check.stderr.strip()}")
+        os.replace(candidate, self.conf)
+        pid = self.master_pid()
+        if pid is None:
+            started = subprocess.run(self._cmd(), capture_output=True, text=True, check=False)
+            if started.returncode != 0:
+                raise NginxError(f"nginx did not start: {started.stderr.strip()}")
+        else:
+            os.kill(pid, signal.SIGHUP)
+        self.wait_generation(routing.generation, timeout)
+
+    def generation(self) -> int | None:
+        try:
+            response = httpx.get(f"{self.url}/_deployment", timeout=2)
+            return int(response.json()["generation"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+
+    def wait_generation(self, generation: int, timeout: float) -> None:
+        """Until new connections are served by ``generation`` (old workers may still finish requests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.generation() == generation:
+                return
+            time.sleep(0.05)
+        raise NginxError(f"nginx did not apply generation {generation} within {timeout:.0f}s; see {self.error_log}")
+
+    def old_workers(self) -> list[int]:
+        """Worker processes of earlier generations still finishing their requests."""
+        master = self.master_pid()
+        if master is None:
+            return []
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid != master:
+                    continue
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, ValueError, IndexError):
+                continue
+            if "shutting down" in cmdline:
+                found.append(int(entry.name))
+        return found
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Until no worker of an earlier generation is left (their in-flight requests are done)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.old_workers():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Graceful stop (SIGQUIT), then SIGTERM if it lingers."""
+        pid = self.master_pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)

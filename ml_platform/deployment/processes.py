@@ -1,0 +1,147 @@
+"""Serving processes on 127.0.0.1: start detached, probe, stop gracefully.
+
+Processes start in their own session (process group), so they outlive the
+Dagster run that started them and can be stopped as a group: the serving
+main process, its API server and its inference workers together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ProcessStartError(RuntimeError):
+    """A serving process exited or never became ready."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie child is reaped and counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: another process started it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def serving_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a serving process: ours, the project importable, then ``extra``."""
+    env = dict(os.environ)
+    if (PROJECT_ROOT / "serving" / "__main__.py").exists():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start_serving(
+    *, model_uri: str, port: int, track: str, log_path: Path, env: Mapping[str, str], python: str = sys.executable
+) -> int:
+    """Start ``python -m serving`` detached; return its pid (the process group id too)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"MODEL_URI": model_uri, "PORT": str(port), "TRACK": track, "HOST": "127.0.0.1", **env}
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen(
+            [python, "-m", "serving"],
+            cwd=str(PROJECT_ROOT),
+            env=serving_env(settings),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process.pid
+
+
+def health(port: int, timeout: float = 3.0) -> tuple[int, dict[str, Any]]:
+    """``GET /health`` of a serving process: (status code, body); (0, {}) when unreachable."""
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=timeout)
+    except httpx.HTTPError:
+        return 0, {}
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, {}
+
+
+def served_version(body: dict[str, Any]) -> str | None:
+    """The version every worker serves (None during a swap or when unknown)."""
+    model = body.get("model") or {}
+    versions = model.get("serving_versions") or []
+    if len(versions) == 1 and not model.get("swap_in_progress"):
+        return str(versions[0])
+    return None
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "<no output>"
+
+
+def wait_ready(pid: int, port: int, timeout: float, log_path: Path, track: str) -> dict[str, Any]:
+    """Wait until ``/health`` answers 200 for ``track``; raise with the log tail if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            raise ProcessStartError(f"{track} serving process {pid} exited:\n{tail(log_path)}")
+        status, body = health(port)
+        if status == 200 and body.get("track") == track:
+            return body
+        time.sleep(0.3)
+    raise ProcessStartError(f"{track} serving process {pid} not ready after {timeout:.0f}s:\n{tail(log_path)}")
+
+
+def stop_group(pid: int, timeout: float = 30.0) -> None:
+    """SIGTERM the process group (resumed first, in case it was stopped), SIGKILL what remains."""
+
+    def signal_group(signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signum)
+
+    if pid <= 0:
+        return
+    signal_group(signal.SIGCONT)
+    signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.1)
+    signal_group(signal.SIGKILL)  # workers or a hung main process
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.05)

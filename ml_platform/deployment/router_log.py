@@ -1,0 +1,81 @@
+"""The router's view of the canary, read from the local nginx's JSON access log.
+
+Every line lists the upstream attempts of one request (``$upstream_addr``,
+``$upstream_status``, ``$upstream_response_time``, comma-separated when nginx
+retried on the next upstream). An attempt on the canary's upstream address
+failed when its status is 5xx, or missing (connection refused or reset:
+nginx records 502). That includes failures the canary's own ``/metrics``
+cannot show: a crash, a hang, a broken hop in front of it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ml_platform.deployment.measurements import PREDICT_ENDPOINT, RouterAttempt
+
+
+def _failed(status: str) -> bool:
+    return not status.isdigit() or int(status) >= 500
+
+
+def parse_line(line: str, canary_address: str) -> list[RouterAttempt]:
+    """The canary attempts of one access-log line (none for other paths or upstreams)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return []
+    if entry.get("uri") != PREDICT_ENDPOINT or not entry.get("addr"):
+        return []
+    addresses = [a.strip() for a in str(entry["addr"]).split(",")]
+    statuses = [s.strip() for s in str(entry.get("ustatus", "")).split(",")]
+    timings = [s.strip() for s in str(entry.get("urt", "")).split(",")]
+    attempts = []
+    for index, address in enumerate(addresses):
+        if address != canary_address:
+            continue
+        status = statuses[index] if index < len(statuses) else ""
+        timing = timings[index] if index < len(timings) else ""
+        try:
+            seconds: float | None = float(timing)
+        except ValueError:
+            seconds = None
+        attempts.append(RouterAttempt(at=float(entry.get("t", 0.0)), failed=_failed(status), seconds=seconds))
+    return attempts
+
+
+class RouterLogReader:
+    """Reads the access log incrementally from an offset."""
+
+    def __init__(self, path: Path, canary_address: str, offset: int | None = None) -> None:
+        self.path = path
+        self.canary_address = canary_address
+        self.offset = self._size() if offset is None else offset
+        self._partial = b""
+
+    def _size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    def read_new(self) -> list[RouterAttempt]:
+        """Canary attempts logged since the last call."""
+        size = self._size()
+        if size < self.offset:  # rotated or truncated
+            self.offset, self._partial = 0, b""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except OSError:
+            return []
+        self.offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # an unfinished last line waits for the next call
+        attempts: list[RouterAttempt] = []
+        for raw in lines:
+            attempts += parse_line(raw.decode(errors="replace"), self.canary_address)
+        return attempts

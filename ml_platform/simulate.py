@@ -1,0 +1,266 @@
+"""Traffic simulator: labelled requests through the public port, with feedback, counting every failure.
+
+    python -m ml_platform.simulate --rate 20 --duration 60
+
+Rows come from the dataset's bundled CSV (the spec's ``bootstrap_file``);
+each request sends one row as ``records`` and, when answered, posts the true
+label to ``/feedback`` with ``X-ML-Track`` set to the track that answered (so
+the router pins the feedback to the process that holds the prediction).
+``TrafficSimulator`` is the same thing as a context manager for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ml_platform.spec import DatasetSpec, load_spec
+
+MAX_RECORDED_FAILURES = 50
+
+
+@dataclass
+class SimulationReport:
+    """Counts of one simulation run."""
+
+    predictions_ok: int = 0
+    predictions_failed: int = 0
+    feedback_ok: int = 0
+    feedback_failed: int = 0
+    correct: int = 0
+    by_track: Counter[str] = field(default_factory=Counter)
+    by_version: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        return self.predictions_ok + self.predictions_failed
+
+    def p95_ms(self) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[min(int(0.95 * len(ordered)), len(ordered) - 1)] * 1000
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 2),
+            "predictions_ok": self.predictions_ok,
+            "predictions_failed": self.predictions_failed,
+            "feedback_ok": self.feedback_ok,
+            "feedback_failed": self.feedback_failed,
+            "accuracy": round(self.correct / self.predictions_ok, 4) if self.predictions_ok else None,
+            "client_p95_ms": None if self.p95_ms() is None else round(self.p95_ms() or 0.0, 1),
+            "by_track": dict(self.by_track),
+            "by_version": dict(self.by_version),
+            "failures": self.failures[:10],
+        }
+
+    def summary(self) -> str:
+        d = self.as_dict()
+        lines = [
+            f"{d['predictions_ok'] + d['predictions_failed']} predictions in {d['seconds']}s: "
+            f"{d['predictions_ok']} ok, {d['predictions_failed']} failed; "
+            f"feedback {d['feedback_ok']} ok, {d['feedback_failed']} failed",
+            f"accuracy {d['accuracy']}, client p95 {d['client_p95_ms']} ms",
+            f"by track {d['by_track']}, by version {d['by_version']}",
+        ]
+        lines += [f"failure: {f}" for f in d["failures"]]
+        return "\n".join(lines)
+
+
+def labelled_rows(spec: DatasetSpec) -> list[tuple[dict[str, Any], Any]]:
+    """(record, true label) pairs from the dataset's bundled CSV."""
+    import csv
+
+    path = spec.bootstrap_path()
+    if path is None or not path.exists():
+        raise ValueError(f"dataset {spec.name} has no bundled CSV to simulate traffic from")
+    numeric = set(spec.numeric_features)
+    classes = {str(c): c for c in spec.target.classes}
+    rows = []
+    with open(path, newline="") as handle:
+        for raw in csv.DictReader(handle):
+            record = {n: (float(raw[n]) if n in numeric else raw[n]) for n in spec.feature_names}
+            rows.append((record, classes.get(raw[spec.target.name], raw[spec.target.name])))
+    return rows
+
+
+class TrafficSimulator:
+    """Background clients sending labelled predictions at ``rate`` per second, plus feedback."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        rate: float = 20.0,
+        concurrency: int = 4,
+        feedback: bool = True,
+        spec: DatasetSpec | None = None,
+        seed: int = 0,
+        timeout: float = 30.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.rate = rate
+        self.concurrency = max(1, concurrency)
+        self.feedback = feedback
+        self.timeout = timeout
+        rows = labelled_rows(spec or load_spec())
+        random.Random(seed).shuffle(rows)
+        self._rows = itertools.cycle(rows)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.report = SimulationReport()
+        self._started = 0.0
+
+    def _next_row(self) -> tuple[dict[str, Any], Any]:
+        with self._lock:
+            return next(self._rows)
+
+    def _fail(self, kind: str, detail: str) -> None:
+        with self._lock:
+            if kind == "prediction":
+                self.report.predictions_failed += 1
+            else:
+                self.report.feedback_failed += 1
+            if len(self.report.failures) < MAX_RECORDED_FAILURES:
+                self.report.failures.append(f"{time.strftime('%H:%M:%S')} {kind}: {detail}"[:300])
+
+    def _one(self, client: httpx.Client) -> None:
+        record, label = self._next_row()
+        request_id = f"sim-{uuid.uuid4().hex}"
+        started = time.perf_counter()
+        try:
+            response = client.post("/predict", json={"records": [record]}, headers={"X-Request-ID": request_id})
+        except httpx.HTTPError as exc:
+            self._fail("prediction", repr(exc))
+            return
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            self._fail("prediction", f"{response.status_code} {response.text[:200]}")
+            return
+        body = response.json()
+        track, version = str(body.get("track")), str(body.get("model_version"))
+        predicted = (body.get("predictions") or [None])[0]
+        with self._lock:
+            report = self.report
+            report.predictions_ok += 1
+            report.by_track[track] += 1
+            report.by_version[version] += 1
+            report.latencies.append(elapsed)
+            report.correct += int(str(predicted) == str(label))
+        if not self.feedback:
+            return
+        try:
+            answer = client.post(
+                "/feedback",
+                json={"request_id": body.get("request_id", request_id), "labels": [label]},
+                headers={"X-ML-Track": track, "X-Request-ID": request_id},
+            )
+        except httpx.HTTPError as exc:
+            self._fail("feedback", repr(exc))
+            return
+        if answer.status_code != 200:
+            self._fail("feedback", f"{answer.status_code} {answer.text[:200]} (track {track})")
+            return
+        with self._lock:
+            self.report.feedback_ok += 1
+
+    def _worker(self, offset: float) -> None:
+        interval = self.concurrency / self.rate
+        next_at = time.monotonic() + offset
+        with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
+            while not self._stop.is_set():
+                delay = next_at - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    break
+                next_at = max(next_at + interval, time.monotonic() - interval)
+                self._one(client)
+
+    def start(self) -> TrafficSimulator:
+        self._started = time.monotonic()
+        interval = self.concurrency / self.rate
+        self._threads = [
+            threading.Thread(target=self._worker, args=(i * interval / self.concurrency,), daemon=True, name=f"sim-{i}")
+            for i in range(self.concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> SimulationReport:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+        self.report.seconds = time.monotonic() - self._started
+        return self.report
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return self.report.as_dict()
+
+    def run(self, seconds: float) -> SimulationReport:
+        self.start()
+        try:
+            time.sleep(seconds)
+        finally:
+            report = self.stop()
+        return report
+
+    def __enter__(self) -> TrafficSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def default_url() -> str:
+    """The local deployment's public URL (from its state file), else http://127.0.0.1:8080."""
+    from ml_platform.deployment.state import StateStore
+    from ml_platform.settings import platform_paths
+
+    try:
+        state = StateStore(platform_paths().deployments_dir / load_spec().model.name).load()
+    except Exception:
+        state = None
+    return f"http://127.0.0.1:{state.public_port}" if state else "http://127.0.0.1:8080"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ml_platform.simulate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="public URL (default: the local deployment's, else http://127.0.0.1:8080)")
+    parser.add_argument("--rate", type=float, default=20.0, help="predictions per second (default 20)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60)")
+    parser.add_argument("--concurrency", type=int, default=4, help="client threads (default 4)")
+    parser.add_argument("--no-feedback", action="store_true", help="do not post the true labels")
+    parser.add_argument("--dataset", help="dataset spec (default: the active one)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    simulator = TrafficSimulator(
+        args.url or default_url(),
+        rate=args.rate,
+        concurrency=args.concurrency,
+        feedback=not args.no_feedback,
+        spec=load_spec(args.dataset) if args.dataset else None,
+    )
+    report = simulator.run(args.duration)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.summary())
+    return 1 if report.predictions_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
