@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# Run as a script, this file's folder comes first on sys.path, and this file would shadow the serving package.
+sys.path[:] = [str(REPO_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 MODEL_NAME = "iris-random-forest"
 ROW = [5.8, 2.7, 5.1, 1.9]
@@ -70,13 +70,15 @@ def run_baseline_server(model_dir: str, port: int) -> None:
     class PredictRequest(BaseModel):
         features: list[list[float]]
 
-    @app.post("/predict")
     def predict(request: PredictRequest) -> dict[str, Any]:
         frame = pd.DataFrame(request.features, columns=columns)
         return {
             "predictions": model.predict(frame).tolist(),
             "probabilities": model.predict_proba(frame).tolist(),
         }
+
+    predict.__annotations__["request"] = PredictRequest  # a local class: resolve the postponed annotation
+    app.post("/predict")(predict)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -198,7 +200,11 @@ def server(command: list[str], env: dict[str, str], health_url: str, log: Path) 
     with open(log, "wb") as out:
         process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_ready(health_url, process)
+        try:
+            wait_ready(health_url, process)
+        except RuntimeError:
+            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+            raise
         yield
     finally:
         if process.poll() is None:
@@ -302,8 +308,10 @@ class Row:
 def measure(name: str, url: str, single_body: bytes, batch_body: bytes, args: argparse.Namespace) -> Row:
     print(f"  {name}: single rows x{args.concurrency} for {args.duration}s ...", file=sys.stderr)
     single = generate_load(url, single_body, 1, args.concurrency, args.duration, args.warmup)
+    print(f"    {single.requests} ok, {single.errors} errors", file=sys.stderr)
     print(f"  {name}: {BATCH_ROWS}-row batches x{args.batch_concurrency} for {args.duration}s ...", file=sys.stderr)
     batch = generate_load(url, batch_body, BATCH_ROWS, args.batch_concurrency, args.duration, args.warmup)
+    print(f"    {batch.requests} ok, {batch.errors} errors", file=sys.stderr)
     return Row(name, single, batch)
 
 
@@ -333,7 +341,7 @@ def report(rows: list[Row], ceiling: dict[str, float], args: argparse.Namespace)
     base = next((r for r in rows if r.name.startswith("FastAPI")), None)
     if ours and ours.single and ours.batch:
         lines.append("")
-        if base and base.single:
+        if base and base.single and base.single.requests:
             ratio = ours.single.rps / base.single.rps
             lines.append(f"- single-row throughput vs FastAPI baseline: **{ratio:.1f}x** (target >= 10x)")
         lines.append(f"- single-row p99: **{ours.single.percentile(99):.1f} ms** (target <= 100 ms)")

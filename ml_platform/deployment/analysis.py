@@ -6,6 +6,8 @@ unhealthy or any metric fails, ``pass`` when every metric passes, and
 ``inconclusive`` otherwise. Error rate and p95 latency are judged from every
 view that has enough samples (the canary's own ``/metrics`` and, where the
 deployer has one, the router's log), so a failure either view sees counts.
+Errors need no full sample to fail: once they exceed the threshold even over
+``min_requests`` requests, more traffic cannot bring the rate back under it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,17 @@ def _judge(ok: bool, enough: bool) -> Verdict:
     return "pass" if ok else "fail"
 
 
+def _error_rate(errors: float, requests: float, policy: RolloutPolicy, source: str, threshold: str) -> MetricResult:
+    rate = errors / requests if requests > 0 else None
+    if requests >= policy.min_requests and rate is not None:
+        verdict: Verdict = "pass" if rate <= policy.max_error_rate else "fail"
+    elif errors / policy.min_requests > policy.max_error_rate:
+        verdict = "fail"  # already over the threshold with the minimum sample
+    else:
+        verdict = "inconclusive"
+    return MetricResult("error_rate", rate, threshold, requests, verdict, source)
+
+
 def _combine(results: list[MetricResult], name: str, threshold: str) -> MetricResult:
     """Fold the views of one metric: any failing view fails it; else any passing view passes it."""
     for verdict in ("fail", "pass"):
@@ -112,17 +125,7 @@ def evaluate(
     latencies: list[MetricResult] = []
     if window is not None:
         enough = window.requests >= policy.min_requests
-        rate = window.error_rate
-        errors.append(
-            MetricResult(
-                "error_rate",
-                rate,
-                error_threshold,
-                window.requests,
-                _judge(rate is not None and rate <= policy.max_error_rate, enough and rate is not None),
-                "metrics",
-            )
-        )
+        errors.append(_error_rate(window.errors, window.requests, policy, "metrics", error_threshold))
         p95 = window.latency_quantile(0.95)
         latencies.append(
             MetricResult(
@@ -136,17 +139,7 @@ def evaluate(
         )
     if router is not None:
         enough = router.requests >= policy.min_requests
-        rate = router.error_rate
-        errors.append(
-            MetricResult(
-                "error_rate",
-                rate,
-                error_threshold,
-                router.requests,
-                _judge(rate is not None and rate <= policy.max_error_rate, enough and rate is not None),
-                "router",
-            )
-        )
+        errors.append(_error_rate(router.errors, router.requests, policy, "router", error_threshold))
         latencies.append(
             MetricResult(
                 "p95_latency",

@@ -1,13 +1,12 @@
 """A real ``dagster dev`` (webserver + daemon) on a temporary platform home, and headless Chromium.
 
 ``dagster_ui`` (one per module) bootstraps a fresh platform home, stops ``incoming_data_sensor``
-in that instance before the daemon starts (and any other sensor right after), so the only run is
-the one the test launches from the UI, starts
-``dagster dev -m ml_platform`` on a free 127.0.0.1 port in its own process group and always
-kills that whole group afterwards (dagster dev spawns the webserver, the daemon, code servers
-and run workers). ``page`` is a fresh browser page per test; a failing test leaves a screenshot.
-Screenshots and the ``dagster dev`` log go to ``test-artifacts/ui/`` (git-ignored).
-"""
+there before the daemon starts (and any other running sensor right after), so the only run is the
+one a test launches from the UI. It then starts ``dagster dev -m ml_platform`` on a free
+127.0.0.1 port in its own process group and always kills that whole group afterwards (dagster dev
+spawns the webserver, the daemon, code servers and run workers). ``page`` is a fresh browser
+page per test; a failing test leaves a screenshot. Screenshots and the ``dagster dev`` log go
+to ``test-artifacts/ui/`` (git-ignored)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ test saw are saved in ``test-artifacts/ui/``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -51,6 +52,15 @@ def shown(page: Page, name: str) -> Locator:
     return page.get_by_text(name, exact=True).or_(page.get_by_title(name, exact=True)).filter(visible=True).first
 
 
+def screenshot(page: Page, path: Path) -> None:
+    """Save what the page shows once its requests have settled (icons and panels load late)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    with contextlib.suppress(PlaywrightTimeoutError):  # live pages may keep polling: not a failure
+        page.wait_for_load_state("networkidle", timeout=5_000)
+    page.screenshot(path=str(path))
+
+
 def _run(ui: DagsterUI, run_id: str) -> dict[str, Any]:
     run = ui.graphql(_RUN_QUERY, {"runId": run_id})["runOrError"]
     assert run["__typename"] == "Run", run
@@ -74,10 +84,14 @@ def test_asset_graph_shows_every_asset_and_check(page: Page, dagster_ui: Dagster
     page.goto("/asset-groups")
     expect(page.get_by_text("Global asset lineage")).to_be_visible()
     expect(shown(page, "training")).to_be_visible()
-    page.keyboard.press("Alt+KeyE")
+    for _ in range(5):  # the shortcut is a no-op until the graph has rendered; expanding shows in the URL
+        page.keyboard.press("Alt+KeyE")
+        with contextlib.suppress(AssertionError):
+            expect(page).to_have_url(re.compile(r"[?&]expanded="), timeout=3_000)
+            break
     for asset in ASSETS:
         expect(shown(page, asset), f"asset {asset} in the lineage graph").to_be_visible()
-    page.screenshot(path=str(artifacts_dir / "01-asset-graph.png"))
+    screenshot(page, artifacts_dir / "01-asset-graph.png")
 
     # Each asset's Checks tab lists its gates (the UI has no global list of checks).
     for number, (asset, checks) in enumerate(CHECKS.items(), start=2):
@@ -85,7 +99,7 @@ def test_asset_graph_shows_every_asset_and_check(page: Page, dagster_ui: Dagster
         expect(page.get_by_text(f"Checks ({len(checks)})", exact=True)).to_be_visible()
         for check in checks:
             expect(shown(page, check), f"check {check} on {asset}").to_be_visible()
-        page.screenshot(path=str(artifacts_dir / f"0{number}-checks-{asset}.png"))
+        screenshot(page, artifacts_dir / f"0{number}-checks-{asset}.png")
 
 
 def test_launch_training_job_from_launchpad(page: Page, dagster_ui: DagsterUI, artifacts_dir: Path) -> None:
@@ -100,7 +114,7 @@ def test_launch_training_job_from_launchpad(page: Page, dagster_ui: DagsterUI, a
     # launching without a partition runs the job in sweep mode over everything in incoming/.
     page.goto(f"/locations/{LOCATION}/jobs/training_job/playground")
     expect(page.get_by_text("No errors", exact=True)).to_be_visible(timeout=60_000)
-    page.screenshot(path=str(artifacts_dir / "04-launchpad.png"))
+    screenshot(page, artifacts_dir / "04-launchpad.png")
     page.get_by_role("button", name="Launch Run").click()
     confirm = page.get_by_role("dialog").filter(has_text="This job is partitioned")
     expect(confirm).to_be_visible()
@@ -125,13 +139,13 @@ def test_launch_training_job_from_launchpad(page: Page, dagster_ui: DagsterUI, a
     page.bring_to_front()
     blank.close()
     if run["status"] != "SUCCESS":
-        page.screenshot(path=str(artifacts_dir / "05-run.png"))
+        screenshot(page, artifacts_dir / "05-run.png")
         pytest.fail(f"run {run_id} is {run['status']}:\n{_failure_summary(dagster_ui, run_id)}")
 
     # What the UI shows: the status badge and the tab title.
     expect(page.get_by_text("Success", exact=True).first).to_be_visible()
     expect(page).to_have_title(re.compile(r"\[SUCCESS\]"))
-    page.screenshot(path=str(artifacts_dir / "05-run-success.png"))
+    screenshot(page, artifacts_dir / "05-run-success.png")
 
     # The run was launched from the UI, and it is the only one (no sensor run raced it).
     assert run["jobName"] == "training_job"
@@ -146,4 +160,5 @@ def test_launch_training_job_from_launchpad(page: Page, dagster_ui: DagsterUI, a
     for check in CHECKS["candidate_model"]:
         expect(shown(page, check)).to_be_visible()
     expect(page.get_by_text("Succeeded", exact=True)).to_have_count(len(CHECKS["candidate_model"]))
-    page.screenshot(path=str(artifacts_dir / "06-checks-after-run.png"))
+    expect(page.get_by_text("Passed", exact=True)).to_be_visible()  # the selected check's latest result
+    screenshot(page, artifacts_dir / "06-checks-after-run.png")
