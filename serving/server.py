@@ -21,6 +21,7 @@ saves.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -52,6 +53,7 @@ class ServingServer(ls.LitServer):
             accelerator="cpu",
             workers_per_device=config.workers,
             timeout=config.request_timeout if config.request_timeout > 0 else False,
+            fast_queue=os.environ.get("SERVING_FAST_QUEUE") == "1",
         )
         self.uvicorn_graceful_timeout = UVICORN_GRACEFUL_SECONDS
         self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]

@@ -75,7 +75,7 @@ class Verdict:
 
 
 def _not_judged(version: Mapping[str, Any]) -> Verdict:
-    return Verdict("not_judged", f"v{version['model_version']}: not judged: {version['reason']}")
+    return Verdict("not_judged", f"v{version['model_version']}: {version['reason']}")
 
 
 def drift_share_verdict(version: Mapping[str, Any], thresholds: DriftThresholds) -> Verdict:
@@ -86,7 +86,9 @@ def drift_share_verdict(version: Mapping[str, Any], thresholds: DriftThresholds)
     limit = thresholds.drift_share_threshold
     drifted = ", ".join(version.get("drifted_features") or []) or "none"
     if share >= limit:
-        return Verdict("fail", f"v{version['model_version']}: drift share {share:.2f} >= {limit:.2f} (drifted: {drifted})")
+        return Verdict(
+            "fail", f"v{version['model_version']}: drift share {share:.2f} >= {limit:.2f} (drifted: {drifted})"
+        )
     return Verdict("pass", f"v{version['model_version']}: drift share {share:.2f} < {limit:.2f} (drifted: {drifted})")
 
 
@@ -115,7 +117,7 @@ def live_accuracy_verdict(version: Mapping[str, Any], thresholds: DriftThreshold
     if rows < thresholds.min_window_rows:
         return Verdict(
             "not_judged",
-            f"{name}: not judged: {rows} feedback rows < min_window_rows {thresholds.min_window_rows}",
+            f"{name}: too little feedback to judge: {rows} rows < min_window_rows {thresholds.min_window_rows}",
         )
     live = float(version["live_accuracy"])
     training = version.get("training_accuracy")
@@ -123,6 +125,11 @@ def live_accuracy_verdict(version: Mapping[str, Any], thresholds: DriftThreshold
     if live < thresholds.min_live_accuracy:
         return Verdict("fail", f"{name}: live accuracy {live:.3f} < {thresholds.min_live_accuracy:.2f}{versus}")
     return Verdict("pass", f"{name}: live accuracy {live:.3f} >= {thresholds.min_live_accuracy:.2f}{versus}")
+
+
+def rank(outcome: Outcome) -> int:
+    """Order of outcomes from least to most severe: no_data, not_judged, pass, warn, fail."""
+    return _RANK[outcome]
 
 
 def overall(verdicts: list[Verdict]) -> Outcome:

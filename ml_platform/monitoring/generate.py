@@ -126,9 +126,9 @@ def _resolve_model(spec: DatasetSpec, model_uri: str | None) -> tuple[str, str, 
             found = client.get_model_version(name, version)
         return model_uri, name, str(found.version)
     for alias in (CHAMPION_ALIAS, CHALLENGER_ALIAS):
-        found = alias_version(client, name, alias)
-        if found is not None:
-            return f"models:/{name}/{found.version}", name, str(found.version)
+        aliased = alias_version(client, name, alias)
+        if aliased is not None:
+            return f"models:/{name}/{aliased.version}", name, str(aliased.version)
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
         raise ValueError(f"no registered version of {name!r}: run training_job first, or pass --model-uri")
@@ -271,9 +271,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shift", type=float, default=0.0, help="shift in standard deviations (default 0)")
     parser.add_argument("--features", default=None, help="comma-separated features to shift (default: all numeric)")
     parser.add_argument("--feedback", type=float, default=1.0, help="share of rows with feedback (default 1.0)")
-    parser.add_argument("--model-uri", default=None, help="models:/<name>/<version> or @alias (default: champion, "
-                        "else challenger, else the newest version)")
-    parser.add_argument("--log-dir", default=None, help="log folder (default PREDICTION_LOG_DIR or <home>/logs/predictions)")
+    parser.add_argument(
+        "--model-uri",
+        default=None,
+        help="models:/<name>/<version> or @alias (default: champion, else challenger, else the newest version)",
+    )
+    parser.add_argument(
+        "--log-dir", default=None, help="log folder (default PREDICTION_LOG_DIR or <home>/logs/predictions)"
+    )
     parser.add_argument("--track", default=DEFAULT_TRACK, help="track named in the log (default stable)")
     parser.add_argument("--dataset", default=None, help="dataset spec (default ML_PLATFORM_DATASET / iris)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -239,7 +239,10 @@ def read_day(root: str, day: str, spec: DatasetSpec) -> DayLog:
     folder = UPath(root) / day_folder_name(day)
     pred_stats, fb_stats = ReadStats(), ReadStats()
     predictions = _read_files(
-        _list_files(folder, PREDICTION_GLOB), prediction_schema(spec), ["request_id", "row", "model_version"], pred_stats
+        _list_files(folder, PREDICTION_GLOB),
+        prediction_schema(spec),
+        ["request_id", "row", "model_version"],
+        pred_stats,
     )
     feedback = _read_files(
         _list_files(folder, FEEDBACK_GLOB), feedback_schema(spec), ["request_id", "row", "model_version"], fb_stats
@@ -335,4 +338,4 @@ def feedback_by_version(feedback: pd.DataFrame) -> dict[str, tuple[int, int]]:
         return {}
     usable = feedback[feedback["correct"].notna()]
     grouped = usable.groupby(usable["model_version"].astype(str))["correct"]
-    return {str(v): (int(g.astype(bool).sum()), int(len(g))) for v, g in grouped}
+    return {str(v): (int(g.astype(bool).sum()), len(g)) for v, g in grouped}

@@ -248,8 +248,8 @@ def build_report(
 ) -> dict[str, Any]:
     """The day's report: per-version results, the headline version, and the report-level flags.
 
-    Writes the Evidently HTML per judged version and ``drift_report.json`` (this
-    dict) to the day's report folder.
+    Writes the Evidently HTML of every judged version to the day's report
+    folder; :func:`write_summary` saves the returned dict next to it.
     """
     max_rows = max_rows or evidently_max_rows()
     by_version = {str(v): g for v, g in window.groupby(window["model_version"].astype(str), sort=False)}
@@ -285,15 +285,23 @@ def build_report(
         "thresholds": thresholds.to_dict(),
         "headline_version": headline["model_version"] if headline else None,
         "status": headline["status"] if headline and headline["rows"] else INSUFFICIENT_DATA,
-        "reason": (headline["reason"] if headline and headline["rows"] else f"no predictions of {spec.model.name} logged on {day}"),
+        "reason": (
+            headline["reason"]
+            if headline and headline["rows"]
+            else f"no predictions of {spec.model.name} logged on {day}"
+        ),
         "versions": results,
         "drift_detected": any(r["drift_detected"] for r in results.values()),
         "live_accuracy_low": any(r["live_accuracy_low"] for r in results.values()),
         "report_folder": folder,
         "summary_uri": f"{folder}/{SUMMARY_FILENAME}",
     }
-    _write_bytes(report["summary_uri"], json.dumps(report, indent=2, default=str).encode())
     return report
+
+
+def write_summary(report: dict[str, Any]) -> None:
+    """Save the report as ``drift_report.json`` in the day's report folder."""
+    _write_bytes(report["summary_uri"], json.dumps(report, indent=2, default=str).encode())
 
 
 def _version_key(version: str) -> tuple[int, str]:
@@ -303,7 +311,7 @@ def _version_key(version: str) -> tuple[int, str]:
 def versions_markdown(report: dict[str, Any]) -> str:
     """One row per model version: rows, status, drift share, PSI, live vs training accuracy, report link."""
     lines = [
-        "| version | rows | status | drift share | drifted | prediction PSI | feedback | live acc. | training acc. | report |",
+        "| version | rows | status | drift share | drifted | PSI (pred.) | feedback | live acc. | train acc. | HTML |",
         "|---|---:|---|---:|---|---:|---:|---:|---:|---|",
     ]
 

@@ -39,7 +39,9 @@ class PredictionLog(dg.ConfigurableResource):
 class DriftMetricsPusher(dg.ConfigurableResource):
     """Pushes drift gauges to a Prometheus Pushgateway; does nothing when no URL is configured."""
 
-    url: str | None = Field(default=None, description="Pushgateway URL; default PROMETHEUS_PUSHGATEWAY_URL (unset: skip)")
+    url: str | None = Field(
+        default=None, description="Pushgateway URL; default PROMETHEUS_PUSHGATEWAY_URL (unset: skip)"
+    )
     job: str = Field(default=PUSH_JOB, description="The `job` label of the pushed group")
     timeout_seconds: float = Field(default=10.0, description="HTTP timeout of one push")
 
