@@ -76,7 +76,8 @@ def test_traffic_drawn_like_the_training_data_shows_no_drift(
     # The Evidently 0.7 HTML is under the platform home, linked from the materialization.
     html = monitoring_env / "reports" / "drift" / "iris" / f"date={served_logs.day}" / f"drift_report-v{model_store.version}.html"
     assert report["evidently_report"] == html.resolve().as_uri()
-    assert html.stat().st_size > 100_000 and "evidently" in html.read_text(errors="replace")[:200_000].lower()
+    text = html.read_text(errors="replace")
+    assert "Drifted Columns" in text and all(feature in text for feature in FEATURES)
     summary = json.loads(Path(report["summary"]).read_text())
     version = summary["versions"][model_store.version]
     # Evidently itself (all rows here) reaches the engine's per-feature decisions.
