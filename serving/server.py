@@ -53,8 +53,10 @@ class ServingServer(ls.LitServer):
             accelerator="cpu",
             workers_per_device=config.workers,
             timeout=config.request_timeout if config.request_timeout > 0 else False,
-            fast_queue=os.environ.get("SERVING_FAST_QUEUE") == "1",
         )
+        if os.environ.get("SERVING_FAST_QUEUE") == "1":
+            from litserve.transport.factory import TransportConfig
+            self.transport_config = TransportConfig(transport_type="zmq")
         self.uvicorn_graceful_timeout = UVICORN_GRACEFUL_SECONDS
         self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
         self.app.add_middleware(
@@ -73,6 +75,21 @@ class ServingServer(ls.LitServer):
 
     def _register_api_endpoints(self, lit_api: ls.LitAPI, request_type: Any, response_type: Any) -> None:
         register_predict(self.app, self.context, RegularRequestHandler(lit_api, self))
+
+    def _init_manager(self, num_api_servers: int):
+        manager = super()._init_manager(num_api_servers)
+        if os.environ.get("SERVING_MPQ") == "1":
+            import multiprocessing as mp
+            ctx = mp.get_context("spawn")
+            for path in list(self.litapi_request_queues):
+                self.litapi_request_queues[path] = ctx.Queue()
+        return manager
+
+    def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason="normal"):
+        transport = self._transport
+        if getattr(transport, "_zmq", "x") is None:
+            transport.close = lambda **kwargs: None
+        super()._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:

@@ -6,8 +6,10 @@ unhealthy or any metric fails, ``pass`` when every metric passes, and
 ``inconclusive`` otherwise. Error rate and p95 latency are judged from every
 view that has enough samples (the canary's own ``/metrics`` and, where the
 deployer has one, the router's log), so a failure either view sees counts.
-Errors need no full sample to fail: once they exceed the threshold even over
-``min_requests`` requests, more traffic cannot bring the rate back under it.
+Errors and slow requests need no full sample to fail: when those already seen
+would break the threshold within the first ``min_requests`` requests (more
+than ``max_error_rate`` of them failed, or more than 5% of them were slower
+than the latency threshold), waiting for more traffic cannot change that verdict.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ml_platform.deployment.measurements import RouterWindow, TrackWindow
 from ml_platform.deployment.policy import RolloutPolicy
 
 Verdict = Literal["pass", "fail", "inconclusive"]
+P95 = 0.95
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,18 @@ def _error_rate(errors: float, requests: float, policy: RolloutPolicy, source: s
     return MetricResult("error_rate", rate, threshold, requests, verdict, source)
 
 
+def _latency(
+    p95: float | None, requests: float, slow: float, policy: RolloutPolicy, source: str, threshold: str
+) -> MetricResult:
+    if requests >= policy.min_requests and p95 is not None:
+        verdict: Verdict = "pass" if p95 * 1000 <= policy.max_p95_latency_ms else "fail"
+    elif slow > (1 - P95) * policy.min_requests:
+        verdict = "fail"  # the p95 of the minimum sample is already over the threshold
+    else:
+        verdict = "inconclusive"
+    return MetricResult("p95_latency", p95, threshold, requests, verdict, source)
+
+
 def _combine(results: list[MetricResult], name: str, threshold: str) -> MetricResult:
     """Fold the views of one metric: any failing view fails it; else any passing view passes it."""
     for verdict in ("fail", "pass"):
@@ -123,36 +138,15 @@ def evaluate(
     latency_threshold = f"<= {policy.max_p95_latency_ms:.0f} ms"
     errors: list[MetricResult] = []
     latencies: list[MetricResult] = []
+    limit = policy.max_p95_latency_ms / 1000
     if window is not None:
-        enough = window.requests >= policy.min_requests
         errors.append(_error_rate(window.errors, window.requests, policy, "metrics", error_threshold))
-        p95 = window.latency_quantile(0.95)
-        latencies.append(
-            MetricResult(
-                "p95_latency",
-                p95,
-                latency_threshold,
-                window.requests,
-                _judge(p95 is not None and p95 * 1000 <= policy.max_p95_latency_ms, enough and p95 is not None),
-                "metrics",
-            )
-        )
+        p95, slow = window.latency_quantile(P95), window.slower_than(limit)
+        latencies.append(_latency(p95, window.requests, slow, policy, "metrics", latency_threshold))
     if router is not None:
-        enough = router.requests >= policy.min_requests
         errors.append(_error_rate(router.errors, router.requests, policy, "router", error_threshold))
-        latencies.append(
-            MetricResult(
-                "p95_latency",
-                router.p95_seconds,
-                latency_threshold,
-                router.requests,
-                _judge(
-                    router.p95_seconds is not None and router.p95_seconds * 1000 <= policy.max_p95_latency_ms,
-                    enough and router.p95_seconds is not None,
-                ),
-                "router",
-            )
-        )
+        slow = router.slower_than(limit)
+        latencies.append(_latency(router.p95_seconds, router.requests, slow, policy, "router", latency_threshold))
     accuracy = cumulative.live_accuracy if cumulative is not None else None
     samples = cumulative.feedback if cumulative is not None else 0.0
     accuracy_result = MetricResult(

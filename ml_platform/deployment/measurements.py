@@ -86,6 +86,15 @@ class TrackWindow:
         """Seconds, from the histogram, interpolated like PromQL's ``histogram_quantile``."""
         return histogram_quantile(q, self.latency_buckets)
 
+    def slower_than(self, seconds: float) -> float:
+        """Requests certainly slower than ``seconds``: above the first bucket bound at or over it."""
+        ordered = sorted(self.latency_buckets)
+        if not ordered:
+            return 0.0
+        total = ordered[-1][1]
+        bound = next(((le, count) for le, count in ordered if le >= seconds and not math.isinf(le)), None)
+        return 0.0 if bound is None else max(total - bound[1], 0.0)
+
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
     """PromQL's ``histogram_quantile`` on cumulative ``(le, count)`` buckets (None without data).
@@ -153,11 +162,15 @@ class RouterWindow:
     requests: int
     errors: int
     p95_seconds: float | None
+    timings: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, attempts: Sequence[RouterAttempt]) -> RouterWindow:
-        timings = [a.seconds for a in attempts if a.seconds is not None]
-        return cls(len(attempts), sum(a.failed for a in attempts), exact_quantile(0.95, timings))
+        timings = tuple(a.seconds for a in attempts if a.seconds is not None)
+        return cls(len(attempts), sum(a.failed for a in attempts), exact_quantile(0.95, timings), timings)
+
+    def slower_than(self, seconds: float) -> int:
+        return sum(t > seconds for t in self.timings)
 
     @property
     def error_rate(self) -> float | None:
