@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ml_platform.deployment.backend import DeploymentError
 from ml_platform.deployment.deployer import Deployer
@@ -25,13 +26,13 @@ from ml_platform.spec import load_spec
 STARTUP_TIMEOUT = 300.0
 
 
-def _client():  # type: ignore[no-untyped-def]
+def _client() -> Any:
     from ml_platform.resources.mlflow_resources import MlflowRegistry
 
     return MlflowRegistry().client()
 
 
-def _aliases(client, name: str) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
+def _aliases(client: Any, name: str) -> dict[str, str | None]:
     from ml_platform.ml.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS, alias_version
 
     out = {}

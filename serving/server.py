@@ -21,7 +21,7 @@ saves.
 
 from __future__ import annotations
 
-import os
+import multiprocessing as mp
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,6 +38,7 @@ from serving.errors import install_error_handlers
 from serving.middleware import ServingMiddleware
 from serving.routes import register_predict, register_routes
 from serving.service import ServingContext
+from serving.transport import PipeTransport
 
 UVICORN_GRACEFUL_SECONDS = 10
 
@@ -54,9 +55,6 @@ class ServingServer(ls.LitServer):
             workers_per_device=config.workers,
             timeout=config.request_timeout if config.request_timeout > 0 else False,
         )
-        if os.environ.get("SERVING_FAST_QUEUE") == "1":
-            from litserve.transport.factory import TransportConfig
-            self.transport_config = TransportConfig(transport_type="zmq")
         self.uvicorn_graceful_timeout = UVICORN_GRACEFUL_SECONDS
         self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
         self.app.add_middleware(
@@ -76,20 +74,14 @@ class ServingServer(ls.LitServer):
     def _register_api_endpoints(self, lit_api: ls.LitAPI, request_type: Any, response_type: Any) -> None:
         register_predict(self.app, self.context, RegularRequestHandler(lit_api, self))
 
-    def _init_manager(self, num_api_servers: int):
+    def _init_manager(self, num_api_servers: int) -> Any:
+        """LitServe's manager, but requests and responses bypass it (see :mod:`serving.transport`)."""
         manager = super()._init_manager(num_api_servers)
-        if os.environ.get("SERVING_MPQ") == "1":
-            import multiprocessing as mp
-            ctx = mp.get_context("spawn")
-            for path in list(self.litapi_request_queues):
-                self.litapi_request_queues[path] = ctx.Queue()
+        ctx = mp.get_context("spawn")
+        for path in list(self.litapi_request_queues):
+            self.litapi_request_queues[path] = ctx.Queue()
+        self._transport = PipeTransport(num_api_servers, ctx)
         return manager
-
-    def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason="normal"):
-        transport = self._transport
-        if getattr(transport, "_zmq", "x") is None:
-            transport.close = lambda **kwargs: None
-        super()._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:

@@ -40,9 +40,13 @@ def _check_result(
     report: dict[str, Any],
     judge: Callable[[Mapping[str, Any], DriftThresholds], Verdict],
     observed: Mapping[str, Any],
+    *,
+    when_empty: Verdict | None = None,
 ) -> dg.AssetCheckResult:
     thresholds = DriftThresholds.from_dict(report["thresholds"])
     verdicts = [judge(result, thresholds) for result in report["versions"].values()]
+    if not verdicts and when_empty is not None:
+        verdicts = [when_empty]
     outcome = decisions.overall(verdicts)
     passed = outcome in ("pass", "no_data")
     severity = (
@@ -60,7 +64,7 @@ def _check_result(
         if skipped:
             description += " (not judged: " + "; ".join(skipped) + ")"
     table = ["| version | outcome | detail |", "|---|---|---|"]
-    for version, verdict in zip(report["versions"], verdicts, strict=True):
+    for version, verdict in zip(report["versions"], verdicts, strict=False):
         table.append(f"| v{version} | {verdict.outcome} | {verdict.description} |")
     return dg.AssetCheckResult(
         passed=passed,
@@ -170,4 +174,5 @@ def live_accuracy_above_minimum(drift_report: dict[str, Any]) -> dg.AssetCheckRe
                 "feedback_rows": dg.MetadataValue.int(int(head.get("feedback_rows") or 0)),
             }
         ),
+        when_empty=Verdict("no_data", f"no feedback logged on {drift_report['date']}"),
     )

@@ -35,6 +35,7 @@ from ml_platform.deployment.processes import (
     free_port,
     health,
     pid_alive,
+    pid_runs,
     served_version,
     start_serving,
     stop_group,
@@ -161,12 +162,13 @@ class LocalBackend:
     def _stop(self, record: ProcessRecord | None) -> None:
         if record is None:
             return
-        stop_group(record.pid)
+        if pid_runs(record.pid, "serving"):  # never signal a pid that was reused by something else
+            stop_group(record.pid)
         shutil.rmtree(self.folder / "run" / f"{record.track}-{record.port}", ignore_errors=True)
 
     @staticmethod
     def _alive(record: ProcessRecord | None) -> bool:
-        return record is not None and pid_alive(record.pid) and health(record.port)[0] == 200
+        return record is not None and pid_runs(record.pid, "serving") and health(record.port)[0] == 200
 
     # -- routing ----------------------------------------------------------------------------
 

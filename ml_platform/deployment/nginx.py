@@ -10,7 +10,10 @@ connections, old workers finish what they hold), then confirmed by asking
 Routing:
 
 - ``X-ML-Track: canary`` / ``stable`` pins a request to a track (smoke tests;
-  feedback for an answer, whose body names its ``track``);
+  feedback for an answer, whose body names its ``track``); a request pinned
+  to the canary goes to the canary only, never to a backup (feedback for a
+  canary answer means nothing to stable, and a smoke test must not be
+  answered by stable);
 - otherwise ``split_clients`` on the request id (``X-Request-ID`` when sent)
   sends ``weight`` percent to the canary;
 - the canary pool lists the stable process as ``backup``: a canary that
@@ -38,7 +41,7 @@ from pathlib import Path
 
 import httpx
 
-from ml_platform.deployment.processes import pid_alive
+from ml_platform.deployment.processes import pid_alive, pid_runs
 
 ACCESS_LOG_FORMAT = (
     'log_format canary escape=json \'{"t":$msec,"uri":"$uri","pool":"$pool",'
@@ -81,9 +84,10 @@ def render_config(prefix: Path, public_port: int, routing: Routing) -> str:
             f"  upstream canary {{ server 127.0.0.1:{routing.canary_port} max_fails=1 fail_timeout=2s; "
             f"server 127.0.0.1:{routing.stable_port} backup; }}"
         )
+        upstreams.append(f"  upstream canary_pinned {{ server 127.0.0.1:{routing.canary_port} max_fails=0; }}")
     weight = routing.canary_weight if has_canary else 0
     split = (f"{weight}% canary; " if 0 < weight < 100 else "") + ("* canary;" if weight >= 100 else "* stable;")
-    pinned_canary = "canary" if has_canary and routing.pin_canary else "stable"
+    pinned_canary = "canary_pinned" if has_canary and routing.pin_canary else "stable"
     status = f'{{"generation": {routing.generation}, "canary_weight": {weight}}}'
     return f"""# Written by ml_platform.deployment.nginx (generation {routing.generation}); do not edit.
 {_user_directive()}
@@ -153,7 +157,7 @@ class NginxRouter:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if pid_alive(pid) else None
+        return pid if pid_runs(pid, "nginx") else None
 
     def running(self) -> bool:
         return self.master_pid() is not None

@@ -82,7 +82,7 @@ class RolloutPolicy:
         unknown = sorted(k for k, v in overrides.items() if v is not None and k not in known)
         if unknown:
             raise PolicyError(f"unknown rollout settings {unknown}; known: {sorted(known)}")
-        changes = {k: (tuple(v) if k == "steps" else v) for k, v in overrides.items() if v is not None}
+        changes: dict[str, Any] = {k: (tuple(v) if k == "steps" else v) for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:

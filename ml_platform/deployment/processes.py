@@ -57,6 +57,17 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def pid_runs(pid: int, needle: str) -> bool:
+    """``pid`` is alive and its command line contains ``needle`` (guards against a reused pid)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return True  # no /proc to check: trust the pid
+    return needle in cmdline
+
+
 def serving_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The environment of a serving process: ours, the project importable, then ``extra``."""
     env = dict(os.environ)

@@ -198,8 +198,8 @@ class CanaryRollout:
                 if champion is None:
                     return self._first_deployment()
                 return self._canary(str(champion.version))
-            except Exception as exc:
-                self._tag({DEPLOYMENT_STATUS_TAG: "failed", "deployment.reason": f"error: {exc!r}"})
+            except BaseException as exc:  # an error, or the run was terminated: take the canary out first
+                self._tag({DEPLOYMENT_STATUS_TAG: "failed", "deployment.reason": f"error: {exc!r}"[:500]})
                 try:
                     self.backend.retire_canary()
                 except Exception as cleanup:  # keep the original error

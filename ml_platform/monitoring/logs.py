@@ -20,7 +20,6 @@ model version each one names), but are not joined to the earlier predictions.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -134,10 +133,11 @@ def _complete_lines(data: bytes) -> tuple[bytes, int]:
 
 
 def _read_fast(data: bytes, schema: pa.Schema) -> pa.Table:
+    import pyarrow as pa
     import pyarrow.json as pj
 
     return pj.read_json(
-        io.BytesIO(data),
+        pa.BufferReader(pa.py_buffer(data)),
         parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         read_options=pj.ReadOptions(block_size=1 << 24),
     )
@@ -256,30 +256,36 @@ def read_day(root: str, day: str, spec: DatasetSpec) -> DayLog:
 
 
 def _flatten_predictions(table: pa.Table, spec: DatasetSpec) -> pd.DataFrame:
-    """Prediction rows with one column per feature and ``proba_<label>`` per class."""
-    import pandas as pd
+    """Prediction rows with one column per feature and ``proba_<label>`` per class.
 
-    frame = table.flatten().to_pandas()
-    renames = {f"features.{name}": name for name in spec.feature_names}
-    renames |= {f"probabilities.{label}": f"proba_{label}" for label in class_labels(spec)}
-    frame = frame.rename(columns=renames)
-    if "event" in frame:
-        frame = frame[frame["event"].isna() | (frame["event"] == "prediction")]
+    Done in Arrow before converting: other events are filtered out, and the
+    low-cardinality strings (model name and version, track) become pandas
+    categoricals, which keeps the conversion fast at millions of rows.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows:
+        event = table.column("event")
+        keep = pc.or_kleene(pc.is_null(event), pc.equal(event, "prediction"))
+        if not pc.all(keep).as_py():
+            table = table.filter(keep)
+    flat = table.flatten()
+    sources = {name: name for name in ("request_id", "row", "timestamp", "model_name", "model_version", "track")}
+    sources |= {name: f"features.{name}" for name in spec.feature_names}
+    sources["prediction"] = "prediction"
+    sources |= {f"proba_{label}": f"probabilities.{label}" for label in class_labels(spec)}
+    sources["latency_ms"] = "latency_ms"
+    columns = []
+    for name, source in sources.items():
+        column = flat.column(source)
+        if name in ("model_name", "model_version", "track"):
+            column = column.dictionary_encode()
+        columns.append(column)
+    frame = pa.table(columns, names=list(sources)).to_pandas()
     for name in spec.categorical_features:
         frame[name] = frame[name].astype(object)
-    columns = [
-        "request_id",
-        "row",
-        "timestamp",
-        "model_name",
-        "model_version",
-        "track",
-        *spec.feature_names,
-        "prediction",
-        *[f"proba_{label}" for label in class_labels(spec)],
-        "latency_ms",
-    ]
-    return pd.DataFrame(frame[columns]).reset_index(drop=True)
+    return frame
 
 
 @dataclass

@@ -70,7 +70,8 @@ def model_version_sensor(context: dg.SensorEvaluationContext, mlflow_registry: M
     if active:
         return dg.SensorResult(skip_reason=f"deployment run {active[0].run_id} is still active", cursor=context.cursor)
     client = mlflow_registry.client()
-    requested_up_to = int(context.cursor) if (context.cursor or "").isdigit() else 0
+    cursor = context.cursor or ""
+    requested_up_to = int(cursor) if cursor.isdigit() else 0
     waiting = [v for v in waiting_versions(client, name) if int(v.version) > requested_up_to]
     if not waiting:
         return dg.SensorResult(skip_reason=f"no validated, undeployed version of {name}", cursor=context.cursor)

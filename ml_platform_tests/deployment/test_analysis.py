@@ -181,3 +181,17 @@ def test_an_unhealthy_canary_fails_whatever_the_metrics() -> None:
     assert analysis.reasons[0] == "canary unhealthy: process gone"
     table = step_table([analysis], started_at=0.0)
     assert "NO: process gone" in table and "**fail**" in table
+
+
+def test_slow_requests_beyond_the_quantile_fail_before_the_minimum_sample() -> None:
+    """One request over 500 ms among the first 10 already puts their p95 over the threshold."""
+    router = RouterWindow.of([RouterAttempt(1.0, False, 1.3), RouterAttempt(2.0, False, 0.01)])
+    analysis = _evaluate(window=_window(0), cumulative=_window(0), router=router)
+    assert analysis.metric("p95_latency").verdict == "fail"
+    fast = RouterWindow.of([RouterAttempt(1.0, False, 0.01), RouterAttempt(2.0, False, 0.02)])
+    assert _evaluate(window=_window(0), cumulative=_window(0), router=fast).metric("p95_latency").verdict == (
+        "inconclusive"
+    )
+    # from the histogram: requests above the first bucket bound at or over the threshold (1.0 s here)
+    assert _window(4, fast=2).slower_than(0.5) == 0.0
+    assert _window(4, fast=2).slower_than(0.1) == 2.0

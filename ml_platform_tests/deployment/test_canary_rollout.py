@@ -67,7 +67,8 @@ TEST_POLICY = {
     "min_feedback_samples": 8,
     "failure_limit": 2,
     "inconclusive_limit": 5,
-    "max_p95_latency_ms": 500.0,
+    # The spec default is 500 ms; the test allows more so a busy CI machine's hiccup is not a "slow canary".
+    "max_p95_latency_ms": 1000.0,
     "startup_timeout_seconds": 240.0,
 }
 _PROXY: FaultProxy | None = None
@@ -146,7 +147,7 @@ class Platform:
         )
         job = defs.resolve_job_def("canary_deployment_job")
         injector = FaultInjector(self, inject) if inject else None
-        simulator = TrafficSimulator(self.url, rate=RATE, concurrency=4) if load else None
+        simulator = TrafficSimulator(self.url, rate=RATE, concurrency=6) if load else None
         if simulator:
             simulator.start()
         try:
@@ -532,7 +533,7 @@ def test_slow_canary_is_rolled_back(deployed: Platform) -> None:
 
     def slow(state: Any) -> None:
         assert _PROXY is not None
-        _PROXY.delay, _PROXY.mode = 1.2, "slow"
+        _PROXY.delay, _PROXY.mode = 2.0, "slow"
 
     deployment = deployed.deploy(deployer=deployed.deployer(proxied=True), inject=slow)
     assert_rolled_back(deployed, deployment, before, "p95_latency")

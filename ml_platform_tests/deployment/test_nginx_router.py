@@ -78,6 +78,9 @@ def test_weights_pinning_and_failover(router: NginxRouter, upstreams) -> None:
 
     canary.stop()  # the canary dies: its share goes to the stable backup, no client sees an error
     assert tracks(router, 60) == {"stable": 60}
+    # ... but a request pinned to the canary is never answered by stable (feedback, smoke tests)
+    pinned = httpx.post(f"{router.url}/feedback", json={}, headers={"X-ML-Track": "canary"}, timeout=10)
+    assert pinned.status_code == 502
     attempts = router.access_log.read_text().splitlines()
     assert any(f"127.0.0.1:{canary.port}, 127.0.0.1:{stable.port}" in line for line in attempts)
 

@@ -147,6 +147,7 @@ def pushgateway(workdir: Path) -> Iterator[str]:
 
         pytest.skip("prometheus-pushgateway is not installed (make system-deps)")
     port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     process = Process(
         "pushgateway",
         [path, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={workdir / 'pushgateway.data'}"],
@@ -170,6 +171,7 @@ def prometheus(workdir: Path, pushgateway_url: str, rule_files: list[Path]) -> I
 
         pytest.skip("prometheus is not installed (make system-deps)")
     port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
     target = pushgateway_url.removeprefix("http://")
     rules = ", ".join(json.dumps(str(p)) for p in rule_files)

@@ -74,7 +74,14 @@ def test_traffic_drawn_like_the_training_data_shows_no_drift(
     assert report["prometheus"] == "skipped: PROMETHEUS_PUSHGATEWAY_URL is not set"
 
     # The Evidently 0.7 HTML is under the platform home, linked from the materialization.
-    html = monitoring_env / "reports" / "drift" / "iris" / f"date={served_logs.day}" / f"drift_report-v{model_store.version}.html"
+    html = (
+        monitoring_env
+        / "reports"
+        / "drift"
+        / "iris"
+        / f"date={served_logs.day}"
+        / f"drift_report-v{model_store.version}.html"
+    )
     assert report["evidently_report"] == html.resolve().as_uri()
     text = html.read_text(errors="replace")
     assert "Drifted Columns" in text and all(feature in text for feature in FEATURES)
@@ -207,3 +214,21 @@ def test_a_window_too_small_to_judge_is_reported_as_such(
     assert list(series(samples, "ml_platform_drift_window_rows").values()) == [float(SMALL_ROWS)]
     assert series(samples, "ml_platform_drift_detected") == {}
     assert series(samples, "ml_platform_drift_share") == {}
+
+
+def test_a_day_without_traffic_is_not_judged(
+    monitoring_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREDICTION_LOG_DIR", str(tmp_path / "no-logs"))
+    with dg.instance_for_test() as instance:
+        result = run_drift_job(instance, "2026-01-02")
+    assert result.success
+    assert materialization(result, "production_window")["dagster/row_count"] == 0
+    report = materialization(result, "drift_report")
+    assert report["status"] == "insufficient_data"
+    assert report["reason"] == "no predictions of iris-random-forest logged on 2026-01-02"
+    checks = check_results(result)
+    assert checks["drift_share_within_threshold"].description.startswith("Not judged:")
+    assert not checks["prediction_psi_within_bands"].passed
+    live = checks["live_accuracy_above_minimum"]
+    assert live.passed and live.metadata["status"].value == "no_data"

@@ -1,0 +1,200 @@
+"""Reading one day of the prediction log, joining feedback, and per-version reports (no servers needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from ml_platform.monitoring import report as drift_report_module
+from ml_platform.monitoring.decisions import INSUFFICIENT_DATA, JUDGED, NO_REFERENCE, DriftThresholds
+from ml_platform.monitoring.logs import feedback_by_version, join_window, read_day, rows_by_version
+from ml_platform.spec import load_spec
+
+DAY = "2026-03-14"
+SPEC = load_spec("iris")
+
+
+def _prediction(
+    request_id: str, row: int, version: str = "1", model: str = "iris-random-forest", **features: Any
+) -> dict:
+    values = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2, **features}
+    return {
+        "event": "prediction",
+        "request_id": request_id,
+        "row": row,
+        "timestamp": f"{DAY}T10:00:00.000000Z",
+        "model_name": model,
+        "model_version": version,
+        "track": "stable",
+        "features": values,
+        "prediction": 0,
+        "probabilities": {"setosa": 0.9, "versicolor": 0.1, "virginica": 0.0},
+        "latency_ms": 1.5,
+    }
+
+
+def _feedback(request_id: str, row: int, label: int, prediction: int = 0, version: str = "1") -> dict:
+    return {
+        "event": "feedback",
+        "request_id": request_id,
+        "row": row,
+        "timestamp": f"{DAY}T10:00:05.000000Z",
+        "label": label,
+        "prediction": prediction,
+        "correct": label == prediction,
+        "model_version": version,
+        "track": "stable",
+    }
+
+
+def _write(path: Path, rows: list[dict], tail: bytes = b"") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows) + tail)
+
+
+def test_reading_a_day_reads_only_that_days_folder(tmp_path: Path) -> None:
+    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", [_prediction("a", i) for i in range(3)])
+    _write(tmp_path / f"date={DAY}" / "predictions-canary-2.jsonl", [_prediction("b", 0, version="2")])
+    _write(tmp_path / f"date={DAY}" / "feedback-stable-1.jsonl", [_feedback("a", 0, 0)])
+    for other in ("2026-03-13", "2026-03-15"):
+        _write(tmp_path / f"date={other}" / "predictions-stable-1.jsonl", [_prediction("x", i) for i in range(50)])
+        _write(tmp_path / f"date={other}" / "feedback-stable-1.jsonl", [_feedback("x", 0, 1)])
+
+    day = read_day(str(tmp_path), DAY, SPEC)
+
+    read = day.prediction_stats.files + day.feedback_stats.files
+    assert read and all(f"/date={DAY}/" in path for path in read)
+    assert len(day.predictions) == 4 and len(day.feedback) == 1
+    assert rows_by_version(day.predictions) == {"1": 3, "2": 1}
+    assert list(day.predictions.columns[:6]) == [
+        "request_id",
+        "row",
+        "timestamp",
+        "model_name",
+        "model_version",
+        "track",
+    ]
+    assert day.predictions["petal_length"].dtype == "float64"
+    assert {"proba_setosa", "proba_versicolor", "proba_virginica"} <= set(day.predictions.columns)
+
+
+def test_a_missing_day_is_an_empty_window(tmp_path: Path) -> None:
+    day = read_day(str(tmp_path), DAY, SPEC)
+    window = join_window(day, SPEC)
+    assert window.frame.empty and window.feedback.empty
+    assert day.prediction_stats.files == []
+
+
+def test_bad_lines_are_skipped_and_a_line_being_written_is_ignored(tmp_path: Path) -> None:
+    good = [_prediction("a", i) for i in range(4)]
+    path = tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl"
+    path.parent.mkdir(parents=True)
+    lines = [json.dumps(r).encode() for r in good]
+    lines.insert(2, b'{"event": "prediction", "request_id": ')  # torn line from a crash
+    lines.insert(3, b"[1, 2, 3]")
+    path.write_bytes(b"\n".join(lines) + b"\n" + b'{"event": "prediction", "request_id": "late"')
+
+    day = read_day(str(tmp_path), DAY, SPEC)
+
+    assert len(day.predictions) == 4
+    assert day.prediction_stats.skipped_lines == 2
+    assert day.prediction_stats.partial_tail_bytes > 0
+
+
+def test_integer_and_string_values_are_read_with_the_spec_types(tmp_path: Path) -> None:
+    rows = [_prediction("a", 0, petal_length=5), _prediction("a", 1, petal_length="4.5")]
+    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", rows)
+    day = read_day(str(tmp_path), DAY, SPEC)
+    assert day.predictions["petal_length"].tolist() == [5.0, 4.5]
+
+
+def test_feedback_joins_on_request_and_row(tmp_path: Path) -> None:
+    folder = tmp_path / f"date={DAY}"
+    _write(
+        folder / "predictions-stable-1.jsonl",
+        [
+            _prediction("a", 0),
+            _prediction("a", 1),
+            _prediction("b", 0, version="2"),
+            _prediction("o", 0, model="other"),
+        ],
+    )
+    _write(
+        folder / "feedback-stable-1.jsonl",
+        [
+            _feedback("a", 0, 2),  # superseded by the next event for the same row
+            _feedback("a", 0, 0),
+            _feedback("b", 0, 1, version="2"),
+            _feedback("yesterday", 3, 0),  # its prediction was logged on another day
+        ],
+    )
+    window = join_window(read_day(str(tmp_path), DAY, SPEC), SPEC)
+
+    frame = window.frame.set_index(["request_id", "row"])
+    assert len(frame) == 3 and window.other_model_rows == 1
+    assert frame.loc[("a", 0), "label"] == 0 and bool(frame.loc[("a", 0), "correct"]) is True
+    assert pd.isna(frame.loc[("a", 1), "label"]) and pd.isna(frame.loc[("a", 1), "correct"])
+    assert bool(frame.loc[("b", 0), "correct"]) is False
+    assert window.feedback_joined == 2 and window.feedback_unmatched == 1
+    # live accuracy counts the day's feedback events per version, joined or not
+    assert feedback_by_version(window.feedback) == {"1": (2, 2), "2": (0, 1)}
+
+
+def _snapshot(version: str, frame: pd.DataFrame) -> pd.DataFrame:
+    snapshot = frame.copy()
+    snapshot["prediction"] = snapshot["target"]
+    snapshot["model_name"], snapshot["model_version"] = "iris-random-forest", version
+    return snapshot
+
+
+def _window(rows: pd.DataFrame, version: str) -> pd.DataFrame:
+    frame = rows[SPEC.feature_names].copy()
+    frame["prediction"] = rows["target"].to_numpy()
+    frame["model_version"] = version
+    return frame
+
+
+def test_each_version_is_judged_against_its_own_snapshot_on_object_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapshots and reports on an fsspec URI (memory://); v1 and v2 judged, v3 too small, v4 without snapshot."""
+    from upath import UPath
+
+    from ml_platform.monitoring.generate import drifted_rows
+
+    monkeypatch.setenv("REFERENCE_DATASET_URI", "memory://snapshots")
+    monkeypatch.setenv("DRIFT_REPORTS_URI", "memory://reports")
+    base = pd.read_csv(SPEC.bootstrap_path())
+    for version, frame in (("1", base), ("2", drifted_rows(SPEC, 150, 2.0, seed=5))):
+        target = UPath(f"memory://snapshots/iris-random-forest/v{version}/reference.parquet")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as handle:
+            _snapshot(version, frame).to_parquet(handle)
+
+    window = pd.concat(
+        [
+            _window(drifted_rows(SPEC, 120, seed=1), "1"),  # like v1's training data
+            _window(drifted_rows(SPEC, 60, seed=2), "2"),  # unlike v2's (shifted) training data
+            _window(drifted_rows(SPEC, 5, seed=3), "3"),
+            _window(drifted_rows(SPEC, 40, seed=4), "4"),
+        ],
+        ignore_index=True,
+    )
+    thresholds = DriftThresholds.from_spec(SPEC)
+    report = drift_report_module.build_report(
+        SPEC, DAY, window, {"1": (110, 120)}, thresholds, client_factory=None, max_rows=5000
+    )
+
+    versions = report["versions"]
+    assert report["headline_version"] == "1" and report["status"] == JUDGED
+    assert [versions[v]["status"] for v in "1234"] == [JUDGED, JUDGED, INSUFFICIENT_DATA, NO_REFERENCE]
+    assert versions["1"]["drift_detected"] is False and versions["2"]["drift_detected"] is True
+    assert report["drift_detected"] is True, "any judged version drifting flags the report"
+    assert versions["1"]["live_accuracy"] == pytest.approx(110 / 120)
+    assert versions["1"]["training_accuracy_source"] == "reference_snapshot_train_split"
+    html = UPath(versions["2"]["evidently"]["html_uri"])
+    assert str(html).startswith("memory://reports/iris/date=") and html.exists()
+    assert versions["3"]["evidently"] is None and versions["4"]["evidently"] is None
+    assert "v2" in drift_report_module.versions_markdown(report)
