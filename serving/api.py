@@ -53,6 +53,9 @@ class PredictPayload(NamedTuple):
     rows: np.ndarray | list[tuple[Any, ...]]
     received_at: float  # Unix time the request arrived in the API process
 
+    def __repr__(self) -> str:  # LitServe formats requests into debug messages even when debug is off
+        return f"PredictPayload(request_id={self.request_id!r}, rows={len(self.rows)})"
+
 
 class WorkerResult(NamedTuple):
     """A worker's answer to one request: the finished body plus bookkeeping for the API process."""
@@ -365,8 +368,20 @@ class ServingLoop(LitLoop):
                 for response_queue_id, uid, _ in batch:
                     self._fail(transport, response_queue_id, uid, 422, "inference failed")
                 continue
-            for (response_queue_id, uid, _), result in zip(batch, results, strict=True):
-                self.put_response(transport, response_queue_id, uid, result, LitAPIStatus.OK, LoopResponseType.REGULAR)
+            self._respond(transport, batch, results)
+
+    def _respond(self, transport: Any, batch: list[tuple[int, str, Any]], results: list[WorkerResult]) -> None:
+        """Send a batch's answers, one message per API server when the transport can (fewer wake-ups)."""
+        by_consumer: dict[int, list[Any]] = {}
+        for (response_queue_id, uid, _), result in zip(batch, results, strict=True):
+            message = (uid, (result, LitAPIStatus.OK, LoopResponseType.REGULAR, self.worker_id))
+            by_consumer.setdefault(response_queue_id, []).append(message)
+        for response_queue_id, messages in by_consumer.items():
+            if hasattr(transport, "send_many"):
+                transport.send_many(messages, response_queue_id)
+            else:
+                for message in messages:
+                    transport.send(message, consumer_id=response_queue_id)
 
     def _fail(self, transport: Any, response_queue_id: int, uid: str, status: int, detail: str) -> None:
         error = PickleableHTTPException.from_exception(HTTPException(status, detail))

@@ -60,8 +60,8 @@ REGISTRY_UP = Gauge(
     multiprocess_mode="max",
 )
 LOG_DROPPED = Counter(
-    "ml_serving_log_dropped_rows_total",
-    "Prediction/feedback log writes dropped because the writer could not keep up.",
+    "ml_serving_log_dropped_total",
+    "Prediction/feedback log submissions (one per request) dropped because the writer could not keep up.",
     ["event", "track"],
 )
 

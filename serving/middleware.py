@@ -16,6 +16,7 @@ a copy per request). For every HTTP request it
 
 from __future__ import annotations
 
+import random
 import re
 import time
 import uuid
@@ -42,6 +43,16 @@ class BodyError(Exception):
     def __init__(self, status: int, error: str, detail: str) -> None:
         super().__init__(error)
         self.status, self.error, self.detail = status, error, detail
+
+
+def new_request_id() -> str:
+    """A random uuid4 as 32 hex digits.
+
+    ``uuid.uuid4()`` reads ``os.urandom`` (a syscall) every time; the ``random``
+    module is seeded from it at start and re-seeded in forked children, and
+    128 random bits make collisions as unlikely.
+    """
+    return uuid.UUID(int=random.getrandbits(128), version=4).hex
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -88,7 +99,7 @@ class ServingMiddleware:
         state["received_at"] = time.time()
         offered = _header(scope, b"x-request-id")
         valid_id = offered is None or REQUEST_ID.fullmatch(offered) is not None
-        request_id = offered if offered and valid_id else uuid.uuid4().hex
+        request_id = offered if offered and valid_id else new_request_id()
         state["request_id"] = request_id
         id_header = (b"x-request-id", request_id.encode())
         status = 500  # if the app dies before answering, the error middleware answers 500

@@ -7,18 +7,17 @@ Layout (documented in docs/serving.md; the drift and canary code reads it)::
 
 Each process appends only to its own files (the pid is in the name), so no
 locking is needed. Requests hand a zero-argument render callable to a bounded
-queue (``put_nowait``; if the disk cannot keep up, rows are dropped and counted,
-never waited for); a daemon thread renders, writes, and flushes whenever the
-queue drains and at least every ``flush_interval`` seconds, and on close.
+queue (if the disk cannot keep up, submissions are dropped and counted,
+never waited for); a daemon thread renders, writes and flushes what is pending
+every ``flush_interval`` seconds (0.25), and on close.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
-import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,6 @@ from serving.encoding import json_key, matrix_objects
 log = logging.getLogger(__name__)
 
 RenderFn = Callable[[], tuple[str, bytes]]
-_STOP = object()
 
 
 def utc_timestamp(epoch: float) -> tuple[str, str]:
@@ -42,7 +40,12 @@ def utc_timestamp(epoch: float) -> tuple[str, str]:
 
 
 class JsonlWriter:
-    """Appends rendered JSON lines to ``date=<day>/<stem>-<track>-<pid>.jsonl`` from a background thread."""
+    """Appends rendered JSON lines to ``date=<day>/<stem>-<track>-<pid>.jsonl`` from a background thread.
+
+    ``submit`` only appends a render callable to a deque (no lock, no thread
+    wake-up on the request path); the thread wakes every ``flush_interval``
+    seconds, renders and writes everything pending, and flushes.
+    """
 
     def __init__(
         self,
@@ -51,15 +54,17 @@ class JsonlWriter:
         track: str,
         *,
         max_pending: int = 10_000,
-        flush_interval: float = 0.5,
+        flush_interval: float = 0.25,
         on_drop: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
         self.stem = stem
         self.track = track
+        self.max_pending = max_pending
         self.flush_interval = flush_interval
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self._pending: deque[RenderFn] = deque()
         self._on_drop = on_drop
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._files: dict[str, IO[bytes]] = {}
         self._pid = os.getpid()
@@ -69,28 +74,25 @@ class JsonlWriter:
 
     def start(self) -> JsonlWriter:
         self._pid = os.getpid()
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"{self.stem}-log-writer", daemon=True)
         self._thread.start()
         return self
 
     def submit(self, render: RenderFn) -> bool:
-        """Queue rows for writing; False (and counted) when the queue is full."""
-        try:
-            self._queue.put_nowait(render)
-            return True
-        except queue.Full:
+        """Queue rows for writing; False (and counted) when too much is already pending."""
+        if len(self._pending) >= self.max_pending:
             if self._on_drop is not None:
                 self._on_drop()
             return False
+        self._pending.append(render)
+        return True
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Write everything queued so far, then stop the thread."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything submitted so far, then stop the thread."""
         if self._thread is None:
             return
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.warning("%s log queue still full at shutdown; some rows are lost", self.stem)
+        self._stop.set()
         self._thread.join(timeout)
         self._thread = None
 
@@ -104,30 +106,22 @@ class JsonlWriter:
             handle = self._files[day] = open(path, "ab", buffering=1 << 20)  # noqa: SIM115 - kept open across writes
         return handle
 
-    def _flush(self) -> None:
+    def _drain(self) -> None:
+        while self._pending:
+            render = self._pending.popleft()
+            try:
+                day, data = render()
+                self._handle(day).write(data)
+            except Exception:
+                log.exception("could not write %s log rows", self.stem)
         for handle in self._files.values():
             handle.flush()
 
     def _run(self) -> None:
-        last_flush = time.monotonic()
         try:
-            while True:
-                try:
-                    item = self._queue.get(timeout=self.flush_interval)
-                except queue.Empty:
-                    self._flush()
-                    last_flush = time.monotonic()
-                    continue
-                if item is _STOP:
-                    break
-                try:
-                    day, data = item()
-                    self._handle(day).write(data)
-                except Exception:
-                    log.exception("could not write %s log rows", self.stem)
-                if self._queue.empty() or time.monotonic() - last_flush >= self.flush_interval:
-                    self._flush()
-                    last_flush = time.monotonic()
+            while not self._stop.wait(self.flush_interval):
+                self._drain()
+            self._drain()
         finally:
             for handle in self._files.values():
                 handle.close()

@@ -38,7 +38,7 @@ from serving.errors import install_error_handlers
 from serving.middleware import ServingMiddleware
 from serving.routes import register_predict, register_routes
 from serving.service import ServingContext
-from serving.transport import PipeTransport
+from serving.transport import PipeTransport, RequestChannel
 
 UVICORN_GRACEFUL_SECONDS = 10
 
@@ -79,7 +79,7 @@ class ServingServer(ls.LitServer):
         manager = super()._init_manager(num_api_servers)
         ctx = mp.get_context("spawn")
         for path in list(self.litapi_request_queues):
-            self.litapi_request_queues[path] = ctx.Queue()
+            self.litapi_request_queues[path] = RequestChannel(ctx)
         self._transport = PipeTransport(num_api_servers, ctx)
         return manager
 

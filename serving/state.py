@@ -69,14 +69,20 @@ def read_desired_model(layout: RuntimeLayout) -> ModelBundle:
 
 
 class MarkerWatcher:
-    """Cheap change detection on the desired-model marker (one ``stat`` per call)."""
+    """Cheap change detection on the desired-model marker (at most one ``stat`` per ``interval``)."""
 
-    def __init__(self, layout: RuntimeLayout) -> None:
+    def __init__(self, layout: RuntimeLayout, interval: float = 0.1) -> None:
         self.layout = layout
+        self.interval = interval
         self._seen: tuple[int, int] | None = None
+        self._next_check = 0.0
 
     def poll(self) -> ModelBundle | None:
-        """The marker's bundle if it changed since the last poll, else None."""
+        """The marker's bundle if it changed since the last look, else None."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return None
+        self._next_check = now + self.interval
         try:
             st = os.stat(self.layout.marker)
         except FileNotFoundError:

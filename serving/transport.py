@@ -3,46 +3,133 @@
 LitServe 0.2.19 routes every request and every response through a
 ``multiprocessing.Manager`` proxy queue: four round trips through the manager
 process per request, plus a thread hop per response in the API process. We
-measured that at about 3.3 ms of CPU per single-row request, split across
-the API process, the worker and the manager. Its ``fast_queue`` (ZeroMQ)
-option is inert in this version (the config field is misnamed).
+measured about 3.3 ms of CPU per single-row request across the API process,
+the worker and the manager. (Its ``fast_queue`` ZeroMQ option is inert in
+this version: the config field it sets is misnamed.)
 
-Instead, requests go through a plain ``multiprocessing.Queue`` (a pipe; the
-API process's put is non-blocking), and responses through one pipe per API
-server that the API process's event loop watches directly (``add_reader``),
-so no thread is involved in receiving. Workers write a response under a lock
-so messages from several workers never interleave. About 1.9 ms less CPU per
-request; see benchmarks/serving.py.
+Here both directions are plain pipes, driven by the API process's event loop
+without any helper thread:
+
+- :class:`RequestChannel`: the API process appends framed requests to an
+  in-process buffer and writes them with non-blocking ``os.write``; when the
+  pipe is full it waits for writability (``add_writer``) instead of blocking,
+  so it keeps reading responses meanwhile and the two pipes cannot deadlock.
+  Workers read whole messages under a shared lock.
+- :class:`PipeTransport`: workers write a response under a lock (messages from
+  several workers never interleave); the API process's event loop reads when
+  the pipe is readable (``add_reader``).
+
+Together about 2 ms less CPU per request (see benchmarks/serving.py). The API
+side assumes a single API server process, which is how the server runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
+import struct
+import time
+from collections import deque
 from multiprocessing.context import BaseContext
+from queue import Empty
 from typing import Any
 
 from litserve.transport.base import MessageTransport
 
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class RequestChannel:
+    """API process -> workers. Quacks like the queue LitServe expects (``put``, ``get``, ``get_nowait``)."""
+
+    def __init__(self, ctx: BaseContext) -> None:
+        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._read_lock = ctx.Lock()
+        self._pending = bytearray()
+        self._fd: int | None = None
+
+    # -- API process (event-loop thread only) --------------------------------------------------
+
+    def put(self, item: Any) -> None:
+        """Frame and queue ``item``; it is written at the end of this event-loop iteration.
+
+        Requests arriving in the same iteration share one ``write`` (one worker wake-up).
+        """
+        payload = pickle.dumps(item, protocol=_PROTOCOL)
+        was_idle = not self._pending
+        self._pending += struct.pack("!i", len(payload)) + payload  # the framing Connection.recv_bytes reads
+        if was_idle:
+            asyncio.get_running_loop().call_soon(self._write)
+
+    def _write(self) -> None:
+        if self._fd is None:
+            self._fd = self._writer.fileno()
+            os.set_blocking(self._fd, False)
+        if not self._pending:
+            return
+        try:
+            written = os.write(self._fd, self._pending)
+        except BlockingIOError:
+            written = 0
+        del self._pending[:written]
+        loop = asyncio.get_running_loop()
+        if self._pending:
+            loop.add_writer(self._fd, self._write)
+        else:
+            loop.remove_writer(self._fd)
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """The next request; raises ``queue.Empty`` after ``timeout`` seconds (or at once if not ``block``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._read_lock.acquire(block, timeout):
+            raise Empty
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not block:
+                remaining = 0.0
+            if not self._reader.poll(remaining):
+                raise Empty
+            data = self._reader.recv_bytes()
+        finally:
+            self._read_lock.release()
+        return pickle.loads(data)
+
+    def get_nowait(self) -> Any:
+        return self.get(block=False)
+
+
+class _Many(list):  # type: ignore[type-arg]
+    """Several responses sent as one message."""
+
 
 class PipeTransport(MessageTransport):
-    """Worker -> API process responses over pipes (one per API server)."""
+    """Workers -> API process responses over pipes (one per API server)."""
 
     def __init__(self, consumers: int, ctx: BaseContext) -> None:
         self._channels = [(*ctx.Pipe(duplex=False), ctx.Lock()) for _ in range(consumers)]
+        self._backlog: deque[Any] = deque()
         self._closed = False
 
     def send(self, item: Any, consumer_id: int) -> None:
         """Called in a worker: one whole message per write, under the channel's lock."""
         _, writer, lock = self._channels[consumer_id]
-        payload = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(item, protocol=_PROTOCOL)
         with lock:
             writer.send_bytes(payload)
+
+    def send_many(self, items: list[Any], consumer_id: int) -> None:
+        """A batch's responses in one write (one wake-up of the API process)."""
+        self.send(_Many(items) if len(items) > 1 else items[0], consumer_id)
 
     async def areceive(self, consumer_id: int, timeout: float | None = None, block: bool = True) -> Any:
         """Called in the API process: the next response, or None after about a second without one."""
         if self._closed:
             raise asyncio.CancelledError("transport closed")
+        if self._backlog:
+            return self._backlog.popleft()
         reader = self._channels[consumer_id][0]
         if not reader.poll():
             loop = asyncio.get_running_loop()
@@ -55,7 +142,11 @@ class PipeTransport(MessageTransport):
                 return None
             finally:
                 loop.remove_reader(fd)
-        return pickle.loads(reader.recv_bytes())
+        message = pickle.loads(reader.recv_bytes())
+        if isinstance(message, _Many):
+            self._backlog.extend(message[1:])
+            return message[0]
+        return message
 
     def close(self, send_sentinel: bool = True) -> None:
         self._closed = True

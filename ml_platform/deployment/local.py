@@ -34,6 +34,7 @@ from ml_platform.deployment.processes import (
     ProcessStartError,
     free_port,
     health,
+    owns_group,
     pid_alive,
     pid_runs,
     served_version,
@@ -162,7 +163,7 @@ class LocalBackend:
     def _stop(self, record: ProcessRecord | None) -> None:
         if record is None:
             return
-        if pid_runs(record.pid, "serving"):  # never signal a pid that was reused by something else
+        if owns_group(record.pid, "serving"):  # never signal a pid that was reused by something else
             stop_group(record.pid)
         shutil.rmtree(self.folder / "run" / f"{record.track}-{record.port}", ignore_errors=True)
 

@@ -68,6 +68,32 @@ def pid_runs(pid: int, needle: str) -> bool:
     return needle in cmdline
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes whose process group is ``pgid`` (read from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def owns_group(pid: int, needle: str) -> bool:
+    """The group ``pid`` led is still ours: its leader runs ``needle``, or (leader dead) members remain.
+
+    A pid is not reused while it names a live process group, so members left
+    after the leader died (e.g. inference workers of a killed server) are ours.
+    """
+    if pid_runs(pid, needle):
+        return True
+    return not pid_alive(pid) and bool(group_members(pid))
+
+
 def serving_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The environment of a serving process: ours, the project importable, then ``extra``."""
     env = dict(os.environ)
