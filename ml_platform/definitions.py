@@ -18,6 +18,7 @@ from ml_platform.checks.model_quality import (
     no_regression_against_champion,
     serving_smoke_test,
 )
+from ml_platform.deployment import definitions as deployment
 from ml_platform.jobs import training_job
 from ml_platform.monitoring import definitions as monitoring
 from ml_platform.resources.json_io_manager import JsonIOManager
@@ -29,16 +30,17 @@ from ml_platform.sensors.incoming_data import incoming_data_sensor
 def build_defs() -> dg.Definitions:
     """Assemble assets, checks, jobs, sensors and resources (configured from the environment)."""
     return dg.Definitions(
-        assets=[raw_batch, training_dataset, candidate_model, reference_snapshot, *monitoring.ASSETS],
+        assets=[raw_batch, training_dataset, candidate_model, reference_snapshot, *monitoring.ASSETS, *deployment.ASSETS],
         asset_checks=[
             batch_passes_expectation_suite,
             meets_metric_thresholds,
             no_regression_against_champion,
             serving_smoke_test,
             *monitoring.ASSET_CHECKS,
+            *deployment.ASSET_CHECKS,
         ],
-        jobs=[training_job, *monitoring.JOBS],
-        sensors=[incoming_data_sensor, *monitoring.SENSORS],
+        jobs=[training_job, *monitoring.JOBS, *deployment.JOBS],
+        sensors=[incoming_data_sensor, *monitoring.SENSORS, *deployment.SENSORS],
         schedules=monitoring.SCHEDULES,
         resources={
             "landing_zone": LandingZone(),
@@ -46,6 +48,7 @@ def build_defs() -> dg.Definitions:
             "mlflow": mlflow_tracking,
             "json_io_manager": JsonIOManager(),
             **monitoring.RESOURCES,
+            **deployment.RESOURCES,
         },
         # One process per run: steps are cheap to chain and the code location loads once.
         executor=dg.in_process_executor,

@@ -7,6 +7,7 @@ against the snapshot of the version that served them.
 """
 
 import os
+import time
 from typing import Any
 
 import dagster as dg
@@ -82,6 +83,7 @@ def reference_snapshot(
         snapshot.to_parquet(handle, index=False)
 
     client.set_model_version_tag(name, version, "reference_snapshot_uri", uri)
+    client.set_model_version_tag(name, version, "validated_at", f"{time.time():.0f}")
     client.set_model_version_tag(name, version, VALIDATION_STATUS_TAG, "passed")
     context.log.info(f"{name} v{version} passed every gate; reference snapshot at {uri}")
     training_accuracy = float((snapshot["prediction"] == snapshot[spec.target.name]).mean())

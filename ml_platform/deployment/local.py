@@ -10,7 +10,8 @@ Stable serves ``models:/<name>@champion`` with an admin token only the
 deployer knows; a promotion moves the alias, then ``POST /admin/reload`` makes
 stable hot-swap (no request fails during the swap). The canary serves a pinned
 version. A canary is removed in two reloads: first no new traffic, then no
-route at all once the old nginx workers have drained, and only then stopped.
+route at all once the old nginx workers have drained and no request reached
+it for ``drain_seconds`` (feedback for its last answers), and only then stopped.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ml_platform.deployment.router_log import RouterLogReader
 from ml_platform.deployment.state import DeploymentState, ProcessRecord, StateStore
 
 ACCESS_LOG_ROTATE_BYTES = 64 * 1024 * 1024
+MAX_DRAIN_SECONDS = 15.0
 
 
 class LocalBackend:
@@ -286,16 +288,29 @@ class LocalBackend:
                 self._apply(state)
             return
         router = self._router(state)
+        contacts = RouterLogReader(router.access_log, f"127.0.0.1:{state.canary.upstream_port}")
         state.canary_weight = 0
         self._apply(state, pin_canary=True)  # pinned feedback still reaches answers the canary gave
         router.wait_drained(timeout=30)
-        time.sleep(self.drain_seconds)
+        self._wait_quiet(contacts)
         self._apply(state, include_canary=False)
         router.wait_drained(timeout=30)
         canary, state.canary = state.canary, None
         state.note("canary retired", version=canary.version)
         self._save(state)
         self._stop(canary)
+
+    def _wait_quiet(self, contacts: RouterLogReader) -> None:
+        """Until no request reached the canary for ``drain_seconds`` (feedback for its last answers)."""
+        last = time.time()
+        deadline = time.monotonic() + MAX_DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            seen = contacts.latest_contact()
+            if seen is not None:
+                last = max(last, seen)
+            if time.time() - last >= self.drain_seconds:
+                return
+            time.sleep(0.1)
 
     # -- observation ------------------------------------------------------------------------
 

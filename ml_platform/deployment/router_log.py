@@ -60,8 +60,7 @@ class RouterLogReader:
         except OSError:
             return 0
 
-    def read_new(self) -> list[RouterAttempt]:
-        """Canary attempts logged since the last call."""
+    def _new_lines(self) -> list[str]:
         size = self._size()
         if size < self.offset:  # rotated or truncated
             self.offset, self._partial = 0, b""
@@ -72,10 +71,25 @@ class RouterLogReader:
         except OSError:
             return []
         self.offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
+        lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()  # an unfinished last line waits for the next call
+        return [raw.decode(errors="replace") for raw in lines]
+
+    def read_new(self) -> list[RouterAttempt]:
+        """Canary ``/predict`` attempts logged since the last call."""
         attempts: list[RouterAttempt] = []
-        for raw in lines:
-            attempts += parse_line(raw.decode(errors="replace"), self.canary_address)
+        for line in self._new_lines():
+            attempts += parse_line(line, self.canary_address)
         return attempts
+
+    def latest_contact(self) -> float | None:
+        """When the newest request of any path that reached the canary finished (since the last call)."""
+        latest = None
+        for line in self._new_lines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if self.canary_address in str(entry.get("addr", "")).split(", "):
+                latest = max(latest or 0.0, float(entry.get("t", 0.0)))
+        return latest

@@ -16,7 +16,7 @@ from ml_platform.deployment.measurements import (
 )
 from ml_platform.deployment.metric_source import promql_queries, reading_from_text
 from ml_platform.deployment.policy import RolloutPolicy
-from ml_platform.deployment.router_log import parse_line
+from ml_platform.deployment.router_log import RouterLogReader, parse_line
 
 INF = math.inf
 POLICY = RolloutPolicy(
@@ -195,3 +195,23 @@ def test_slow_requests_beyond_the_quantile_fail_before_the_minimum_sample() -> N
     # from the histogram: requests above the first bucket bound at or over the threshold (1.0 s here)
     assert _window(4, fast=2).slower_than(0.5) == 0.0
     assert _window(4, fast=2).slower_than(0.1) == 2.0
+
+
+def test_the_router_log_is_read_incrementally(tmp_path) -> None:
+    canary = "127.0.0.1:9002"
+    log = tmp_path / "access.log"
+    log.write_text("")
+    reader = RouterLogReader(log, canary)
+    line = {"t": 5.0, "uri": "/predict", "addr": canary, "ustatus": "200", "urt": "0.020"}
+    feedback = {"t": 6.5, "uri": "/feedback", "addr": canary, "ustatus": "200", "urt": "0.001"}
+    with open(log, "a") as handle:
+        handle.write(json.dumps(line) + "\n" + json.dumps(line)[:20])  # the second line is not finished yet
+    assert len(reader.read_new()) == 1
+    with open(log, "a") as handle:
+        handle.write(json.dumps(line)[20:] + "\n")
+    assert len(reader.read_new()) == 1 and reader.read_new() == []
+    contacts = RouterLogReader(log, canary)
+    with open(log, "a") as handle:
+        handle.write(json.dumps(feedback) + "\n")
+    assert contacts.latest_contact() == 6.5  # any path counts as contact: feedback keeps a canary alive
+    assert contacts.latest_contact() is None

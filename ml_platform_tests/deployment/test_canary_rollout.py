@@ -114,7 +114,7 @@ class Platform:
 
     def deployer(self, proxied: bool = False) -> Deployer:
         cls = ProxiedDeployer if proxied else Deployer
-        return cls(public_port=self.public_port, drain_seconds=0.5, stable_refresh_seconds=300)
+        return cls(public_port=self.public_port, stable_refresh_seconds=300)
 
     def state(self) -> Any:
         return StateStore(self.home / "deployments" / MODEL).load()
