@@ -130,23 +130,53 @@ class PipeTransport(MessageTransport):
             raise asyncio.CancelledError("transport closed")
         if self._backlog:
             return self._backlog.popleft()
-        reader = self._channels[consumer_id][0]
-        if not reader.poll():
-            loop = asyncio.get_running_loop()
-            readable = loop.create_future()
-            fd = reader.fileno()
-            loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
-            try:
-                await asyncio.wait_for(readable, 1.0 if timeout is None else min(timeout, 1.0))
-            except TimeoutError:
-                return None
-            finally:
-                loop.remove_reader(fd)
-        message = pickle.loads(reader.recv_bytes())
+        fd = self._reader_fd(consumer_id)
+        header = await _read_exactly(fd, 4, 1.0 if timeout is None else min(timeout, 1.0))
+        if header is None:
+            return None
+        (size,) = struct.unpack("!i", header)
+        if size == -1:  # Connection.send_bytes framing for messages over 2 GiB
+            (size,) = struct.unpack("!Q", await _read_exactly(fd, 8))
+        message = pickle.loads(await _read_exactly(fd, size))  # type: ignore[arg-type]
         if isinstance(message, _Many):
             self._backlog.extend(message[1:])
             return message[0]
         return message
 
+    def _reader_fd(self, consumer_id: int) -> int:
+        fd = self._channels[consumer_id][0].fileno()
+        os.set_blocking(fd, False)  # the event loop never waits inside a read, even for a large message
+        return fd
+
     def close(self, send_sentinel: bool = True) -> None:
         self._closed = True
+
+
+async def _read_exactly(fd: int, size: int, first_timeout: float | None = None) -> bytes | None:
+    """``size`` bytes from a non-blocking fd, awaiting readability; None if nothing came within ``first_timeout``."""
+    buffer = bytearray()
+    while len(buffer) < size:
+        try:
+            chunk = os.read(fd, size - len(buffer))
+        except BlockingIOError:
+            waited = await _readable(fd, first_timeout if not buffer else None)
+            if not waited:
+                return None
+            continue
+        if not chunk:
+            raise EOFError("response pipe closed")
+        buffer += chunk
+    return bytes(buffer)
+
+
+async def _readable(fd: int, timeout: float | None) -> bool:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait_for(ready, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
