@@ -29,13 +29,12 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,7 +131,7 @@ async def _load(url: str, body: bytes, concurrency: int, duration: float, warmup
                     async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = response.status == 200
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     ok = False
                 if measuring:
                     if ok:
@@ -198,7 +197,9 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300)
 @contextmanager
 def server(command: list[str], env: dict[str, str], health_url: str, log: Path) -> Iterator[None]:
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         try:
             wait_ready(health_url, process)
@@ -209,14 +210,10 @@ def server(command: list[str], env: dict[str, str], health_url: str, log: Path) 
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 process.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait()
 
 
@@ -245,7 +242,9 @@ def in_process_ceiling(model_dir: str, seconds: float) -> dict[str, float]:
     batch = np.tile(np.asarray(ROW, dtype=np.float32), (BATCH_ROWS, 1))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(Path(model_dir) / "extra_files" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(Path(model_dir) / "extra_files" / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     model = mlflow.sklearn.load_model(model_dir)
     frame = pd.DataFrame(batch.astype(np.float64), columns=spec.feature_names)
     one, one_frame = batch[:1], frame.iloc[:1]
@@ -377,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri, version = register_iris(workdir)
         import mlflow.artifacts
 
-        model_dir = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{version}", dst_path=str(workdir / "model"))
+        model_dir = mlflow.artifacts.download_artifacts(
+            f"models:/{MODEL_NAME}/{version}", dst_path=str(workdir / "model")
+        )
         env = {
             **os.environ,
             "MLFLOW_TRACKING_URI": tracking_uri,
@@ -393,30 +394,85 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             cmd = [sys.executable, __file__, "--baseline-server", "--model-dir", model_dir, "--port", str(port)]
             with server(cmd, env, f"http://127.0.0.1:{port}/health", workdir / "fastapi.log"):
-                rows.append(measure("FastAPI + uvicorn, sklearn (baseline)", f"http://127.0.0.1:{port}/predict", single_body, batch_body, args))
+                rows.append(
+                    measure(
+                        "FastAPI + uvicorn, sklearn (baseline)",
+                        f"http://127.0.0.1:{port}/predict",
+                        single_body,
+                        batch_body,
+                        args,
+                    )
+                )
 
         if "mlflow" in only:
             port = free_port()
-            cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}/{version}",
-                   "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-            split = lambda n: json.dumps({"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"], "data": [ROW] * n}}).encode()  # noqa: E731
+            cmd = [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                f"models:/{MODEL_NAME}/{version}",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
+            def split(n):
+                return json.dumps(
+                            {
+                                "dataframe_split": {
+                                    "columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+                                    "data": [ROW] * n,
+                                }
+                            }
+                        ).encode()
             with server(cmd, env, f"http://127.0.0.1:{port}/ping", workdir / "mlflow.log"):
-                rows.append(measure("mlflow models serve", f"http://127.0.0.1:{port}/invocations", split(1), split(BATCH_ROWS), args))
+                rows.append(
+                    measure(
+                        "mlflow models serve", f"http://127.0.0.1:{port}/invocations", split(1), split(BATCH_ROWS), args
+                    )
+                )
 
         if "ours" in only:
             port = free_port()
             ours_env = {**env, "PREDICTION_LOG_DIR": str(workdir / "predictions"), "LOG_LEVEL": "warning"}
-            for flag, name in ((args.workers, "WORKERS"), (args.max_batch_size, "MAX_BATCH_SIZE"), (args.batch_timeout, "BATCH_TIMEOUT")):
+            for flag, name in (
+                (args.workers, "WORKERS"),
+                (args.max_batch_size, "MAX_BATCH_SIZE"),
+                (args.batch_timeout, "BATCH_TIMEOUT"),
+            ):
                 if flag is not None:
                     ours_env[name] = str(flag)
-            cmd = [sys.executable, "-m", "serving", "--model-uri", f"models:/{MODEL_NAME}/{version}", "--port", str(port)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "serving",
+                "--model-uri",
+                f"models:/{MODEL_NAME}/{version}",
+                "--port",
+                str(port),
+            ]
             with server(cmd, ours_env, f"http://127.0.0.1:{port}/health", workdir / "ours.log"):
-                rows.append(measure("ml_platform serving (LitServe, ONNX)", f"http://127.0.0.1:{port}/predict", single_body, batch_body, args))
+                rows.append(
+                    measure(
+                        "ml_platform serving (LitServe, ONNX)",
+                        f"http://127.0.0.1:{port}/predict",
+                        single_body,
+                        batch_body,
+                        args,
+                    )
+                )
 
         print("measuring in-process predict ...", file=sys.stderr)
         ceiling = in_process_ceiling(model_dir, min(args.duration, 5.0))
-        print(f"\n{report(rows, ceiling, args)}\n\nCommand: `{command.strip()}` on {os.cpu_count()} CPUs "
-              f"(load average before: {os.getloadavg()[0]:.1f})")
+        print(
+            f"\n{report(rows, ceiling, args)}\n\nCommand: `{command.strip()}` on {os.cpu_count()} CPUs "
+            f"(load average before: {os.getloadavg()[0]:.1f})"
+        )
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -42,8 +42,28 @@ def platform_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     (home / "dagster").mkdir(parents=True)
     yield home
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI into os.environ; don't leak it.
+    reset_mlflow_globals()
+
+
+def reset_mlflow_globals() -> None:
+    """Forget the tracking/registry URIs a test set in this process.
+
+    mlflow.set_tracking_uri / set_registry_uri export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
+    into os.environ (and so into every child process); a later test must not inherit them.
+    """
+    import sys
+
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    if "mlflow" in sys.modules:
+        import mlflow
+        import mlflow.tracking._model_registry.utils as registry_utils
+        import mlflow.tracking._tracking_service.utils as tracking_utils
+
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        registry_utils._registry_uri = None
+        tracking_utils._tracking_uri = None
 
 
 def free_port() -> int:

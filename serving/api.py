@@ -18,6 +18,7 @@ Nothing here imports MLflow unless a version has no verified ONNX graph.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -86,7 +87,7 @@ class ActiveModel:
         self.label_names = [
             spec.target.labels[i] if i < len(spec.target.labels) else str(c) for i, c in enumerate(classes)
         ]
-        self.log_format = PredictionLogFormat(spec.feature_names, classes, self.label_names)
+        self.log_format = PredictionLogFormat(spec.feature_names, classes)
         self.prediction_json = [dumps(c) for c in classes]
         self.label_json = [json_key(label) for label in self.label_names]
         self.header = (
@@ -104,14 +105,16 @@ class ActiveModel:
     def bundle(self) -> ModelBundle:
         return self.runtime.bundle
 
-    def body(self, request_id: str, prediction: Prediction) -> bytes:
+    def probability_objects(self, prediction: Prediction) -> list[bytes] | None:
+        """``{"<label>": p, ...}`` per row, shared by the response and the prediction log."""
+        if prediction.probabilities is None:
+            return None
+        return matrix_objects(self.label_names, prediction.probabilities)
+
+    def body(self, request_id: str, prediction: Prediction, probability_objects: list[bytes] | None) -> bytes:
         """The ``/predict`` response body for one request."""
         index = prediction.class_index.tolist()
-        probabilities = (
-            b"[" + b",".join(matrix_objects(self.label_names, prediction.probabilities)) + b"]"
-            if prediction.probabilities is not None
-            else b"null"
-        )
+        probabilities = b"[" + b",".join(probability_objects) + b"]" if probability_objects is not None else b"null"
         return b"".join(
             (
                 b'{"request_id":',
@@ -132,7 +135,7 @@ def _concat(rows: list[np.ndarray | list[tuple[Any, ...]]]) -> np.ndarray | list
     if len(rows) == 1:
         return rows[0]
     if all(isinstance(r, np.ndarray) for r in rows):
-        return np.concatenate(rows)  # type: ignore[arg-type]
+        return np.concatenate(rows)
     return [row for part in rows for row in part]
 
 
@@ -194,6 +197,7 @@ class ModelAPI(ls.LitAPI):
         self._report()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        gc.freeze()  # modules and the loaded model are permanent: keep GC pauses short
 
     def decode_request(self, request: PredictPayload) -> PredictPayload:
         return request
@@ -243,9 +247,9 @@ class ModelAPI(ls.LitAPI):
                 )
                 continue
             self._metrics.INFERENCE_ROWS.labels(version, self.track, kind).inc(len(prediction.class_index))
-            results.append(
-                WorkerResult(200, active.body(payload.request_id, prediction), prediction.class_index, version, kind)
-            )
+            probability_objects = active.probability_objects(prediction)
+            body = active.body(payload.request_id, prediction, probability_objects)
+            results.append(WorkerResult(200, body, prediction.class_index, version, kind))
             self.log_writer.submit(
                 partial(
                     active.log_format.render,
@@ -257,7 +261,7 @@ class ModelAPI(ls.LitAPI):
                     track=self.track,
                     rows=payload.rows,
                     class_index=prediction.class_index,
-                    probabilities=prediction.probabilities,
+                    probability_objects=probability_objects,
                 )
             )
         return results
@@ -346,7 +350,7 @@ class ServingLoop(LitLoop):
 
     def __call__(
         self,
-        lit_api: ModelAPI,  # type: ignore[override]
+        lit_api: ModelAPI,
         device: str,
         worker_id: int,
         request_queue: Any,

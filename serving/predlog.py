@@ -26,7 +26,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from serving.encoding import json_key, matrix_objects
+from serving.encoding import matrix_objects
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,9 @@ def _literal(value: Any) -> bytes:
 class PredictionLogFormat:
     """Renders one prediction request as JSON lines (one per row), fast for numeric specs."""
 
-    def __init__(self, feature_names: Sequence[str], class_values: Sequence[Any], class_labels: Sequence[str]) -> None:
+    def __init__(self, feature_names: Sequence[str], class_values: Sequence[Any]) -> None:
         self.feature_names = list(feature_names)
-        self.class_labels = list(class_labels)
         self._prediction_json = [orjson.dumps(v) for v in class_values]
-        self._feature_keys = [json_key(n) for n in self.feature_names]
 
     def _features(self, rows: np.ndarray | list[tuple[Any, ...]]) -> list[bytes]:
         if isinstance(rows, np.ndarray):
@@ -158,8 +156,9 @@ class PredictionLogFormat:
         track: str,
         rows: np.ndarray | list[tuple[Any, ...]],
         class_index: np.ndarray,
-        probabilities: np.ndarray | None,
+        probability_objects: list[bytes] | None,
     ) -> tuple[str, bytes]:
+        """``(day, lines)``; ``probability_objects`` are the rows' ``{"<label>": p}`` JSON (None: no probabilities)."""
         day, stamp = utc_timestamp(received_at)
         template = (
             b'{"event":"prediction","request_id":'
@@ -178,11 +177,8 @@ class PredictionLogFormat:
         )
         features = self._features(rows)
         predictions = [self._prediction_json[i] for i in class_index.tolist()]
-        probs = matrix_objects(self.class_labels, probabilities) if probabilities is not None else None
-        lines = [
-            template % (i, features[i], predictions[i], probs[i] if probs is not None else b"null")
-            for i in range(len(predictions))
-        ]
+        probabilities = probability_objects or [b"null"] * len(predictions)
+        lines = [template % (i, features[i], predictions[i], probabilities[i]) for i in range(len(predictions))]
         return day, b"".join(lines)
 
 

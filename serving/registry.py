@@ -112,7 +112,14 @@ class ModelBundle:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelBundle:
-        return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__})
+        return cls(
+            name=str(raw["name"]),
+            version=str(raw["version"]),
+            local_dir=str(raw["local_dir"]),
+            onnx_verified=bool(raw["onnx_verified"]),
+            run_id=raw.get("run_id"),
+            data_version=raw.get("data_version"),
+        )
 
 
 def load_bundle_spec(bundle: ModelBundle) -> Any:

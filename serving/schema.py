@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired, cast
 
 import numpy as np
 from pydantic import AllowInfNan, ConfigDict, Field, Strict, TypeAdapter, ValidationError, WithJsonSchema
@@ -52,7 +52,7 @@ class FeedbackRequest:
 
 def _feature_type(feature: FeatureSpec) -> Any:
     if feature.type == "category":
-        return Literal[feature.categories]  # type: ignore[valid-type]
+        return Literal[feature.categories]
     number = Annotated[float, Strict(), AllowInfNan(False)]
     if feature.type == "int":
         return Annotated[number, Field(multiple_of=1)]
@@ -61,8 +61,8 @@ def _feature_type(feature: FeatureSpec) -> Any:
 
 def _strict_object(name: str, fields: dict[str, Any], **schema_extra: Any) -> Any:
     """A TypedDict that rejects unknown keys (functional syntax: any key is allowed)."""
-    typed = TypedDict(name, fields)  # type: ignore[operator]
-    typed.__pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra=schema_extra or None)  # type: ignore[attr-defined]
+    typed: Any = cast(Any, TypedDict)(name, fields)
+    typed.__pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra=schema_extra or None)
     return typed
 
 
@@ -104,13 +104,13 @@ class RequestSchema:
             spec.target.labels[i] if i < len(spec.target.labels) else str(c) for i, c in enumerate(self.class_values)
         ]
         types = [_feature_type(f) for f in spec.features]
-        row = tuple[tuple(types)]  # type: ignore[misc]
+        row: Any = tuple.__class_getitem__(tuple(types))
         record = _strict_object("Record", dict(zip(self.feature_names, types, strict=True)))
         rows_field = Field(min_length=1, max_length=max_rows)
         body = _strict_object(
             "PredictRequest",
             {
-                "features": NotRequired[Annotated[list[row], rows_field]],  # type: ignore[valid-type]
+                "features": NotRequired[Annotated[list[row], rows_field]],
                 "records": NotRequired[Annotated[list[record], rows_field]],  # type: ignore[valid-type]
             },
             minProperties=1,
@@ -125,13 +125,13 @@ class RequestSchema:
             self._label_index[(type(value), value)] = index
             self._label_index[(str, self.class_labels[index])] = index
         allowed = sorted({v for _, v in self._label_index}, key=str)
-        label = Annotated[Annotated[int, Strict()] | Annotated[str, Strict()], WithJsonSchema({"enum": allowed})]
+        label: Any = Annotated[Annotated[int, Strict()] | Annotated[str, Strict()], WithJsonSchema({"enum": allowed})]
         request_id = Annotated[str, Strict(), Field(pattern=REQUEST_ID_PATTERN)]
         feedback = _strict_object(
             "FeedbackRequest",
             {
                 "request_id": request_id,
-                "labels": NotRequired[Annotated[list[label], Field(min_length=1, max_length=max_rows)]],  # type: ignore[valid-type]
+                "labels": NotRequired[Annotated[list[label], Field(min_length=1, max_length=max_rows)]],
                 "row": NotRequired[Annotated[int, Strict(), Field(ge=0, lt=max_rows)]],
                 "label": NotRequired[label],
             },

@@ -101,7 +101,7 @@ class RequestChannel:
         return self.get(block=False)
 
 
-class _Many(list):  # type: ignore[type-arg]
+class _Many(list[Any]):
     """Several responses sent as one message."""
 
 
@@ -111,6 +111,7 @@ class PipeTransport(MessageTransport):
     def __init__(self, consumers: int, ctx: BaseContext) -> None:
         self._channels = [(*ctx.Pipe(duplex=False), ctx.Lock()) for _ in range(consumers)]
         self._backlog: deque[Any] = deque()
+        self._nonblocking: set[int] = set()
         self._closed = False
 
     def send(self, item: Any, consumer_id: int) -> None:
@@ -131,13 +132,18 @@ class PipeTransport(MessageTransport):
         if self._backlog:
             return self._backlog.popleft()
         fd = self._reader_fd(consumer_id)
-        header = await _read_exactly(fd, 4, 1.0 if timeout is None else min(timeout, 1.0))
-        if header is None:
-            return None
-        (size,) = struct.unpack("!i", header)
+        try:
+            header = os.read(fd, 4)  # usually a whole message is already waiting
+            if not header:
+                raise EOFError("response pipe closed")
+        except BlockingIOError:
+            if not await _readable(fd, 1.0 if timeout is None else min(timeout, 1.0)):
+                return None
+            header = b""
+        (size,) = struct.unpack("!i", header + await _read_exactly(fd, 4 - len(header)))
         if size == -1:  # Connection.send_bytes framing for messages over 2 GiB
             (size,) = struct.unpack("!Q", await _read_exactly(fd, 8))
-        message = pickle.loads(await _read_exactly(fd, size))  # type: ignore[arg-type]
+        message = pickle.loads(await _read_exactly(fd, size))
         if isinstance(message, _Many):
             self._backlog.extend(message[1:])
             return message[0]
@@ -145,23 +151,23 @@ class PipeTransport(MessageTransport):
 
     def _reader_fd(self, consumer_id: int) -> int:
         fd = self._channels[consumer_id][0].fileno()
-        os.set_blocking(fd, False)  # the event loop never waits inside a read, even for a large message
+        if fd not in self._nonblocking:
+            os.set_blocking(fd, False)  # the event loop never waits inside a read, even for a large message
+            self._nonblocking.add(fd)
         return fd
 
     def close(self, send_sentinel: bool = True) -> None:
         self._closed = True
 
 
-async def _read_exactly(fd: int, size: int, first_timeout: float | None = None) -> bytes | None:
-    """``size`` bytes from a non-blocking fd, awaiting readability; None if nothing came within ``first_timeout``."""
+async def _read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from a non-blocking fd, awaiting readability in between (a writer is mid-message)."""
     buffer = bytearray()
     while len(buffer) < size:
         try:
             chunk = os.read(fd, size - len(buffer))
         except BlockingIOError:
-            waited = await _readable(fd, first_timeout if not buffer else None)
-            if not waited:
-                return None
+            await _readable(fd, None)
             continue
         if not chunk:
             raise EOFError("response pipe closed")
@@ -170,9 +176,15 @@ async def _read_exactly(fd: int, size: int, first_timeout: float | None = None) 
 
 
 async def _readable(fd: int, timeout: float | None) -> bool:
+    """Wait until ``fd`` has data (True) or ``timeout`` passes (False), without a thread."""
     loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, on_readable)
     try:
         await asyncio.wait_for(ready, timeout)
         return True

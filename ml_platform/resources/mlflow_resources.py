@@ -40,8 +40,15 @@ def configure_mlflow(tracking_uri: str | None = None) -> str:
     if uri.startswith("sqlite:"):
         settings.ensure_local_dirs()
     mlflow.set_tracking_uri(uri)
-    registry_uri = settings.mlflow_registry_uri() if tracking_uri is None else tracking_uri
-    mlflow.set_registry_uri(registry_uri)
+    # Only an explicitly configured registry is set globally: mlflow.set_registry_uri also exports
+    # MLFLOW_REGISTRY_URI, which would pin every later store (and child process) to this one.
+    explicit_registry = os.environ.get("MLFLOW_REGISTRY_URI", "").strip() if tracking_uri is None else ""
+    if explicit_registry:
+        mlflow.set_registry_uri(explicit_registry)
+    else:
+        import mlflow.tracking._model_registry.utils as registry_utils
+
+        registry_utils._registry_uri = None  # fall back to the tracking URI
     return uri
 
 

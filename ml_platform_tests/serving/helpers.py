@@ -121,10 +121,8 @@ class ServingProcess:
             self.process.wait(10)
             return None
         finally:
-            try:  # whatever the main process left behind (workers, manager) goes too
+            with suppress(ProcessLookupError):  # whatever the main process left behind goes too
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def tail(self, lines: int = 60) -> str:
         try:
@@ -159,10 +157,20 @@ def mlflow_server(backend_uri: str, artifacts: Path, port: int, output: Path) ->
     with open(output, "ab") as out:
         return subprocess.Popen(
             [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", backend_uri,
-                "--default-artifact-root", artifacts.as_uri(),
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                backend_uri,
+                "--default-artifact-root",
+                artifacts.as_uri(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
             ],
             env=env,
             stdout=out,

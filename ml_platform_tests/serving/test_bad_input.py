@@ -49,8 +49,11 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
     ("null value", json.dumps({"features": [[5.1, None, 1.4, 0.2]]}).encode(), 422),
     ("NaN", b'{"features": [[5.1, NaN, 1.4, 0.2]]}', 422),
     ("Infinity", b'{"features": [[5.1, Infinity, 1.4, 0.2]]}', 422),
-    ("-Infinity", b'{"records": [{"sepal_length": -Infinity, "sepal_width": 1, "petal_length": 1, "petal_width": 1}]}',
-     422),
+    (
+        "-Infinity",
+        b'{"records": [{"sepal_length": -Infinity, "sepal_width": 1, "petal_length": 1, "petal_width": 1}]}',
+        422,
+    ),
     ("overflowing number", b'{"features": [[5.1, 1e400, 1.4, 0.2]]}', 422),
     ("string in record", json.dumps({"records": [{**RECORD, "sepal_width": "wide"}]}).encode(), 422),
     ("null record", json.dumps({"records": [None]}).encode(), 422),
@@ -99,7 +102,9 @@ def test_validation_errors_point_at_the_value(main_server: ServingProcess):
 )
 def test_wrong_or_missing_content_type(main_server: ServingProcess, content_type: str | None):
     headers = {"Content-Type": content_type} if content_type else {}
-    response = httpx.post(f"{main_server.url}/predict", content=json.dumps({"features": [ROW]}).encode(), headers=headers)
+    response = httpx.post(
+        f"{main_server.url}/predict", content=json.dumps({"features": [ROW]}).encode(), headers=headers
+    )
     assert "content-type" not in response.request.headers or content_type
     body = assert_json_error(response, 415)
     assert body["error"] == "unsupported media type"
@@ -137,15 +142,24 @@ def test_schemathesis_finds_no_server_errors(main_server: ServingProcess, tmp_pa
             str(Path(sys.executable).parent / "schemathesis"),
             "run",
             f"{main_server.url}/openapi.json",
-            "--checks", "not_a_server_error",
-            "--max-examples", "25",
-            "--phases", "examples,coverage,fuzzing",
-            "--seed", "20261126",
-            "--workers", "2",
-            "--request-timeout", "20",
-            "--suppress-health-check", "all",
-            "--report", "json",
-            "--report-json-path", str(report_path),
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--seed",
+            "20261126",
+            "--workers",
+            "2",
+            "--request-timeout",
+            "20",
+            "--suppress-health-check",
+            "all",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report_path),
         ],
         capture_output=True,
         text=True,

@@ -144,7 +144,9 @@ def test_metrics_expose_the_contract_names(main_server: ServingProcess, mlflow_s
     assert metric_sum(samples, "ml_serving_requests_total", endpoint="/predict", status="200", **common) >= 1
     assert metric_sum(samples, "ml_serving_requests_total", endpoint="/predict", status="422", **common) >= 1
     assert metric_sum(samples, "ml_serving_request_duration_seconds_count", endpoint="/predict", **common) >= 2
-    assert metric_sum(samples, "ml_serving_request_duration_seconds_bucket", endpoint="/predict", le="5.0", **common) >= 2
+    assert (
+        metric_sum(samples, "ml_serving_request_duration_seconds_bucket", endpoint="/predict", le="5.0", **common) >= 2
+    )
     assert metric_sum(samples, "ml_serving_predictions_total", predicted_class="setosa", **common) >= 1
     assert metric_sum(samples, "ml_serving_predictions_total", predicted_class="virginica", **common) >= 1
     info = {"model_name": MODEL_NAME, "runtime": "onnx", **common}

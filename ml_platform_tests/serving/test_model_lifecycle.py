@@ -115,10 +115,12 @@ def test_admin_reload_swaps_immediately(hotswap_server: ServingProcess, mlflow_s
     assert response.status_code == 200
     assert response.json() == {"changed": True, "previous_version": current, "version": target, "error": None}
     served = wait_until(
-        lambda: httpx.post(f"{hotswap_server.url}/predict", json={"features": [[5.0, 3.4, 1.5, 0.2]]}).json()[
-            "model_version"
-        ]
-        == target,
+        lambda: (
+            httpx.post(f"{hotswap_server.url}/predict", json={"features": [[5.0, 3.4, 1.5, 0.2]]}).json()[
+                "model_version"
+            ]
+            == target
+        ),
         10,
     )
     assert served

@@ -24,10 +24,29 @@ from ml_platform_tests.serving.helpers import (
 pytestmark = pytest.mark.slow
 
 PREDICTION_FIELDS = {
-    "event", "request_id", "row", "timestamp", "model_name", "model_version", "track",
-    "features", "prediction", "probabilities", "latency_ms",
+    "event",
+    "request_id",
+    "row",
+    "timestamp",
+    "model_name",
+    "model_version",
+    "track",
+    "features",
+    "prediction",
+    "probabilities",
+    "latency_ms",
 }
-FEEDBACK_FIELDS = {"event", "request_id", "row", "timestamp", "label", "prediction", "correct", "model_version", "track"}
+FEEDBACK_FIELDS = {
+    "event",
+    "request_id",
+    "row",
+    "timestamp",
+    "label",
+    "prediction",
+    "correct",
+    "model_version",
+    "track",
+}
 
 
 def iris_rows() -> list[list[float]]:
@@ -114,12 +133,17 @@ def test_feedback_log_rows_have_the_documented_fields(main_server: ServingProces
         json={"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
         headers={"X-Request-ID": request_id},
     )
-    assert httpx.post(f"{main_server.url}/feedback", json={"request_id": request_id, "labels": [0, 1]}).status_code == 200
+    assert (
+        httpx.post(f"{main_server.url}/feedback", json={"request_id": request_id, "labels": [0, 1]}).status_code == 200
+    )
 
     logged = wait_for_rows(main_server, "date=*/feedback-stable-*.jsonl", request_id, 2)
 
     assert [set(line) for line in logged] == [FEEDBACK_FIELDS] * 2
-    assert [(r["row"], r["label"], r["prediction"], r["correct"]) for r in logged] == [(0, 0, 0, True), (1, 1, 2, False)]
+    assert [(r["row"], r["label"], r["prediction"], r["correct"]) for r in logged] == [
+        (0, 0, 0, True),
+        (1, 1, 2, False),
+    ]
     assert {r["event"] for r in logged} == {"feedback"}
     assert {r["model_version"] for r in logged} == {mlflow_store.onnx_version}
     assert {r["track"] for r in logged} == {"stable"}
