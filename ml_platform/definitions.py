@@ -30,7 +30,14 @@ from ml_platform.sensors.incoming_data import incoming_data_sensor
 def build_defs() -> dg.Definitions:
     """Assemble assets, checks, jobs, sensors and resources (configured from the environment)."""
     return dg.Definitions(
-        assets=[raw_batch, training_dataset, candidate_model, reference_snapshot, *monitoring.ASSETS, *deployment.ASSETS],
+        assets=[
+            raw_batch,
+            training_dataset,
+            candidate_model,
+            reference_snapshot,
+            *monitoring.ASSETS,
+            *deployment.ASSETS,
+        ],
         asset_checks=[
             batch_passes_expectation_suite,
             meets_metric_thresholds,

@@ -200,18 +200,11 @@ class ModelAPI(ls.LitAPI):
         gc.freeze()  # modules and the loaded model are permanent: keep GC pauses short
 
     def decode_request(self, request: PredictPayload) -> PredictPayload:
+        """Payloads arrive validated and decoded (LitServe requires the hook and its ``request`` parameter)."""
         return request
 
-    def predict(self, x: list[PredictPayload]) -> list[WorkerResult]:
-        return self.run_batch(x)
-
-    def encode_response(self, output: WorkerResult) -> WorkerResult:
-        return output
-
-    # -- inference --------------------------------------------------------------------------
-
-    def run_batch(self, payloads: list[PredictPayload]) -> list[WorkerResult]:
-        """Answer each payload; one model call for the whole batch, per-request calls only on failure."""
+    def predict(self, payloads: list[PredictPayload]) -> list[WorkerResult]:
+        """Answer a batch: one model call for all its rows; per-request calls only if that call fails."""
         active = self.active  # one version for the whole batch, even if a swap lands meanwhile
         sizes = [len(p.rows) for p in payloads]
         started = time.perf_counter()
@@ -366,7 +359,7 @@ class ServingLoop(LitLoop):
             if not batch:
                 continue
             try:
-                results = lit_api.run_batch([payload for _, _, payload in batch])
+                results = lit_api.predict([payload for _, _, payload in batch])
             except Exception:  # a bug, not bad input: answer rather than leave clients hanging
                 log.exception("batch failed")
                 for response_queue_id, uid, _ in batch:
