@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of measured load per scenario")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first")
     parser.add_argument("--concurrency", type=int, default=32, help="connections for single-row requests")
-    parser.add_argument("--batch-concurrency", type=int, default=4, help="connections for 1,000-row requests")
+    parser.add_argument("--batch-concurrency", type=int, default=8, help="connections for 1,000-row requests")
     parser.add_argument("--workers", type=int, default=None, help="WORKERS for our service (default: its own)")
     parser.add_argument("--max-batch-size", type=int, default=None, help="MAX_BATCH_SIZE for our service")
     parser.add_argument("--batch-timeout", type=float, default=None, help="BATCH_TIMEOUT for our service")
@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     command = "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    load_before = os.getloadavg()[0]
     only = set(args.only.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     try:
@@ -376,9 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri, version = register_iris(workdir)
         import mlflow.artifacts
 
-        model_dir = mlflow.artifacts.download_artifacts(
-            f"models:/{MODEL_NAME}/{version}", dst_path=str(workdir / "model")
-        )
+        model_uri = f"models:/{MODEL_NAME}/{version}"
+        model_dir = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(workdir / "model"))
         env = {
             **os.environ,
             "MLFLOW_TRACKING_URI": tracking_uri,
@@ -386,92 +386,48 @@ def main(argv: list[str] | None = None) -> int:
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
             "ML_PLATFORM_HOME": str(workdir / "home"),
         }
-        single_body = json.dumps({"features": [ROW]}).encode()
-        batch_body = json.dumps({"features": [ROW] * BATCH_ROWS}).encode()
+        ours_env = {**env, "PREDICTION_LOG_DIR": str(workdir / "predictions"), "LOG_LEVEL": "warning"}
+        for value, name in (
+            (args.workers, "WORKERS"),
+            (args.max_batch_size, "MAX_BATCH_SIZE"),
+            (args.batch_timeout, "BATCH_TIMEOUT"),
+        ):
+            if value is not None:
+                ours_env[name] = str(value)
+
+        def features(n: int) -> bytes:
+            return json.dumps({"features": [ROW] * n}).encode()
+
+        def dataframe_split(n: int) -> bytes:
+            columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+            return json.dumps({"dataframe_split": {"columns": columns, "data": [ROW] * n}}).encode()
+
+        port = free_port()
+        candidates = [  # key, name, command, environment, health path, predict path, body builder
+            ("fastapi", "FastAPI + uvicorn, sklearn (baseline)",
+             [sys.executable, __file__, "--baseline-server", "--model-dir", model_dir, "--port", str(port)],
+             env, "/health", "/predict", features),
+            ("mlflow", "mlflow models serve",
+             [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+              "--host", "127.0.0.1", "--port", str(port)],
+             env, "/ping", "/invocations", dataframe_split),
+            ("ours", "ml_platform serving (LitServe, ONNX)",
+             [sys.executable, "-m", "serving", "--model-uri", model_uri, "--port", str(port)],
+             ours_env, "/health", "/predict", features),
+        ]  # fmt: skip
         rows: list[Row] = []
-
-        if "fastapi" in only:
-            port = free_port()
-            cmd = [sys.executable, __file__, "--baseline-server", "--model-dir", model_dir, "--port", str(port)]
-            with server(cmd, env, f"http://127.0.0.1:{port}/health", workdir / "fastapi.log"):
-                rows.append(
-                    measure(
-                        "FastAPI + uvicorn, sklearn (baseline)",
-                        f"http://127.0.0.1:{port}/predict",
-                        single_body,
-                        batch_body,
-                        args,
-                    )
-                )
-
-        if "mlflow" in only:
-            port = free_port()
-            cmd = [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "models",
-                "serve",
-                "-m",
-                f"models:/{MODEL_NAME}/{version}",
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ]
-            def split(n):
-                return json.dumps(
-                            {
-                                "dataframe_split": {
-                                    "columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
-                                    "data": [ROW] * n,
-                                }
-                            }
-                        ).encode()
-            with server(cmd, env, f"http://127.0.0.1:{port}/ping", workdir / "mlflow.log"):
-                rows.append(
-                    measure(
-                        "mlflow models serve", f"http://127.0.0.1:{port}/invocations", split(1), split(BATCH_ROWS), args
-                    )
-                )
-
-        if "ours" in only:
-            port = free_port()
-            ours_env = {**env, "PREDICTION_LOG_DIR": str(workdir / "predictions"), "LOG_LEVEL": "warning"}
-            for flag, name in (
-                (args.workers, "WORKERS"),
-                (args.max_batch_size, "MAX_BATCH_SIZE"),
-                (args.batch_timeout, "BATCH_TIMEOUT"),
-            ):
-                if flag is not None:
-                    ours_env[name] = str(flag)
-            cmd = [
-                sys.executable,
-                "-m",
-                "serving",
-                "--model-uri",
-                f"models:/{MODEL_NAME}/{version}",
-                "--port",
-                str(port),
-            ]
-            with server(cmd, ours_env, f"http://127.0.0.1:{port}/health", workdir / "ours.log"):
-                rows.append(
-                    measure(
-                        "ml_platform serving (LitServe, ONNX)",
-                        f"http://127.0.0.1:{port}/predict",
-                        single_body,
-                        batch_body,
-                        args,
-                    )
-                )
+        for key, name, cmd, server_env, health, path, body in candidates:
+            if key not in only:
+                continue
+            base = f"http://127.0.0.1:{port}"
+            with server(cmd, server_env, base + health, workdir / f"{key}.log"):
+                rows.append(measure(name, base + path, body(1), body(BATCH_ROWS), args))
 
         print("measuring in-process predict ...", file=sys.stderr)
         ceiling = in_process_ceiling(model_dir, min(args.duration, 5.0))
         print(
             f"\n{report(rows, ceiling, args)}\n\nCommand: `{command.strip()}` on {os.cpu_count()} CPUs "
-            f"(load average before: {os.getloadavg()[0]:.1f})"
+            f"(load average before: {load_before:.1f})"
         )
         return 0
     finally:

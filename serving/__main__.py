@@ -3,7 +3,8 @@
 Order matters: the metric directory is set up (``PROMETHEUS_MULTIPROC_DIR``)
 before prometheus_client, LitServe or MLflow are imported, and the model is
 resolved and downloaded before any worker is spawned, so workers start from
-local files and never need the registry.
+local files and never need the registry. The server's runtime folder is
+``$ML_PLATFORM_HOME/serving/run-<track>-<random>/`` (see :mod:`serving.state`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ml_platform.settings import mlflow_tracking_uri, platform_paths
 from serving.config import ConfigError, ServingConfig, load_config
-from serving.state import RuntimeLayout, prepare_multiproc_dir
+from serving.registry import (
+    ModelResolutionError,
+    RegistryClient,
+    configure_mlflow_client_env,
+    load_bundle_spec,
+    load_input_example,
+    parse_model_uri,
+)
+from serving.state import RuntimeLayout, prepare_multiproc_dir, publish_desired_model
 
 log = logging.getLogger("serving")
 
@@ -39,20 +49,12 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
-    from ml_platform.settings import mlflow_tracking_uri, platform_paths
+    # imported here: they load prometheus_client, which must see PROMETHEUS_MULTIPROC_DIR first
     from serving.api import ModelAPI
     from serving.refresher import ModelRefresher
-    from serving.registry import (
-        ModelResolutionError,
-        RegistryClient,
-        load_bundle_spec,
-        load_input_example,
-        parse_model_uri,
-    )
     from serving.schema import RequestSchema
     from serving.server import ServingServer
     from serving.service import ServingContext
-    from serving.state import publish_desired_model
 
     registry = RegistryClient(mlflow_tracking_uri(), layout.models_dir)
     try:
@@ -69,7 +71,6 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
     refresher = ModelRefresher(ref, registry, layout, schema, bundle, config.model_auto_refresh_seconds)
     refresher.server_version = refresher.probe_server_version()
     context = ServingContext(config, layout, schema, refresher, Path(log_dir))
-    refresher.on_reachability = context.on_reachability
     api = ModelAPI(
         runtime_root=str(layout.root),
         track=config.track,
@@ -101,10 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["ML_PLATFORM_HOME"] = str(config.platform_home)
     if config.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = config.tracking_uri
-    from serving.registry import configure_mlflow_client_env
-
     configure_mlflow_client_env()
-    layout = RuntimeLayout(Path(tempfile.mkdtemp(prefix=f"ml-serving-{config.track}-"))).create()
+    # Per-server state (desired-version marker, worker status, downloaded models, default metric files) lives
+    # under the platform home, the one folder the platform writes to (writable on Kubernetes too); removed at exit.
+    runs = platform_paths().home / "serving"
+    runs.mkdir(parents=True, exist_ok=True)
+    layout = RuntimeLayout(Path(tempfile.mkdtemp(prefix=f"run-{config.track}-", dir=runs))).create()
     prepare_multiproc_dir(config.prometheus_multiproc_dir or layout.default_prometheus_dir)
     try:
         return _serve(config, layout)

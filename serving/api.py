@@ -7,11 +7,11 @@ answers each request with its finished JSON body plus the predicted class
 indices (which the API process needs for feedback and metrics), and queues one
 prediction-log line per row to its own log file.
 
-Hot swap: before each batch (and once a second when idle) the worker stats the
-desired-model marker. When it names another version the worker loads it in a
-background thread while it keeps serving the old one, then swaps the reference
-between two batches: a request is answered entirely by one version and none
-fails because of the swap.
+Hot swap: between batches (and at least once a second when idle) the worker
+checks the desired-model marker (a ``stat``, at most every 0.1 s). When it
+names another version the worker loads it in a background thread while it
+keeps serving the old one, then swaps the reference between two batches: a
+request is answered entirely by one version and none fails because of the swap.
 
 Nothing here imports MLflow unless a version has no verified ONNX graph.
 """
@@ -36,7 +36,9 @@ from litserve.loops.base import LitLoop
 from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException
 from starlette.exceptions import HTTPException
 
+from ml_platform.ml.training import class_label
 from serving.encoding import dumps, json_key, matrix_objects
+from serving.errors import error_body
 from serving.predlog import JsonlWriter, PredictionLogFormat
 from serving.registry import ModelBundle, load_bundle_spec
 from serving.runtime import ModelRuntime, Prediction, load_runtime
@@ -84,9 +86,7 @@ class ActiveModel:
     def __post_init__(self) -> None:
         spec = self.runtime.spec
         classes = list(spec.target.classes)
-        self.label_names = [
-            spec.target.labels[i] if i < len(spec.target.labels) else str(c) for i, c in enumerate(classes)
-        ]
+        self.label_names = [class_label(spec, c) for c in classes]
         self.log_format = PredictionLogFormat(spec.feature_names, classes)
         self.prediction_json = [dumps(c) for c in classes]
         self.label_json = [json_key(label) for label in self.label_names]
@@ -142,10 +142,6 @@ def _concat(rows: list[np.ndarray | list[tuple[Any, ...]]]) -> np.ndarray | list
 def _slice(prediction: Prediction, start: int, stop: int) -> Prediction:
     probs = prediction.probabilities
     return Prediction(prediction.class_index[start:stop], None if probs is None else probs[start:stop])
-
-
-def _error_body(error: str, detail: Any) -> bytes:
-    return dumps({"error": error, "detail": detail})
 
 
 class ModelAPI(ls.LitAPI):
@@ -236,7 +232,7 @@ class ModelAPI(ls.LitAPI):
                 log.warning("model rejected request %s: %s", payload.request_id, prediction)
                 detail = f"{type(prediction).__name__}: {prediction}"[:500]
                 results.append(
-                    WorkerResult(422, _error_body("the model rejected the input", detail), None, version, kind)
+                    WorkerResult(422, error_body("the model rejected the input", detail), None, version, kind)
                 )
                 continue
             self._metrics.INFERENCE_ROWS.labels(version, self.track, kind).inc(len(prediction.class_index))

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving.registry import ModelResolutionError, parse_model_uri
+
 ALLOWED_HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe accepts
 TRACK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 RUNTIMES = ("auto", "sklearn")
@@ -33,7 +35,7 @@ class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     track: str = "stable"
-    workers: int = 1
+    workers: int = 2
     max_batch_size: int = 32
     batch_timeout: float = 0.0
     max_batch_rows: int = 10_000
@@ -99,9 +101,10 @@ def _track(raw: str) -> str:
 
 
 def _model_uri(raw: str) -> str:
-    if not raw.startswith("models:/"):
-        raise ValueError("must look like models:/<name>@<alias> or models:/<name>/<version>")
-    return raw
+    try:
+        return parse_model_uri(raw).uri
+    except ModelResolutionError:
+        raise ValueError("must look like models:/<name>@<alias> or models:/<name>/<version>") from None
 
 
 def _runtime(raw: str) -> str:
@@ -122,7 +125,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("host", "HOST", _host, "interface to bind (0.0.0.0 in the container image)", "127.0.0.1"),
     _Option("port", "PORT", _port, "TCP port", 8000),
     _Option("track", "TRACK", _track, "deployment track label, e.g. stable or canary", "stable"),
-    _Option("workers", "WORKERS", _positive_int, "inference worker processes", 1),
+    _Option("workers", "WORKERS", _positive_int, "inference worker processes", 2),
     _Option("max_batch_size", "MAX_BATCH_SIZE", _positive_int, "requests merged into one model call", 32),
     _Option("batch_timeout", "BATCH_TIMEOUT", _non_negative_float, "seconds a worker waits to fill a batch", 0.0),
     _Option("max_batch_rows", "MAX_BATCH_ROWS", _positive_int, "rows allowed in one /predict request", 10_000),

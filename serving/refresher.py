@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,6 @@ class ModelRefresher:
         schema: RequestSchema,
         bundle: ModelBundle,
         interval: float,
-        on_reachability: Any = None,
     ) -> None:
         self.ref = ref
         self.registry = registry
@@ -70,7 +70,7 @@ class ModelRefresher:
         self.last_refresh_at: float | None = None
         self.last_refresh_error: str | None = None
         self.failures = 0
-        self.on_reachability = on_reachability
+        self.on_reachability: Callable[[bool], None] | None = None  # set by the serving context
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -192,11 +192,14 @@ class RegistryClient:
         return self._bundle(ref.name, version, target, getattr(model_version, "tags", None) or {}, model_version)
 
     def _download(self, name: str, version: str, target: Path) -> None:
+        import mlflow
         import mlflow.artifacts
 
         staging = target.parent / f".{version}.{uuid.uuid4().hex[:8]}.partial"
         staging.mkdir(parents=True, exist_ok=True)
         try:
+            # models:/ URIs resolve through the *registry* URI; this process talks to one store.
+            mlflow.set_registry_uri(self.tracking_uri)
             mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{name}/{version}", dst_path=str(staging), tracking_uri=self.tracking_uri
             )

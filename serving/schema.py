@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import AllowInfNan, ConfigDict, Field, Strict, TypeAdapter, ValidationError, WithJsonSchema
 from typing_extensions import TypedDict
 
+from ml_platform.ml.training import class_label
 from ml_platform.spec import DatasetSpec, FeatureSpec
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
@@ -100,9 +101,7 @@ class RequestSchema:
         self.feature_names = spec.feature_names
         self.numeric_only = not spec.categorical_features
         self.class_values = list(spec.target.classes)
-        self.class_labels = [
-            spec.target.labels[i] if i < len(spec.target.labels) else str(c) for i, c in enumerate(self.class_values)
-        ]
+        self.class_labels = [class_label(spec, c) for c in self.class_values]
         types = [_feature_type(f) for f in spec.features]
         row: Any = tuple.__class_getitem__(tuple(types))
         record = _strict_object("Record", dict(zip(self.feature_names, types, strict=True)))

@@ -8,7 +8,7 @@ bookkeeping that needs to see every worker's answers lives here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ class ServingContext:
         self.layout = layout
         self.schema = schema
         self.refresher = refresher
+        refresher.on_reachability = self.on_reachability
         self.cache = PredictionCache(config.feedback_cache_size)
         self.accuracy = LiveAccuracy()
         self.feedback_log = JsonlWriter(
@@ -74,11 +75,11 @@ class ServingContext:
     def record_prediction(self, request_id: str, model_version: str, class_index: np.ndarray) -> None:
         """Remember a prediction for feedback and count its classes."""
         self.cache.put(request_id, model_version, class_index)
-        counts = np.bincount(class_index, minlength=len(self._class_labels)) if len(class_index) > 1 else None
-        if counts is None:
-            metrics.PREDICTIONS.labels(self._class_labels[int(class_index[0])], model_version, self.track).inc()
-            return
-        for index, count in enumerate(counts.tolist()):
+        if len(class_index) == 1:  # the common case, without numpy
+            counts: Iterable[tuple[int, int]] = [(int(class_index[0]), 1)]
+        else:
+            counts = enumerate(np.bincount(class_index, minlength=len(self._class_labels)).tolist())
+        for index, count in counts:
             if count:
                 metrics.PREDICTIONS.labels(self._class_labels[index], model_version, self.track).inc(count)
 

@@ -4,7 +4,7 @@ One folder per running server (the *runtime dir*) holds:
 
 - ``desired_model.json``: the version every worker should serve. Only the API
   side writes it (start-up, refresher, admin reload), atomically via rename.
-  Workers ``stat`` it once per batch (about a microsecond) and hot-swap when
+  Workers ``stat`` it between batches (at most every 0.1 s) and hot-swap when
   its inode changes.
 - ``workers/<id>.json``: what each worker has loaded, so ``/health`` can tell
   "all workers on the desired version" from "swap in progress" or "load failed".

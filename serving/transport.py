@@ -26,11 +26,13 @@ side assumes a single API server process, which is how the server runs.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import pickle
 import struct
 import time
 from collections import deque
+from contextlib import suppress
 from multiprocessing.context import BaseContext
 from queue import Empty
 from typing import Any
@@ -38,13 +40,22 @@ from typing import Any
 from litserve.transport.base import MessageTransport
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+PIPE_BYTES = 1 << 20  # a 1,000-row request or response fits whole (Linux default is 64 KiB)
+
+
+def _pipe(ctx: BaseContext) -> tuple[Any, Any]:
+    """A one-way pipe, enlarged where the OS allows, so big messages move in one write and one read."""
+    reader, writer = ctx.Pipe(duplex=False)
+    with suppress(OSError, AttributeError):  # not Linux, or above /proc/sys/fs/pipe-max-size
+        fcntl.fcntl(writer.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return reader, writer
 
 
 class RequestChannel:
     """API process -> workers. Quacks like the queue LitServe expects (``put``, ``get``, ``get_nowait``)."""
 
     def __init__(self, ctx: BaseContext) -> None:
-        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._reader, self._writer = _pipe(ctx)
         self._read_lock = ctx.Lock()
         self._pending = bytearray()
         self._fd: int | None = None
@@ -109,7 +120,7 @@ class PipeTransport(MessageTransport):
     """Workers -> API process responses over pipes (one per API server)."""
 
     def __init__(self, consumers: int, ctx: BaseContext) -> None:
-        self._channels = [(*ctx.Pipe(duplex=False), ctx.Lock()) for _ in range(consumers)]
+        self._channels = [(*_pipe(ctx), ctx.Lock()) for _ in range(consumers)]
         self._backlog: deque[Any] = deque()
         self._nonblocking: set[int] = set()
         self._closed = False

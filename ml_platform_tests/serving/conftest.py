@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ml_platform_tests.conftest import reset_mlflow_globals
 from ml_platform_tests.serving.helpers import MODEL_NAME, MlflowStore, ServingProcess, running
 
 ADMIN_TOKEN = "test-admin-token-3f1c"
@@ -36,7 +37,7 @@ def _register_without_onnx(version: str, root: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowStore]:
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> MlflowStore:
     """Iris forests registered in a sqlite store: v1 ONNX, v2 another ONNX forest, v3 = v1 without ONNX."""
     import mlflow
     import pandas as pd
@@ -47,11 +48,9 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSto
 
     root = tmp_path_factory.mktemp("mlflow")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        mlflow.create_experiment("serving-tests", artifact_location=(root / "artifacts").as_uri())
-        mlflow.set_experiment("serving-tests")
+        experiment_id = mlflow.create_experiment("serving-tests", artifact_location=(root / "artifacts").as_uri())
         spec = load_spec("iris")
         frame = pd.read_csv(spec.bootstrap_path())
         split = split_dataset(frame, spec)
@@ -60,7 +59,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSto
         other = fit_model(split, replace(spec, model=replace(spec.model, params=small)))
         versions = []
         for fitted in (model, other):
-            with mlflow.start_run() as run:
+            with mlflow.start_run(experiment_id=experiment_id) as run:
                 registered, export = log_and_register_model(
                     fitted,
                     spec,
@@ -73,9 +72,9 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSto
             assert export.verified, export.reason
             versions.append(registered.version)
         versions.append(_register_without_onnx(versions[0], root))
-        yield MlflowStore(root, tracking_uri, *versions)
     finally:
-        mlflow.set_tracking_uri(previous_uri)
+        reset_mlflow_globals()  # everything below names this store explicitly; other tests must not see it
+    return MlflowStore(root, tracking_uri, *versions)
 
 
 def _set_alias(store: MlflowStore, alias: str, version: str) -> None:
@@ -112,7 +111,12 @@ def fleet(mlflow_store: MlflowStore, tmp_path_factory: pytest.TempPathFactory) -
         "fallback": ServingProcess(
             "fallback",
             base / "fallback",
-            {**common, "MODEL_URI": f"models:/{MODEL_NAME}/{mlflow_store.sklearn_version}", "TRACK": "canary"},
+            {
+                **common,
+                "MODEL_URI": f"models:/{MODEL_NAME}/{mlflow_store.sklearn_version}",
+                "TRACK": "canary",
+                "WORKERS": "1",
+            },
         ),
         "hotswap": ServingProcess(
             "hotswap",

@@ -150,8 +150,8 @@ def test_schemathesis_finds_no_server_errors(main_server: ServingProcess, tmp_pa
             "examples,coverage,fuzzing",
             "--seed",
             "20261126",
-            "--workers",
-            "2",
+            "--workers",  # one: hypothesis in several threads trips a CPython 3.11 ast.parse bug
+            "1",
             "--request-timeout",
             "20",
             "--suppress-health-check",
@@ -164,6 +164,7 @@ def test_schemathesis_finds_no_server_errors(main_server: ServingProcess, tmp_pa
         capture_output=True,
         text=True,
         timeout=180,
+        cwd=tmp_path,  # schemathesis keeps a cache in its working directory
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     report = json.loads(report_path.read_text())

@@ -180,6 +180,7 @@ def remote_server(
             "MLFLOW_TRACKING_URI": tracking_server["url"],
             "MODEL_URI": f"models:/{MODEL_NAME}@remote",
             "MODEL_AUTO_REFRESH_SECONDS": "1",
+            "WORKERS": "1",
         },
     )
     with running(server):

@@ -1,0 +1,177 @@
+"""In-process checks of the serving building blocks (no server processes; they run in about a second)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import threading
+from dataclasses import replace
+from pathlib import Path
+from queue import Empty
+
+import numpy as np
+import pytest
+
+from ml_platform.spec import FeatureSpec, load_spec
+from serving.config import ConfigError, load_config
+from serving.feedback import PredictionCache
+from serving.predlog import JsonlWriter, PredictionLogFormat
+from serving.refresher import ModelRefresher
+from serving.registry import ModelBundle, ModelResolutionError, RegistryClient, parse_model_uri, redact_uri
+from serving.schema import RequestError, RequestSchema
+from serving.service import ServingContext
+from serving.state import RuntimeLayout, write_worker_status
+from serving.transport import PipeTransport, RequestChannel
+
+
+def test_flags_win_over_environment_which_wins_over_defaults():
+    env = {"MODEL_URI": "models:/m@champion", "PORT": "9001", "WORKERS": "3", "ADMIN_API_TOKEN": " s3cret "}
+    config = load_config(["--port", "9002"], env)
+
+    assert (config.model_uri, config.port, config.workers, config.host) == ("models:/m@champion", 9002, 3, "127.0.0.1")
+    assert config.admin_api_token == "s3cret"
+    assert "s3cret" not in repr(config)
+    with pytest.raises(ConfigError, match="BATCH_TIMEOUT"):
+        load_config([], {**env, "BATCH_TIMEOUT": "-1"})
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:////tmp/a/mlflow.db", "sqlite:////tmp/a/mlflow.db"),
+        ("http://user:pw@mlflow:5000", "http://user:***@mlflow:5000"),
+        ("https://token@mlflow.example.com/x?api_key=k&x=1", "https://***@mlflow.example.com/x?api_key=***&x=1"),
+        ("postgresql://ml:pw@db/mlflow", "postgresql://ml:***@db/mlflow"),
+    ],
+)
+def test_tracking_uris_are_redacted(uri: str, expected: str):
+    assert redact_uri(uri) == expected
+
+
+def test_model_uris():
+    assert parse_model_uri("models:/iris-random-forest@champion").alias == "champion"
+    assert parse_model_uri("models:/iris-random-forest/12").version == "12"
+    for bad in ("models:/x", "models:/x/latest", "runs:/abc/model"):
+        with pytest.raises(ModelResolutionError):
+            parse_model_uri(bad)
+        with pytest.raises(ConfigError, match="MODEL_URI"):
+            load_config([], {"MODEL_URI": bad})
+
+
+def test_prediction_cache_is_bounded_by_requests_and_rows():
+    cache = PredictionCache(max_requests=3, max_rows=10)
+    for i in range(4):
+        cache.put(f"r{i}", "1", np.zeros(2, dtype=np.uint16))
+    assert cache.get("r0") is None and len(cache) == 3
+
+    cache.put("big", "1", np.zeros(9, dtype=np.uint16))  # 9 + 2 + 2 rows > 10: oldest go
+    assert [cache.get(k) is not None for k in ("r1", "r2", "r3", "big")] == [False, False, False, True]
+
+
+def test_schema_from_a_spec_with_int_and_category_features():
+    spec = load_spec("iris")
+    features = (*spec.features[:2], FeatureSpec("n", "int"), FeatureSpec("c", "category", categories=("a", "b")))
+    schema = RequestSchema(replace(spec, features=features), max_rows=5)
+
+    rows = schema.parse_predict(b'{"records": [{"sepal_length": 1, "sepal_width": 2.5, "n": 3, "c": "b"}]}')
+    assert rows == [(1.0, 2.5, 3.0, "b")]
+    for body in (
+        b'{"features": [[1, 2, 3.5, "a"]]}',
+        b'{"features": [[1, 2, 3, "z"]]}',
+        b'{"features": [[1, 2, 3, 4]]}',
+    ):
+        with pytest.raises(RequestError) as info:
+            schema.parse_predict(body)
+        assert info.value.status == 422
+
+
+def test_backoff_grows_exponentially_and_is_capped(tmp_path: Path):
+    refresher = _refresher(tmp_path, interval=60)
+    delays = []
+    for failures in range(9):
+        refresher.failures = failures
+        delays.append(refresher.next_delay())
+    assert delays == [60, 1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_health_is_unavailable_until_workers_are_ready_then_degraded_when_the_registry_is_down(tmp_path: Path):
+    refresher = _refresher(tmp_path, interval=0)
+    config = load_config([], {"MODEL_URI": "models:/m@a"})
+    context = ServingContext(config, refresher.layout, refresher.schema, refresher, tmp_path)
+
+    status, body = context.health()
+    assert (status, body["status"]) == (503, "unavailable")
+
+    context.workers_ready = lambda: True
+    write_worker_status(refresher.layout, 0, {"model_version": "1", "runtime": "onnx", "loaded_at": 0, "error": None})
+    status, body = context.health()
+    assert (status, body["status"], body["problems"]) == (200, "ok", [])
+
+    refresher.reachable = False
+    status, body = context.health()
+    assert (status, body["status"]) == (200, "degraded")
+    assert body["mlflow"]["reachable"] is False
+
+
+def test_request_channel_and_pipe_transport_carry_large_messages_and_batches():
+    ctx = mp.get_context("spawn")
+    requests, responses = RequestChannel(ctx), PipeTransport(1, ctx)
+    big = {"rows": np.arange(200_000, dtype=np.float64)}  # 1.6 MB: many times the pipe buffer
+
+    async def api_side() -> list:
+        requests.put(("q", 1, big))
+        requests.put(("q", 2, "small"))
+        received = [await responses.areceive(0) for _ in range(3)]
+        assert await responses.areceive(0, timeout=0.05) is None  # nothing more: times out quietly
+        return received
+
+    def worker_side() -> None:
+        first, second = requests.get(timeout=10), requests.get(timeout=10)
+        responses.send(first, 0)
+        responses.send_many([second, "third"], 0)
+
+    worker = threading.Thread(target=worker_side)
+    worker.start()
+    first, second, third = asyncio.run(api_side())
+    worker.join(10)
+
+    assert first[:2] == ("q", 1) and np.array_equal(first[2]["rows"], big["rows"])
+    assert second == ("q", 2, "small") and third == "third"
+    with pytest.raises(Empty):
+        requests.get_nowait()
+
+
+def test_log_writer_renders_one_line_per_row_and_flushes_on_close(tmp_path: Path):
+    writer = JsonlWriter(tmp_path, "predictions", "stable", flush_interval=60).start()
+    log_format = PredictionLogFormat(["a", "b"], [0, 1])
+    writer.submit(
+        lambda: log_format.render(
+            request_id="r",
+            received_at=0.0,
+            latency_ms=1.5,
+            model_name="m",
+            model_version="1",
+            track="stable",
+            rows=np.array([[1.0, 2.5], [3.0, 4.0]]),
+            class_index=np.array([1, 0], dtype=np.uint16),
+            probability_objects=None,
+        )
+    )
+    writer.close()
+
+    (path,) = (tmp_path / "date=1970-01-01").glob("predictions-stable-*.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["row"], r["features"], r["prediction"], r["probabilities"]) for r in lines] == [
+        (0, {"a": 1.0, "b": 2.5}, 1, None),
+        (1, {"a": 3.0, "b": 4.0}, 0, None),
+    ]
+    assert lines[0]["timestamp"] == "1970-01-01T00:00:00.000000Z"
+
+
+def _refresher(tmp_path: Path, interval: float) -> ModelRefresher:
+    spec = load_spec("iris")
+    layout = RuntimeLayout(tmp_path / "run").create()
+    bundle = ModelBundle("m", "1", str(tmp_path), onnx_verified=True)
+    registry = RegistryClient("sqlite:///" + str(tmp_path / "none.db"), layout.models_dir)
+    return ModelRefresher(parse_model_uri("models:/m@a"), registry, layout, RequestSchema(spec, 10), bundle, interval)
