@@ -199,6 +199,7 @@ class RegistryClient:
         staging.mkdir(parents=True, exist_ok=True)
         try:
             # models:/ URIs resolve through the *registry* URI; this process talks to one store.
+            mlflow.set_tracking_uri(self.tracking_uri)
             mlflow.set_registry_uri(self.tracking_uri)
             mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{name}/{version}", dst_path=str(staging), tracking_uri=self.tracking_uri
