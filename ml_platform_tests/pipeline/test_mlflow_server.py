@@ -2,16 +2,15 @@
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import httpx
 import pytest
 
 from ml_platform_tests.conftest import free_port
 from ml_platform_tests.pipeline.helpers import check_outcomes, registry_client, run_training
+from ml_platform_tests.serving.helpers import wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +31,10 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300  # slow to start on a loaded 2-core machine
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not become healthy")
+        try:
+            wait_http(f"{url}/health", timeout=300, process=process)  # slow to start on a loaded 2-core machine
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}\n{(tmp_path / 'mlflow-server.log').read_text()[-2000:]}")
         yield url
     finally:
         process.terminate()
