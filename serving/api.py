@@ -5,7 +5,7 @@ LitServe spawns ``WORKERS`` processes, each running :class:`ServingLoop` over
 process, merges concurrent requests into one model call (dynamic batching),
 answers each request with its finished JSON body plus the predicted class
 indices (which the API process needs for feedback and metrics), and queues one
-prediction-log line per row to its own log file.
+prediction-log line per request to its own log file.
 
 Hot swap: between batches (and at least once a second when idle) the worker
 checks the desired-model marker (a ``stat``, at most every 0.1 s). When it
@@ -87,7 +87,7 @@ class ActiveModel:
         spec = self.runtime.spec
         classes = list(spec.target.classes)
         self.label_names = [class_label(spec, c) for c in classes]
-        self.log_format = PredictionLogFormat(spec.feature_names, classes)
+        self.log_format = PredictionLogFormat(spec.feature_names, classes, self.label_names)
         self.prediction_json = [dumps(c) for c in classes]
         self.label_json = [json_key(label) for label in self.label_names]
         self.header = (
@@ -250,7 +250,7 @@ class ModelAPI(ls.LitAPI):
                     track=self.track,
                     rows=payload.rows,
                     class_index=prediction.class_index,
-                    probability_objects=probability_objects,
+                    probabilities=prediction.probabilities,
                 )
             )
         return results

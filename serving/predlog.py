@@ -1,4 +1,4 @@
-"""The prediction log: JSON Lines, one object per row, date-partitioned, written off the request path.
+"""The prediction log: JSON Lines, one object per request, date-partitioned, written off the request path.
 
 Layout (documented in docs/serving.md; the drift and canary code reads it)::
 
@@ -25,8 +25,6 @@ from typing import IO, Any
 
 import numpy as np
 import orjson
-
-from serving.encoding import matrix_objects
 
 log = logging.getLogger(__name__)
 
@@ -128,22 +126,41 @@ class JsonlWriter:
             self._files.clear()
 
 
-def _literal(value: Any) -> bytes:
-    """A JSON literal safe to embed in a ``%`` template."""
-    return orjson.dumps(value).replace(b"%", b"%%")
-
-
 class PredictionLogFormat:
-    """Renders one prediction request as JSON lines (one per row), fast for numeric specs."""
+    """Renders one ``/predict`` request as one JSON line, its rows as columns.
 
-    def __init__(self, feature_names: Sequence[str], class_values: Sequence[Any]) -> None:
+    One line per request, not per row: per row, the request's id, time, model
+    and track would be repeated for every row, and a 1,000-row request would
+    cost 1,000 formatted lines (about 1.5 ms of worker CPU and 330 kB) instead
+    of one ``orjson`` call over numpy columns (about 0.25 ms and 33 kB).
+    Readers explode the columns back into rows (see
+    :mod:`ml_platform.monitoring.logs`).
+    """
+
+    def __init__(self, feature_names: Sequence[str], class_values: Sequence[Any], class_labels: Sequence[str]) -> None:
         self.feature_names = list(feature_names)
-        self._prediction_json = [orjson.dumps(v) for v in class_values]
+        self.class_labels = list(class_labels)
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in class_values)
+        self._classes: np.ndarray | None = np.asarray(class_values) if numeric else None
+        self._class_values = list(class_values)
 
-    def _features(self, rows: np.ndarray | list[tuple[Any, ...]]) -> list[bytes]:
+    def _predictions(self, class_index: np.ndarray) -> np.ndarray | list[Any]:
+        if self._classes is not None:
+            return self._classes[class_index]
+        return [self._class_values[i] for i in class_index.tolist()]
+
+    def _features(self, rows: np.ndarray | list[tuple[Any, ...]]) -> dict[str, Any]:
         if isinstance(rows, np.ndarray):
-            return matrix_objects(self.feature_names, rows)
-        return [orjson.dumps(dict(zip(self.feature_names, row, strict=True))) for row in rows]
+            columns: Any = np.ascontiguousarray(rows.T)
+        else:
+            columns = list(zip(*rows, strict=True)) if rows else [() for _ in self.feature_names]
+        return dict(zip(self.feature_names, columns, strict=True))
+
+    def _probabilities(self, probabilities: np.ndarray | None) -> dict[str, np.ndarray] | None:
+        if probabilities is None:
+            return None
+        columns = np.ascontiguousarray(probabilities.T, dtype=np.float64)
+        return dict(zip(self.class_labels, columns, strict=True))
 
     def render(
         self,
@@ -156,30 +173,24 @@ class PredictionLogFormat:
         track: str,
         rows: np.ndarray | list[tuple[Any, ...]],
         class_index: np.ndarray,
-        probability_objects: list[bytes] | None,
+        probabilities: np.ndarray | None,
     ) -> tuple[str, bytes]:
-        """``(day, lines)``; ``probability_objects`` are the rows' ``{"<label>": p}`` JSON (None: no probabilities)."""
+        """``(day, line)`` for one request; ``probabilities`` is the (rows, classes) matrix or None."""
         day, stamp = utc_timestamp(received_at)
-        template = (
-            b'{"event":"prediction","request_id":'
-            + _literal(request_id)
-            + b',"row":%d,"timestamp":'
-            + _literal(stamp)
-            + b',"model_name":'
-            + _literal(model_name)
-            + b',"model_version":'
-            + _literal(model_version)
-            + b',"track":'
-            + _literal(track)
-            + b',"features":%s,"prediction":%s,"probabilities":%s,"latency_ms":'
-            + _literal(round(latency_ms, 3))
-            + b"}\n"
-        )
-        features = self._features(rows)
-        predictions = [self._prediction_json[i] for i in class_index.tolist()]
-        probabilities = probability_objects or [b"null"] * len(predictions)
-        lines = [template % (i, features[i], predictions[i], probabilities[i]) for i in range(len(predictions))]
-        return day, b"".join(lines)
+        record = {
+            "event": "prediction",
+            "request_id": request_id,
+            "timestamp": stamp,
+            "model_name": model_name,
+            "model_version": model_version,
+            "track": track,
+            "rows": len(class_index),
+            "features": self._features(rows),
+            "predictions": self._predictions(class_index),
+            "probabilities": self._probabilities(probabilities),
+            "latency_ms": round(latency_ms, 3),
+        }
+        return day, orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
 
 
 def render_feedback(

@@ -151,7 +151,7 @@ def write_prediction_log(
 ) -> dict[str, Any]:
     """Score :func:`drifted_rows` with a registered model and log them for ``day`` as serving would.
 
-    One request per row (``row`` 0), spread over the day in time order; a share
+    One single-row request per row, spread over the day in time order; a share
     ``feedback`` of them gets a feedback event with the true label a few
     seconds later. Files are ``date=<day>/predictions-<track>-<pid>.jsonl`` and
     ``feedback-<track>-<pid>.jsonl`` (appended to if they exist).
@@ -163,7 +163,7 @@ def write_prediction_log(
     import numpy as np
     import orjson
 
-    from ml_platform.monitoring.logs import class_labels
+    from ml_platform.monitoring.log_schema import class_labels
     from ml_platform.monitoring.paths import prediction_log_root
 
     if not 0.0 <= feedback <= 1.0:
@@ -202,7 +202,7 @@ def write_prediction_log(
             request_id = f"gen-{day}-{seed}-{i:07d}-{rng.integers(0, 1 << 32):08x}"
             prediction = predictions[i].item() if hasattr(predictions[i], "item") else predictions[i]
             probs = (
-                {label: round(float(p), 6) for label, p in zip(proba_order, probabilities[i], strict=True)}
+                {label: [round(float(p), 6)] for label, p in zip(proba_order, probabilities[i], strict=True)}
                 if probabilities is not None
                 else None
             )
@@ -211,13 +211,13 @@ def write_prediction_log(
                     {
                         "event": "prediction",
                         "request_id": request_id,
-                        "row": 0,
                         "timestamp": stamp(offsets[i]),
                         "model_name": name,
                         "model_version": version,
                         "track": track,
-                        "features": records[i],
-                        "prediction": prediction,
+                        "rows": 1,
+                        "features": {key: [value] for key, value in records[i].items()},
+                        "predictions": [prediction],
                         "probabilities": probs,
                         "latency_ms": round(float(rng.uniform(1.0, 8.0)), 3),
                     }

@@ -2,15 +2,18 @@
 
 The log format is serving's (see docs/serving.md and :mod:`serving.predlog`)::
 
-    <root>/date=YYYY-MM-DD/predictions-<track>-<pid>.jsonl   one JSON object per predicted row
+    <root>/date=YYYY-MM-DD/predictions-<track>-<pid>.jsonl   one JSON object per request, rows as columns
     <root>/date=YYYY-MM-DD/feedback-<track>-<pid>.jsonl      one JSON object per labelled row
 
 Reading a day lists only that day's ``date=YYYY-MM-DD/`` folder, so the cost of
 a window does not grow with the history kept. Files are parsed with pyarrow's
 JSON reader against a schema derived from the dataset spec (fast at millions
-of rows); a file that does not parse that way (a malformed line, an unexpected
+of rows) and prediction requests are exploded into one row per predicted row
+in Arrow; a file that does not parse that way (a malformed line, an unexpected
 type) is re-read line by line, skipping and counting the lines it cannot use.
-A trailing line without its newline is a write in progress and is ignored.
+That slow path also reads the one-line-per-row format written before serving
+switched to one line per request. A trailing line without its newline is a
+write in progress and is ignored.
 
 Feedback is joined to predictions on ``(request_id, row)``. Only the same
 day's feedback is read: labels that arrive on a later day count towards that
@@ -20,10 +23,17 @@ model version each one names), but are not joined to the earlier predictions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ml_platform.monitoring.log_schema import (
+    coerce,
+    feedback_schema,
+    prediction_schema,
+    request_schema,
+)
+from ml_platform.monitoring.prediction_requests import explode_requests, rows_from_line
 from ml_platform.spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -33,12 +43,6 @@ if TYPE_CHECKING:
 PREDICTION_GLOB = "predictions-*.jsonl"
 FEEDBACK_GLOB = "feedback-*.jsonl"
 JOIN_KEYS = ["request_id", "row"]
-
-
-def class_labels(spec: DatasetSpec) -> list[str]:
-    """Readable class names in spec order (what serving uses as probability keys)."""
-    labels = list(spec.target.labels)
-    return [labels[i] if i < len(labels) else str(c) for i, c in enumerate(spec.target.classes)]
 
 
 def day_folder_name(day: str) -> str:
@@ -68,62 +72,6 @@ class DayLog:
     feedback_stats: ReadStats
 
 
-def _class_type(spec: DatasetSpec) -> pa.DataType:
-    import pyarrow as pa
-
-    classes = list(spec.target.classes)
-    if all(isinstance(c, bool) for c in classes):
-        return pa.bool_()
-    if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
-        return pa.int64()
-    if all(isinstance(c, int | float) and not isinstance(c, bool) for c in classes):
-        return pa.float64()
-    return pa.string()
-
-
-def prediction_schema(spec: DatasetSpec) -> pa.Schema:
-    """Arrow schema of a prediction line (nested ``features`` and ``probabilities``)."""
-    import pyarrow as pa
-
-    features = pa.struct([pa.field(f.name, pa.float64() if f.is_numeric else pa.string()) for f in spec.features])
-    probabilities = pa.struct([pa.field(label, pa.float64()) for label in class_labels(spec)])
-    return pa.schema(
-        [
-            ("event", pa.string()),
-            ("request_id", pa.string()),
-            ("row", pa.int64()),
-            ("timestamp", pa.string()),
-            ("model_name", pa.string()),
-            ("model_version", pa.string()),
-            ("track", pa.string()),
-            ("features", features),
-            ("prediction", _class_type(spec)),
-            ("probabilities", probabilities),
-            ("latency_ms", pa.float64()),
-        ]
-    )
-
-
-def feedback_schema(spec: DatasetSpec) -> pa.Schema:
-    """Arrow schema of a feedback line."""
-    import pyarrow as pa
-
-    cls = _class_type(spec)
-    return pa.schema(
-        [
-            ("event", pa.string()),
-            ("request_id", pa.string()),
-            ("row", pa.int64()),
-            ("timestamp", pa.string()),
-            ("label", cls),
-            ("prediction", cls),
-            ("correct", pa.bool_()),
-            ("model_version", pa.string()),
-            ("track", pa.string()),
-        ]
-    )
-
-
 def _complete_lines(data: bytes) -> tuple[bytes, int]:
     """The bytes up to the last newline, and how many bytes were cut (a line still being written)."""
     end = data.rfind(b"\n")
@@ -143,30 +91,6 @@ def _read_fast(data: bytes, schema: pa.Schema) -> pa.Table:
     )
 
 
-def _coerce(value: Any, kind: pa.DataType) -> Any:
-    """Best-effort conversion of one JSON value to an Arrow field type (None when impossible)."""
-    import pyarrow as pa
-
-    if value is None:
-        return None
-    if pa.types.is_struct(kind):
-        if not isinstance(value, dict):
-            return None
-        return {f.name: _coerce(value.get(f.name), f.type) for f in kind}
-    try:
-        if pa.types.is_string(kind):
-            return value if isinstance(value, str) else str(value)
-        if pa.types.is_boolean(kind):
-            return value if isinstance(value, bool) else None
-        if pa.types.is_integer(kind):
-            return int(value) if not isinstance(value, bool) and float(value) == int(value) else None
-        if pa.types.is_floating(kind):
-            return None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        return None
-    return value
-
-
 def _read_slow(data: bytes, schema: pa.Schema, required: Sequence[str]) -> tuple[pa.Table, int]:
     """Line-by-line parse; lines that are not JSON objects or miss a required field are skipped."""
     import orjson
@@ -184,13 +108,51 @@ def _read_slow(data: bytes, schema: pa.Schema, required: Sequence[str]) -> tuple
         if not isinstance(obj, dict) or any(obj.get(name) is None for name in required):
             skipped += 1
             continue
-        records.append({f.name: _coerce(obj.get(f.name), f.type) for f in schema})
+        records.append({f.name: coerce(obj.get(f.name), f.type) for f in schema})
     return pa.Table.from_pylist(records, schema=schema), skipped
 
 
-def _read_files(paths: list[Any], schema: pa.Schema, required: Sequence[str], stats: ReadStats) -> pa.Table:
-    import pyarrow as pa
+def _read_feedback_fast(data: bytes, schema: pa.Schema, required: Sequence[str]) -> tuple[pa.Table, int]:
+    """pyarrow's parse; rows missing a key field (absent fields come back null) are unusable."""
     import pyarrow.compute as pc
+
+    table = _read_fast(data, schema)
+    mask = None
+    for name in required:
+        valid = table.column(name).is_valid()
+        mask = valid if mask is None else pc.and_(mask, valid)
+    if mask is None or pc.all(mask).as_py():
+        return table, 0
+    return table.filter(mask), len(table) - pc.sum(mask).as_py()
+
+
+def _read_predictions_slow(data: bytes, spec: DatasetSpec, schema: pa.Schema) -> tuple[pa.Table, int]:
+    """Line-by-line parse of prediction lines (either format); unusable lines are skipped."""
+    import orjson
+    import pyarrow as pa
+
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows = rows_from_line(orjson.loads(line), spec, schema)
+        except orjson.JSONDecodeError:
+            rows = None
+        if rows is None:
+            skipped += 1
+        else:
+            records += rows
+    return pa.Table.from_pylist(records, schema=schema), skipped
+
+
+ParseFn = Callable[[bytes], tuple["pa.Table", int]]
+
+
+def _read_files(paths: list[Any], fast: ParseFn, slow: ParseFn, schema: pa.Schema, stats: ReadStats) -> pa.Table:
+    """Every file parsed with ``fast``, or with ``slow`` (line by line) when ``fast`` cannot parse it."""
+    import pyarrow as pa
 
     tables = []
     for path in paths:
@@ -202,18 +164,10 @@ def _read_files(paths: list[Any], schema: pa.Schema, required: Sequence[str], st
         if not data.strip():
             continue
         try:
-            table = _read_fast(data, schema)
-            # The fast reader fills absent fields with nulls; rows missing a key field are unusable.
-            mask = None
-            for name in required:
-                valid = table.column(name).is_valid()
-                mask = valid if mask is None else pc.and_(mask, valid)
-            if mask is not None and not pc.all(mask).as_py():
-                stats.skipped_lines += len(table) - pc.sum(mask).as_py()
-                table = table.filter(mask)
+            table, skipped = fast(data)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
-            table, skipped = _read_slow(data, schema, required)
-            stats.skipped_lines += skipped
+            table, skipped = slow(data)
+        stats.skipped_lines += skipped
         tables.append(table)
     if not tables:
         return schema.empty_table()
@@ -238,16 +192,24 @@ def read_day(root: str, day: str, spec: DatasetSpec) -> DayLog:
 
     folder = UPath(root) / day_folder_name(day)
     pred_stats, fb_stats = ReadStats(), ReadStats()
+    requests, rows = request_schema(spec), prediction_schema(spec)
     predictions = _read_files(
         _list_files(folder, PREDICTION_GLOB),
-        prediction_schema(spec),
-        ["request_id", "row", "model_version"],
+        lambda data: explode_requests(_read_fast(data, requests), spec, rows),
+        lambda data: _read_predictions_slow(data, spec, rows),
+        rows,
         pred_stats,
     )
+    feedback_rows = feedback_schema(spec)
+    required = ["request_id", "row", "model_version"]
     feedback = _read_files(
-        _list_files(folder, FEEDBACK_GLOB), feedback_schema(spec), ["request_id", "row", "model_version"], fb_stats
+        _list_files(folder, FEEDBACK_GLOB),
+        lambda data: _read_feedback_fast(data, feedback_rows, required),
+        lambda data: _read_slow(data, feedback_rows, required),
+        feedback_rows,
+        fb_stats,
     )
-    pred_frame = _flatten_predictions(predictions, spec)
+    pred_frame = _predictions_frame(predictions, spec)
     fb_frame = feedback.to_pandas()
     if "event" in fb_frame:
         fb_frame = fb_frame[fb_frame["event"].isna() | (fb_frame["event"] == "feedback")]
@@ -255,34 +217,15 @@ def read_day(root: str, day: str, spec: DatasetSpec) -> DayLog:
     return DayLog(day, str(root), pred_frame, fb_frame.reset_index(drop=True), pred_stats, fb_stats)
 
 
-def _flatten_predictions(table: pa.Table, spec: DatasetSpec) -> pd.DataFrame:
-    """Prediction rows with one column per feature and ``proba_<label>`` per class.
-
-    Done in Arrow before converting: other events are filtered out, and the
-    low-cardinality strings (model name and version, track) become pandas
-    categoricals, which keeps the conversion fast at millions of rows.
-    """
+def _predictions_frame(table: pa.Table, spec: DatasetSpec) -> pd.DataFrame:
+    """Prediction rows as pandas; model name and version and track become categoricals (fast at millions of rows)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    if table.num_rows:
-        event = table.column("event")
-        keep = pc.or_kleene(pc.is_null(event), pc.equal(event, "prediction"))
-        if not pc.all(keep).as_py():
-            table = table.filter(keep)
-    flat = table.flatten()
-    sources = {name: name for name in ("request_id", "row", "timestamp", "model_name", "model_version", "track")}
-    sources |= {name: f"features.{name}" for name in spec.feature_names}
-    sources["prediction"] = "prediction"
-    sources |= {f"proba_{label}": f"probabilities.{label}" for label in class_labels(spec)}
-    sources["latency_ms"] = "latency_ms"
-    columns = []
-    for name, source in sources.items():
-        column = flat.column(source)
-        if name in ("model_name", "model_version", "track"):
-            column = column.dictionary_encode()
-        columns.append(column)
-    frame = pa.table(columns, names=list(sources)).to_pandas()
+    columns = [
+        column.dictionary_encode() if name in ("model_name", "model_version", "track") else column
+        for name, column in zip(table.column_names, table.columns, strict=True)
+    ]
+    frame = pa.table(columns, names=table.column_names).to_pandas()
     for name in spec.categorical_features:
         frame[name] = frame[name].astype(object)
     return frame

@@ -33,7 +33,7 @@ from ml_platform_tests.monitoring.helpers import (
     pushgateway,
     send_traffic,
     start_serving,
-    wait_for_lines,
+    wait_for_rows,
     wait_ready,
 )
 
@@ -165,8 +165,8 @@ def served_logs(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactor
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         like_training = drifted_rows(spec, SMALL_ROWS + NORMAL_ROWS, seed=11)
         send_traffic(normal, like_training.iloc[:SMALL_ROWS], spec, "early")
-        wait_for_lines(normal.log_dir, "date=*/predictions-*.jsonl", SMALL_ROWS)
-        wait_for_lines(normal.log_dir, "date=*/feedback-*.jsonl", SMALL_ROWS)
+        wait_for_rows(normal.log_dir, "date=*/predictions-*.jsonl", SMALL_ROWS)
+        wait_for_rows(normal.log_dir, "date=*/feedback-*.jsonl", SMALL_ROWS)
         small = base / "small"
         shutil.copytree(normal.log_dir, small)
 
@@ -174,8 +174,8 @@ def served_logs(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactor
         moved = drifted_rows(spec, SHIFTED_ROWS, SHIFT, features=SHIFTED_FEATURES, seed=12)
         send_traffic(shifted, moved, spec, "shifted")
         for server, rows in ((normal, SMALL_ROWS + NORMAL_ROWS), (shifted, SHIFTED_ROWS)):
-            wait_for_lines(server.log_dir, "date=*/predictions-*.jsonl", rows)
-            wait_for_lines(server.log_dir, "date=*/feedback-*.jsonl", rows)
+            wait_for_rows(server.log_dir, "date=*/predictions-*.jsonl", rows)
+            wait_for_rows(server.log_dir, "date=*/feedback-*.jsonl", rows)
     finally:
         for server in servers:
             server.process.stop()

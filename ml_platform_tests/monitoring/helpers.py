@@ -124,18 +124,24 @@ def send_traffic(serving: Serving, rows: Any, spec: Any, prefix: str, batch: int
     return request_ids
 
 
-def count_lines(folder: Path, pattern: str) -> int:
-    return sum(p.read_bytes().count(b"\n") for p in folder.glob(pattern))
+def count_logged_rows(folder: Path, pattern: str) -> int:
+    """Rows in the complete lines of matching log files: a prediction line holds ``rows`` rows, feedback one."""
+    total = 0
+    for path in folder.glob(pattern):
+        data = path.read_bytes()
+        for line in data[: data.rfind(b"\n") + 1].splitlines():
+            total += int(json.loads(line).get("rows", 1))
+    return total
 
 
-def wait_for_lines(folder: Path, pattern: str, expected: int, timeout: float = 30.0) -> None:
-    """Wait until the log writers have flushed ``expected`` lines matching ``pattern``."""
+def wait_for_rows(folder: Path, pattern: str, expected: int, timeout: float = 30.0) -> None:
+    """Wait until the log writers have flushed ``expected`` rows to files matching ``pattern``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if count_lines(folder, pattern) >= expected:
+        if count_logged_rows(folder, pattern) >= expected:
             return
         time.sleep(0.2)
-    raise AssertionError(f"{folder}/{pattern}: {count_lines(folder, pattern)} lines, expected {expected}")
+    raise AssertionError(f"{folder}/{pattern}: {count_logged_rows(folder, pattern)} rows, expected {expected}")
 
 
 @contextmanager

@@ -18,22 +18,44 @@ DAY = "2026-03-14"
 SPEC = load_spec("iris")
 
 
-def _prediction(
-    request_id: str, row: int, version: str = "1", model: str = "iris-random-forest", **features: Any
+IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+PROBABILITIES = {"setosa": 0.9, "versicolor": 0.1, "virginica": 0.0}
+
+
+def _request(
+    request_id: str, rows: int = 1, version: str = "1", model: str = "iris-random-forest", **features: Any
 ) -> dict:
-    values = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2, **features}
+    """A prediction line as serving writes it: one request, its rows as columns."""
+    columns = {name: [value] * rows for name, value in IRIS.items()} | features
     return {
         "event": "prediction",
         "request_id": request_id,
-        "row": row,
         "timestamp": f"{DAY}T10:00:00.000000Z",
         "model_name": model,
         "model_version": version,
         "track": "stable",
-        "features": values,
-        "prediction": 0,
-        "probabilities": {"setosa": 0.9, "versicolor": 0.1, "virginica": 0.0},
+        "rows": rows,
+        "features": columns,
+        "predictions": [0] * rows,
+        "probabilities": {label: [p] * rows for label, p in PROBABILITIES.items()},
         "latency_ms": 1.5,
+    }
+
+
+def _legacy_row(request_id: str, row: int) -> dict:
+    """A line of the one-line-per-row format serving wrote before it logged whole requests."""
+    return {
+        "event": "prediction",
+        "request_id": request_id,
+        "row": row,
+        "timestamp": f"{DAY}T09:00:00.000000Z",
+        "model_name": "iris-random-forest",
+        "model_version": "1",
+        "track": "stable",
+        "features": IRIS,
+        "prediction": 0,
+        "probabilities": PROBABILITIES,
+        "latency_ms": 2.5,
     }
 
 
@@ -57,12 +79,12 @@ def _write(path: Path, rows: list[dict], tail: bytes = b"") -> None:
 
 
 def test_reading_a_day_reads_only_that_days_folder(tmp_path: Path) -> None:
-    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", [_prediction("a", i) for i in range(3)])
-    _write(tmp_path / f"date={DAY}" / "predictions-canary-2.jsonl", [_prediction("b", 0, version="2")])
+    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", [_request("a", rows=3)])
+    _write(tmp_path / f"date={DAY}" / "predictions-canary-2.jsonl", [_request("b", version="2")])
     _write(tmp_path / f"date={DAY}" / "feedback-stable-1.jsonl", [_feedback("a", 0, 0)])
     for other in ("2026-03-13", "2026-03-15"):
-        _write(tmp_path / f"date={other}" / "predictions-stable-1.jsonl", [_prediction("x", i) for i in range(50)])
-        _write(tmp_path / f"date={other}" / "feedback-stable-1.jsonl", [_feedback("x", 0, 1)])
+        _write(tmp_path / f"date={other}" / "predictions-stable-1.jsonl", [_request(f"x{i}", 5) for i in range(10)])
+        _write(tmp_path / f"date={other}" / "feedback-stable-1.jsonl", [_feedback("x0", 0, 1)])
 
     day = read_day(str(tmp_path), DAY, SPEC)
 
@@ -82,6 +104,33 @@ def test_reading_a_day_reads_only_that_days_folder(tmp_path: Path) -> None:
     assert {"proba_setosa", "proba_versicolor", "proba_virginica"} <= set(day.predictions.columns)
 
 
+def test_requests_explode_into_numbered_rows(tmp_path: Path) -> None:
+    """Each request's columns become rows 0..rows-1 carrying the request's id, time, model and latency."""
+    first = _request("a", rows=3, petal_length=[1.0, 2.0, 3.0])
+    first["predictions"] = [0, 1, 2]
+    first["probabilities"] = {"setosa": [0.8, 0.1, 0.0], "versicolor": [0.2, 0.9, 0.3], "virginica": [0.0, 0.0, 0.7]}
+    second = _request("b", rows=2, version="2") | {"probabilities": None, "latency_ms": 4.0}
+    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", [first, second])
+
+    day = read_day(str(tmp_path), DAY, SPEC)
+
+    frame = day.predictions
+    assert day.prediction_stats.skipped_lines == 0
+    assert list(zip(frame["request_id"], frame["row"], strict=True)) == [
+        ("a", 0),
+        ("a", 1),
+        ("a", 2),
+        ("b", 0),
+        ("b", 1),
+    ]
+    assert frame["petal_length"].tolist() == [1.0, 2.0, 3.0, 1.4, 1.4]
+    assert frame["prediction"].tolist() == [0, 1, 2, 0, 0]
+    assert frame["proba_virginica"].tolist()[:3] == [0.0, 0.0, 0.7]
+    assert frame["proba_setosa"].iloc[3:].isna().all(), "a request without probabilities keeps its rows"
+    assert frame["model_version"].astype(str).tolist() == ["1", "1", "1", "2", "2"]
+    assert frame["latency_ms"].tolist() == [1.5, 1.5, 1.5, 4.0, 4.0]
+
+
 def test_a_missing_day_is_an_empty_window(tmp_path: Path) -> None:
     day = read_day(str(tmp_path), DAY, SPEC)
     window = join_window(day, SPEC)
@@ -89,25 +138,50 @@ def test_a_missing_day_is_an_empty_window(tmp_path: Path) -> None:
     assert day.prediction_stats.files == []
 
 
+def test_requests_whose_columns_disagree_with_their_row_count_are_skipped(tmp_path: Path) -> None:
+    short_feature = _request("short", rows=2, petal_width=[0.2])
+    short_predictions = _request("fewer", rows=2) | {"predictions": [0]}
+    no_id = _request("x", rows=2) | {"request_id": None}
+    other_event = {"event": "heartbeat", "request_id": "h"}
+    lines = [_request("a", rows=2), short_feature, short_predictions, no_id, other_event, _request("b", rows=3)]
+    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", lines)
+
+    day = read_day(str(tmp_path), DAY, SPEC)
+
+    assert sorted(set(day.predictions["request_id"])) == ["a", "b"] and len(day.predictions) == 5
+    assert day.prediction_stats.skipped_lines == 3, "other events are left out without counting as bad"
+
+
 def test_bad_lines_are_skipped_and_a_line_being_written_is_ignored(tmp_path: Path) -> None:
-    good = [_prediction("a", i) for i in range(4)]
+    good = [_request("a", rows=2), _request("b", rows=2), _request("c", rows=2, petal_width=[0.1])]
     path = tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl"
     path.parent.mkdir(parents=True)
     lines = [json.dumps(r).encode() for r in good]
-    lines.insert(2, b'{"event": "prediction", "request_id": ')  # torn line from a crash
-    lines.insert(3, b"[1, 2, 3]")
+    lines.insert(1, b'{"event": "prediction", "request_id": ')  # torn line from a crash
+    lines.insert(2, b"[1, 2, 3]")
     path.write_bytes(b"\n".join(lines) + b"\n" + b'{"event": "prediction", "request_id": "late"')
 
     day = read_day(str(tmp_path), DAY, SPEC)
 
-    assert len(day.predictions) == 4
-    assert day.prediction_stats.skipped_lines == 2
+    assert day.predictions["request_id"].tolist() == ["a", "a", "b", "b"]
+    assert day.prediction_stats.skipped_lines == 3
     assert day.prediction_stats.partial_tail_bytes > 0
 
 
+def test_lines_of_the_earlier_one_line_per_row_format_are_still_read(tmp_path: Path) -> None:
+    folder = tmp_path / f"date={DAY}"
+    _write(folder / "predictions-stable-1.jsonl", [_legacy_row("old", 0), _legacy_row("old", 1)])
+    _write(folder / "predictions-stable-2.jsonl", [_request("new", rows=2)])
+
+    day = read_day(str(tmp_path), DAY, SPEC)
+
+    frame = day.predictions.sort_values(["request_id", "row"])
+    assert list(zip(frame["request_id"], frame["row"], strict=True)) == [("new", 0), ("new", 1), ("old", 0), ("old", 1)]
+    assert frame["proba_setosa"].tolist() == [0.9] * 4 and day.prediction_stats.skipped_lines == 0
+
+
 def test_integer_and_string_values_are_read_with_the_spec_types(tmp_path: Path) -> None:
-    rows = [_prediction("a", 0, petal_length=5), _prediction("a", 1, petal_length="4.5")]
-    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", rows)
+    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", [_request("a", rows=2, petal_length=[5, "4.5"])])
     day = read_day(str(tmp_path), DAY, SPEC)
     assert day.predictions["petal_length"].tolist() == [5.0, 4.5]
 
@@ -116,12 +190,7 @@ def test_feedback_joins_on_request_and_row(tmp_path: Path) -> None:
     folder = tmp_path / f"date={DAY}"
     _write(
         folder / "predictions-stable-1.jsonl",
-        [
-            _prediction("a", 0),
-            _prediction("a", 1),
-            _prediction("b", 0, version="2"),
-            _prediction("o", 0, model="other"),
-        ],
+        [_request("a", rows=2), _request("b", version="2"), _request("o", model="other")],
     )
     _write(
         folder / "feedback-stable-1.jsonl",

@@ -142,31 +142,50 @@ def test_request_channel_and_pipe_transport_carry_large_messages_and_batches():
         requests.get_nowait()
 
 
-def test_log_writer_renders_one_line_per_row_and_flushes_on_close(tmp_path: Path):
+def test_log_writer_renders_one_line_per_request_and_flushes_on_close(tmp_path: Path):
     writer = JsonlWriter(tmp_path, "predictions", "stable", flush_interval=60).start()
-    log_format = PredictionLogFormat(["a", "b"], [0, 1])
-    writer.submit(
-        lambda: log_format.render(
-            request_id="r",
-            received_at=0.0,
-            latency_ms=1.5,
-            model_name="m",
-            model_version="1",
-            track="stable",
-            rows=np.array([[1.0, 2.5], [3.0, 4.0]]),
-            class_index=np.array([1, 0], dtype=np.uint16),
-            probability_objects=None,
-        )
-    )
+    log_format = PredictionLogFormat(["a", "b"], [0, 1], ["no", "yes"])
+    request = {
+        "request_id": "r",
+        "received_at": 0.0,
+        "latency_ms": 1.5,
+        "model_name": "m",
+        "model_version": "1",
+        "track": "stable",
+        "rows": np.array([[1.0, 2.5], [3.0, 4.0]]),
+        "class_index": np.array([1, 0], dtype=np.uint16),
+    }
+    writer.submit(lambda: log_format.render(**request, probabilities=np.array([[0.25, 0.75], [1.0, 0.0]])))
+    writer.submit(lambda: log_format.render(**request | {"request_id": "s"}, probabilities=None))
     writer.close()
 
     (path,) = (tmp_path / "date=1970-01-01").glob("predictions-stable-*.jsonl")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [(r["row"], r["features"], r["prediction"], r["probabilities"]) for r in lines] == [
-        (0, {"a": 1.0, "b": 2.5}, 1, None),
-        (1, {"a": 3.0, "b": 4.0}, 0, None),
+    assert [(r["request_id"], r["rows"], r["features"], r["predictions"]) for r in lines] == [
+        ("r", 2, {"a": [1.0, 3.0], "b": [2.5, 4.0]}, [1, 0]),
+        ("s", 2, {"a": [1.0, 3.0], "b": [2.5, 4.0]}, [1, 0]),
     ]
+    assert lines[0]["probabilities"] == {"no": [0.25, 1.0], "yes": [0.75, 0.0]} and lines[1]["probabilities"] is None
     assert lines[0]["timestamp"] == "1970-01-01T00:00:00.000000Z"
+
+
+def test_log_format_keeps_category_values_and_string_classes():
+    log_format = PredictionLogFormat(["colour", "size"], ["small", "large"], ["small", "large"])
+    day, line = log_format.render(
+        request_id="r",
+        received_at=86_400.5,
+        latency_ms=2.0,
+        model_name="m",
+        model_version="2",
+        track="canary",
+        rows=[("red", 1.5), ("blue", 2.0)],
+        class_index=np.array([1, 1], dtype=np.uint16),
+        probabilities=None,
+    )
+    record = json.loads(line)
+    assert day == "1970-01-02" and line.endswith(b"\n")
+    assert record["features"] == {"colour": ["red", "blue"], "size": [1.5, 2.0]}
+    assert record["predictions"] == ["large", "large"] and record["track"] == "canary"
 
 
 def _refresher(tmp_path: Path, interval: float) -> ModelRefresher:

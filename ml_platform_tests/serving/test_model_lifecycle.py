@@ -228,7 +228,8 @@ def test_shutdown_flushes_the_prediction_log(remote_server: ServingProcess):
     assert remote_server.stop() == 0
 
     logged = [r for r in read_jsonl(remote_server.log_dir, "date=*/predictions-*.jsonl") if tag in r["request_id"]]
-    assert len(logged) == 60
+    assert sorted(r["request_id"] for r in logged) == sorted(f"bye-{tag}-{i}" for i in range(30))
+    assert sum(r["rows"] for r in logged) == 60
 
 
 # --- start-up failures ------------------------------------------------------------------------

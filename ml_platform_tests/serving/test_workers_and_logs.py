@@ -26,13 +26,13 @@ pytestmark = pytest.mark.slow
 PREDICTION_FIELDS = {
     "event",
     "request_id",
-    "row",
     "timestamp",
     "model_name",
     "model_version",
     "track",
+    "rows",
     "features",
-    "prediction",
+    "predictions",
     "probabilities",
     "latency_ms",
 }
@@ -55,12 +55,12 @@ def iris_rows() -> list[list[float]]:
 
 
 def wait_for_rows(server: ServingProcess, pattern: str, request_id: str, expected: int, timeout: float = 5.0) -> list:
-    """Log rows of one request, once the background writer has flushed them (it does so within a second)."""
+    """Log lines of one request, once the background writer has flushed them (it does so within a second)."""
     deadline = time.monotonic() + timeout
     while True:
         rows = [r for r in read_jsonl(server.log_dir, pattern) if r["request_id"] == request_id]
         if len(rows) >= expected or time.monotonic() > deadline:
-            return sorted(rows, key=lambda r: r["row"])
+            return sorted(rows, key=lambda r: r.get("row", 0))
         time.sleep(0.1)
 
 
@@ -97,32 +97,30 @@ def test_request_counts_are_exact_across_two_workers(main_server: ServingProcess
     assert files == {f"predictions-stable-{pid}.jsonl" for pid in worker_pids}, "both workers served requests"
 
 
-def test_prediction_log_rows_have_the_documented_fields(main_server: ServingProcess, mlflow_store: MlflowStore):
+def test_prediction_log_lines_have_the_documented_fields(main_server: ServingProcess, mlflow_store: MlflowStore):
+    """One line per request, rows as columns, values exactly as answered."""
     request_id = f"log-{uuid.uuid4().hex[:8]}"
     rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [7, 3, 5, 1]]
     started = datetime.now(UTC)
     response = httpx.post(f"{main_server.url}/predict", json={"features": rows}, headers={"X-Request-ID": request_id})
     answer = response.json()
 
-    logged = wait_for_rows(main_server, "date=*/predictions-stable-*.jsonl", request_id, len(rows))
+    (line,) = wait_for_rows(main_server, "date=*/predictions-stable-*.jsonl", request_id, 1)
 
-    assert [r["row"] for r in logged] == [0, 1, 2]
-    for line, features, prediction, probabilities in zip(
-        logged, rows, answer["predictions"], answer["probabilities"], strict=True
-    ):
-        assert set(line) == PREDICTION_FIELDS
-        assert line["event"] == "prediction"
-        assert line["model_name"] == MODEL_NAME
-        assert line["model_version"] == mlflow_store.onnx_version
-        assert line["track"] == "stable"
-        assert line["features"] == dict(zip(IRIS_FEATURES, map(float, features), strict=True))
-        assert line["prediction"] == prediction
-        assert line["probabilities"] == probabilities
-        assert 0 < line["latency_ms"] < 10_000
-        stamp = datetime.fromisoformat(line["timestamp"])
-        assert stamp.tzinfo is not None and stamp.utcoffset().total_seconds() == 0
-        assert abs((stamp - started).total_seconds()) < 30
-    day = datetime.fromisoformat(logged[0]["timestamp"]).strftime("%Y-%m-%d")
+    assert set(line) == PREDICTION_FIELDS
+    assert line["event"] == "prediction" and line["rows"] == 3
+    assert line["model_name"] == MODEL_NAME
+    assert line["model_version"] == mlflow_store.onnx_version
+    assert line["track"] == "stable"
+    assert line["features"] == {name: [float(row[i]) for row in rows] for i, name in enumerate(IRIS_FEATURES)}
+    assert line["predictions"] == answer["predictions"]
+    labels = list(answer["probabilities"][0])
+    assert line["probabilities"] == {label: [p[label] for p in answer["probabilities"]] for label in labels}
+    assert 0 < line["latency_ms"] < 10_000
+    stamp = datetime.fromisoformat(line["timestamp"])
+    assert stamp.tzinfo is not None and stamp.utcoffset().total_seconds() == 0
+    assert abs((stamp - started).total_seconds()) < 30
+    day = stamp.strftime("%Y-%m-%d")
     assert list(main_server.log_dir.glob(f"date={day}/predictions-stable-*.jsonl"))
 
 
