@@ -78,6 +78,7 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
         runtime_preference=config.runtime,
         max_batch_size=config.max_batch_size,
         batch_timeout=config.batch_timeout,
+        batch_row_limit=config.batch_row_limit,
         log_level=config.log_level,
     )
     server = ServingServer(api, context, config)

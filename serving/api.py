@@ -37,7 +37,7 @@ from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPExcepti
 from starlette.exceptions import HTTPException
 
 from ml_platform.ml.training import class_label
-from serving.encoding import dumps, json_key, matrix_objects
+from serving.encoding import dumps, json_key, objects_array
 from serving.errors import error_body
 from serving.predlog import JsonlWriter, PredictionLogFormat
 from serving.registry import ModelBundle, load_bundle_spec
@@ -105,16 +105,11 @@ class ActiveModel:
     def bundle(self) -> ModelBundle:
         return self.runtime.bundle
 
-    def probability_objects(self, prediction: Prediction) -> list[bytes] | None:
-        """``{"<label>": p, ...}`` per row, shared by the response and the prediction log."""
-        if prediction.probabilities is None:
-            return None
-        return matrix_objects(self.label_names, prediction.probabilities)
-
-    def body(self, request_id: str, prediction: Prediction, probability_objects: list[bytes] | None) -> bytes:
+    def body(self, request_id: str, prediction: Prediction) -> bytes:
         """The ``/predict`` response body for one request."""
         index = prediction.class_index.tolist()
-        probabilities = b"[" + b",".join(probability_objects) + b"]" if probability_objects is not None else b"null"
+        probs = prediction.probabilities
+        probabilities = objects_array(self.label_names, probs) if probs is not None else b"null"
         return b"".join(
             (
                 b'{"request_id":',
@@ -156,6 +151,7 @@ class ModelAPI(ls.LitAPI):
         runtime_preference: str = "auto",
         max_batch_size: int = 32,
         batch_timeout: float = 0.0,
+        batch_row_limit: int = 512,
         log_level: str = "info",
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=ServingLoop())
@@ -163,6 +159,7 @@ class ModelAPI(ls.LitAPI):
         self.track = track
         self.prediction_log_dir = prediction_log_dir
         self.runtime_preference = runtime_preference
+        self.batch_row_limit = batch_row_limit
         self.log_level = log_level
 
     # -- LitAPI hooks -----------------------------------------------------------------------
@@ -236,8 +233,7 @@ class ModelAPI(ls.LitAPI):
                 )
                 continue
             self._metrics.INFERENCE_ROWS.labels(version, self.track, kind).inc(len(prediction.class_index))
-            probability_objects = active.probability_objects(prediction)
-            body = active.body(payload.request_id, prediction, probability_objects)
+            body = active.body(payload.request_id, prediction)
             results.append(WorkerResult(200, body, prediction.class_index, version, kind))
             self.log_writer.submit(
                 partial(
@@ -331,8 +327,11 @@ class ServingLoop(LitLoop):
 
     Takes the first queued request (waiting up to a second, so an idle worker
     costs nothing and still notices model swaps), then whatever else is queued
-    up to ``max_batch_size``, waiting at most ``batch_timeout`` for more. The
-    stock ``BatchedLoop`` polls the queue every millisecond while idle and
+    up to ``max_batch_size`` requests or ``batch_row_limit`` rows, waiting at
+    most ``batch_timeout`` for more. The row limit keeps big requests apart:
+    merging them saves nothing (the model's cost per row is flat beyond a few
+    hundred rows) and would leave one worker with several while another
+    idles. The stock ``BatchedLoop`` polls the queue every millisecond while idle and
     always waits the full ``batch_timeout``; under load the queue fills while
     the model runs, so greedy batching needs no added wait.
     """
@@ -387,6 +386,7 @@ class ServingLoop(LitLoop):
         except Empty:
             return []
         batch: list[tuple[int, str, Any]] = []
+        rows = 0
         deadline = time.monotonic() + lit_api.batch_timeout
         while True:
             if item[1] is None:  # LitServe's stop sentinel
@@ -397,7 +397,8 @@ class ServingLoop(LitLoop):
                 self._fail(transport, response_queue_id, uid, 504, "request timed out waiting for a worker")
             else:
                 batch.append((response_queue_id, uid, payload))
-            if len(batch) >= lit_api.max_batch_size:
+                rows += len(payload.rows)
+            if len(batch) >= lit_api.max_batch_size or rows >= lit_api.batch_row_limit:
                 return batch
             try:
                 if lit_api.batch_timeout > 0:

@@ -38,6 +38,7 @@ class ServingConfig:
     workers: int = 2
     max_batch_size: int = 32
     batch_timeout: float = 0.0
+    batch_row_limit: int = 512
     max_batch_rows: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     model_auto_refresh_seconds: float = 60.0
@@ -128,6 +129,13 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("workers", "WORKERS", _positive_int, "inference worker processes", 2),
     _Option("max_batch_size", "MAX_BATCH_SIZE", _positive_int, "requests merged into one model call", 32),
     _Option("batch_timeout", "BATCH_TIMEOUT", _non_negative_float, "seconds a worker waits to fill a batch", 0.0),
+    _Option(
+        "batch_row_limit",
+        "BATCH_ROW_LIMIT",
+        _positive_int,
+        "rows at which a worker stops merging requests (big requests run alone, spread over workers)",
+        512,
+    ),
     _Option("max_batch_rows", "MAX_BATCH_ROWS", _positive_int, "rows allowed in one /predict request", 10_000),
     _Option("max_body_bytes", "MAX_BODY_BYTES", _positive_int, "largest accepted request body", 10 * 1024 * 1024),
     _Option(

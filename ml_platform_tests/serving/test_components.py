@@ -6,6 +6,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from queue import Empty
@@ -84,6 +85,15 @@ def test_schema_from_a_spec_with_int_and_category_features():
         with pytest.raises(RequestError) as info:
             schema.parse_predict(body)
         assert info.value.status == 422
+
+
+def test_schema_with_a_single_feature_gives_rows_of_one_value():
+    spec = load_spec("iris")
+    schema = RequestSchema(replace(spec, features=spec.features[2:3]), max_rows=5)
+    from_records = schema.parse_predict(b'{"records": [{"petal_length": 1.5}, {"petal_length": 4}]}')
+    from_features = schema.parse_predict(b'{"features": [[1.5], [4]]}')
+    assert isinstance(from_records, np.ndarray) and from_records.shape == (2, 1)
+    assert from_records.tolist() == from_features.tolist() == [[1.5], [4.0]]
 
 
 def test_backoff_grows_exponentially_and_is_capped(tmp_path: Path):
@@ -194,3 +204,39 @@ def _refresher(tmp_path: Path, interval: float) -> ModelRefresher:
     bundle = ModelBundle("m", "1", str(tmp_path), onnx_verified=True)
     registry = RegistryClient("sqlite:///" + str(tmp_path / "none.db"), layout.models_dir)
     return ModelRefresher(parse_model_uri("models:/m@a"), registry, layout, RequestSchema(spec, 10), bundle, interval)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (5, 1), (7, 2), (200, 4)])
+def test_objects_array_matches_a_dict_per_row(shape: tuple[int, int]):
+    """The one-join encoder gives exactly the JSON of one object per row, for any width and tiny or huge values."""
+    from serving.encoding import objects_array
+
+    matrix = np.random.default_rng(shape[0]).normal(size=shape) * np.logspace(-9, 9, shape[1])
+    keys = [f'k"{i}' for i in range(shape[1])]
+    assert json.loads(objects_array(keys, matrix)) == [dict(zip(keys, row, strict=True)) for row in matrix.tolist()]
+    assert objects_array(keys, matrix[:0]) == b"[]"
+    with pytest.raises(ValueError, match="columns"):
+        objects_array(keys[:-1], matrix)
+
+
+def test_batches_stop_growing_at_the_row_limit_or_the_request_limit():
+    """Small requests merge into one model call; big ones are taken one by one, so another worker can have the next."""
+    from queue import Queue
+    from types import SimpleNamespace
+
+    from serving.api import PredictPayload, ServingLoop
+
+    def batches(sizes: list[int], **limits: int) -> list[list[int]]:
+        queue: Queue = Queue()
+        for i, size in enumerate(sizes):
+            queue.put((0, f"u{i}", time.monotonic(), PredictPayload(f"r{i}", np.zeros((size, 4)), 0.0)))
+        api = SimpleNamespace(batch_timeout=0.0, request_timeout=30.0, **limits)
+        taken = []
+        while not queue.empty():
+            taken.append([len(payload.rows) for _, _, payload in ServingLoop()._collect(api, queue, None)])
+        return taken
+
+    assert batches([1] * 5, max_batch_size=32, batch_row_limit=512) == [[1] * 5]
+    assert batches([1000, 1000, 1000], max_batch_size=32, batch_row_limit=512) == [[1000], [1000], [1000]]
+    assert batches([300, 300, 300], max_batch_size=32, batch_row_limit=512) == [[300, 300], [300]]
+    assert batches([1] * 5, max_batch_size=2, batch_row_limit=512) == [[1, 1], [1, 1], [1]]
