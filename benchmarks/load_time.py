@@ -34,8 +34,7 @@ def time_snippet(code: str) -> float:
 
 def heavy_modules_loaded() -> list[str]:
     probe = (
-        "import sys, ml_platform; ml_platform.defs; "
-        f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+        f"import sys, ml_platform; ml_platform.defs; print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     out = subprocess.run([sys.executable, "-c", probe], check=True, env=env, capture_output=True, text=True)

@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -220,17 +221,21 @@ def server(command: list[str], env: dict[str, str], health_url: str, log: Path) 
 # --- in-process ceiling --------------------------------------------------------------------------
 
 
-def rows_per_second(fn: Callable[[], Any], rows: int, seconds: float) -> float:
+def rows_per_second(fn: Callable[[], Any], rows: int, seconds: float, windows: int = 5) -> float:
+    """Median rows/s over ``windows`` equal slices of ``seconds`` (one noisy slice does not move it)."""
     fn()
-    calls, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
-        fn()
-        calls += 1
-    return calls * rows / elapsed
+    rates = []
+    for _ in range(windows):
+        calls, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds / windows:
+            fn()
+            calls += 1
+        rates.append(calls * rows / elapsed)
+    return statistics.median(rates)
 
 
 def in_process_ceiling(model_dir: str, seconds: float) -> dict[str, float]:
-    """Rows/s of the model itself: ONNX (one thread, as a worker runs it) and sklearn."""
+    """Rows/s of the model itself: ONNX (one thread, as a worker runs it) and sklearn; medians of 5 slices."""
     import mlflow.sklearn
     import numpy as np
     import onnxruntime as ort
