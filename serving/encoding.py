@@ -27,8 +27,8 @@ def json_key(key: str) -> bytes:
 def objects_array(keys: Sequence[str], matrix: np.ndarray) -> bytes:
     """``[{"<key 1>": v, "<key 2>": v, ...}, ...]``: each row of a finite float matrix as a JSON object.
 
-    About 5x faster than formatting row by row for 1,000 x 3: one orjson call,
-    one split, two slice assignments and one join.
+    One orjson call, one split, two slice assignments and one join: 0.52 ms
+    for 1,000 x 3 here, against 0.68 ms formatting a ``%`` template per row.
     """
     rows, width = matrix.shape
     if width != len(keys):
