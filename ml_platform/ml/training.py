@@ -127,9 +127,8 @@ def fit_model(split: TrainingSplit, spec: DatasetSpec) -> Any:
 def class_label(spec: DatasetSpec, value: Any) -> str:
     """Readable name of a class value (``labels`` from the spec where given)."""
     classes = list(spec.target.classes)
-    if spec.target.labels and value in classes:
-        return spec.target.labels[classes.index(value)]
-    return str(value)
+    index = classes.index(value) if value in classes else len(spec.target.labels)
+    return spec.target.labels[index] if index < len(spec.target.labels) else str(value)
 
 
 def evaluate_model(model: Any, split: TrainingSplit, spec: DatasetSpec) -> Evaluation:

@@ -163,7 +163,7 @@ def write_prediction_log(
     import numpy as np
     import orjson
 
-    from ml_platform.monitoring.log_schema import class_labels
+    from ml_platform.ml.training import class_label, feature_frame
     from ml_platform.monitoring.paths import prediction_log_root
 
     if not 0.0 <= feedback <= 1.0:
@@ -172,14 +172,10 @@ def write_prediction_log(
     uri, name, version = _resolve_model(spec, model_uri)
     model = mlflow.sklearn.load_model(uri)
     frame = drifted_rows(spec, rows, shift, features=features, seed=seed)
-    from ml_platform.ml.training import feature_frame
-
     inputs = feature_frame(frame, spec)
     predictions = model.predict(inputs) if rows else np.array([])
     probabilities = model.predict_proba(inputs) if rows and hasattr(model, "predict_proba") else None
-    labels = class_labels(spec)
-    classes = list(spec.target.classes)
-    proba_order = [labels[classes.index(c)] if c in classes else str(c) for c in getattr(model, "classes_", classes)]
+    proba_order = [class_label(spec, c) for c in getattr(model, "classes_", spec.target.classes)]
 
     rng = np.random.default_rng(seed + 1)
     offsets = np.sort(rng.uniform(0, 86_399.0, size=rows))

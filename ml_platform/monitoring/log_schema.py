@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ml_platform.ml.training import class_label
 from ml_platform.spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -20,8 +21,7 @@ REQUEST_KEYS = ("request_id", "timestamp", "model_name", "model_version", "track
 
 def class_labels(spec: DatasetSpec) -> list[str]:
     """Readable class names in spec order (what serving uses as probability keys)."""
-    labels = list(spec.target.labels)
-    return [labels[i] if i < len(labels) else str(c) for i, c in enumerate(spec.target.classes)]
+    return [class_label(spec, c) for c in spec.target.classes]
 
 
 def class_type(spec: DatasetSpec) -> pa.DataType:

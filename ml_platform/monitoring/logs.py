@@ -91,25 +91,36 @@ def _read_fast(data: bytes, schema: pa.Schema) -> pa.Table:
     )
 
 
-def _read_slow(data: bytes, schema: pa.Schema, required: Sequence[str]) -> tuple[pa.Table, int]:
-    """Line-by-line parse; lines that are not JSON objects or miss a required field are skipped."""
+ParseFn = Callable[[bytes], tuple["pa.Table", int]]  # a whole file -> (table, lines skipped)
+RecordsFn = Callable[[Any], "list[dict[str, Any]] | None"]  # one parsed line -> its records, None when unusable
+
+
+def _read_lines(data: bytes, schema: pa.Schema, records_of: RecordsFn) -> tuple[pa.Table, int]:
+    """Line-by-line parse; a line that is not JSON, or whose ``records_of`` is None, is skipped and counted."""
     import orjson
     import pyarrow as pa
 
-    records, skipped = [], 0
+    records: list[dict[str, Any]] = []
+    skipped = 0
     for line in data.splitlines():
         if not line.strip():
             continue
         try:
-            obj = orjson.loads(line)
+            found = records_of(orjson.loads(line))
         except orjson.JSONDecodeError:
+            found = None
+        if found is None:
             skipped += 1
-            continue
-        if not isinstance(obj, dict) or any(obj.get(name) is None for name in required):
-            skipped += 1
-            continue
-        records.append({f.name: coerce(obj.get(f.name), f.type) for f in schema})
+        else:
+            records += found
     return pa.Table.from_pylist(records, schema=schema), skipped
+
+
+def _feedback_record(obj: Any, schema: pa.Schema, required: Sequence[str]) -> list[dict[str, Any]] | None:
+    """A feedback line as one record, or None when it is not an object or misses a required field."""
+    if not isinstance(obj, dict) or any(obj.get(name) is None for name in required):
+        return None
+    return [{f.name: coerce(obj.get(f.name), f.type) for f in schema}]
 
 
 def _read_feedback_fast(data: bytes, schema: pa.Schema, required: Sequence[str]) -> tuple[pa.Table, int]:
@@ -126,32 +137,10 @@ def _read_feedback_fast(data: bytes, schema: pa.Schema, required: Sequence[str])
     return table.filter(mask), len(table) - pc.sum(mask).as_py()
 
 
-def _read_predictions_slow(data: bytes, spec: DatasetSpec, schema: pa.Schema) -> tuple[pa.Table, int]:
-    """Line-by-line parse of prediction lines (either format); unusable lines are skipped."""
-    import orjson
-    import pyarrow as pa
-
-    records: list[dict[str, Any]] = []
-    skipped = 0
-    for line in data.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows = rows_from_line(orjson.loads(line), spec, schema)
-        except orjson.JSONDecodeError:
-            rows = None
-        if rows is None:
-            skipped += 1
-        else:
-            records += rows
-    return pa.Table.from_pylist(records, schema=schema), skipped
-
-
-ParseFn = Callable[[bytes], tuple["pa.Table", int]]
-
-
-def _read_files(paths: list[Any], fast: ParseFn, slow: ParseFn, schema: pa.Schema, stats: ReadStats) -> pa.Table:
-    """Every file parsed with ``fast``, or with ``slow`` (line by line) when ``fast`` cannot parse it."""
+def _read_files(
+    paths: list[Any], fast: ParseFn, records_of: RecordsFn, schema: pa.Schema, stats: ReadStats
+) -> pa.Table:
+    """Every file parsed with ``fast``, or line by line with ``records_of`` when ``fast`` cannot parse it."""
     import pyarrow as pa
 
     tables = []
@@ -166,7 +155,7 @@ def _read_files(paths: list[Any], fast: ParseFn, slow: ParseFn, schema: pa.Schem
         try:
             table, skipped = fast(data)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
-            table, skipped = slow(data)
+            table, skipped = _read_lines(data, schema, records_of)
         stats.skipped_lines += skipped
         tables.append(table)
     if not tables:
@@ -196,7 +185,7 @@ def read_day(root: str, day: str, spec: DatasetSpec) -> DayLog:
     predictions = _read_files(
         _list_files(folder, PREDICTION_GLOB),
         lambda data: explode_requests(_read_fast(data, requests), spec, rows),
-        lambda data: _read_predictions_slow(data, spec, rows),
+        lambda obj: rows_from_line(obj, spec, rows),
         rows,
         pred_stats,
     )
@@ -205,7 +194,7 @@ def read_day(root: str, day: str, spec: DatasetSpec) -> DayLog:
     feedback = _read_files(
         _list_files(folder, FEEDBACK_GLOB),
         lambda data: _read_feedback_fast(data, feedback_rows, required),
-        lambda data: _read_slow(data, feedback_rows, required),
+        lambda obj: _feedback_record(obj, feedback_rows, required),
         feedback_rows,
         fb_stats,
     )
