@@ -22,7 +22,21 @@ Routing:
   side-effect free);
 - ``keepalive_timeout 0``: every client connection closes after its answer,
   so a reload never races a request on a reused idle connection (the one way
-  a graceful reload can otherwise reset a client).
+  a graceful reload can otherwise reset a client);
+- passive health checks: the canary server is marked down for
+  ``fail_timeout`` after ``max_fails`` failed attempts (its share then goes
+  straight to the stable backup, and the access log shows such requests with
+  ``pool`` canary but no canary attempt: the router view counts them as failed
+  canary attempts); a lone stable server is never marked down (nginx ignores
+  ``max_fails`` for a single server) and fails fast while it restarts;
+  ``proxy_connect_timeout`` is short (local upstreams accept in microseconds),
+  ``proxy_read_timeout`` bounds a hung upstream; nginx's own 502/504 answers are
+  JSON (``{"error": ..., "detail": ...}``).
+
+Every value written into the config is either an integer checked against its
+range, a fixed word, or a path quoted as an nginx string (backslash-escaped
+``"`` and ``\``); a path with a ``$`` (nginx would read a variable), a control
+character or a NUL is refused with :class:`NginxConfigValueError`.
 
 The access log is JSON Lines with the upstream address, status and time of
 every attempt: the router's view of the canary (see :mod:`.router_log`).
@@ -33,6 +47,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import signal
 import subprocess
 import time
@@ -50,8 +65,49 @@ ACCESS_LOG_FORMAT = (
 )
 
 
+CONNECT_TIMEOUT = "1s"
+READ_TIMEOUT = "30s"
+SEND_TIMEOUT = "10s"
+CANARY_MAX_FAILS = 1
+CANARY_FAIL_TIMEOUT = "3s"
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+
+
 class NginxError(RuntimeError):
     """nginx refused a config, did not start, or did not apply a generation."""
+
+
+class NginxConfigValueError(NginxError, ValueError):
+    """A value cannot be written into nginx.conf safely."""
+
+
+def quote(value: str | Path, what: str = "value") -> str:
+    """``value`` as a double-quoted nginx string; refuse what quoting cannot make literal.
+
+    nginx unescapes ``\\"``, ``\\\\`` (and ``\\'``) inside quotes; ``;``, ``{``, ``}``,
+    ``#`` and spaces are literal there. ``$`` starts a variable in directives
+    that take variables and has no escape, so it is refused, as are control
+    characters (a newline would be literal, but no path of ours needs one).
+    """
+    text = str(value)
+    bad = sorted({c for c in text if c == "$" or ord(c) < 32 or ord(c) == 127})
+    if not text or bad:
+        shown = ", ".join(repr(c) for c in bad) or "empty"
+        raise NginxConfigValueError(f"{what} {text!r} cannot go into nginx.conf (refused characters: {shown})")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def port_value(value: object, what: str) -> int:
+    """A TCP port as an int in 1..65535 (bools and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise NginxConfigValueError(f"{what} must be a TCP port (1-65535), got {value!r}")
+    return value
+
+
+def _int_value(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise NginxConfigValueError(f"{what} must be an integer in {low}..{high}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -71,36 +127,43 @@ def _user_directive() -> str:
         return ""
     user = pwd.getpwuid(os.geteuid()).pw_name
     group = grp.getgrgid(os.getegid()).gr_name
+    for what, name in (("user", user), ("group", group)):
+        if not _NAME.match(name):
+            raise NginxConfigValueError(f"{what} name {name!r} cannot go into nginx.conf")
     return f"user {user} {group};"
 
 
 def render_config(prefix: Path, public_port: int, routing: Routing) -> str:
-    """The complete nginx.conf for one generation."""
+    """The complete nginx.conf for one generation (every value validated or quoted)."""
     tmp = prefix / "tmp"
-    has_canary = routing.canary_port is not None
-    upstreams = [f"  upstream stable {{ server 127.0.0.1:{routing.stable_port} max_fails=0; }}"]
+    public_port = port_value(public_port, "public port")
+    stable_port = port_value(routing.stable_port, "stable upstream port")
+    canary_port = None if routing.canary_port is None else port_value(routing.canary_port, "canary upstream port")
+    generation = _int_value(routing.generation, "generation", 0, 2**53)
+    has_canary = canary_port is not None
+    upstreams = [f"  upstream stable {{ server 127.0.0.1:{stable_port} max_fails=0; }}"]
     if has_canary:
         upstreams.append(
-            f"  upstream canary {{ server 127.0.0.1:{routing.canary_port} max_fails=1 fail_timeout=2s; "
-            f"server 127.0.0.1:{routing.stable_port} backup; }}"
+            f"  upstream canary {{ server 127.0.0.1:{canary_port} max_fails={CANARY_MAX_FAILS} "
+            f"fail_timeout={CANARY_FAIL_TIMEOUT}; server 127.0.0.1:{stable_port} backup; }}"
         )
-        upstreams.append(f"  upstream canary_pinned {{ server 127.0.0.1:{routing.canary_port} max_fails=0; }}")
-    weight = routing.canary_weight if has_canary else 0
+        upstreams.append(f"  upstream canary_pinned {{ server 127.0.0.1:{canary_port} max_fails=0; }}")
+    weight = _int_value(routing.canary_weight, "canary weight", 0, 100) if has_canary else 0
     split = (f"{weight}% canary; " if 0 < weight < 100 else "") + ("* canary;" if weight >= 100 else "* stable;")
-    pinned_canary = "canary_pinned" if has_canary and routing.pin_canary else "stable"
-    status = f'{{"generation": {routing.generation}, "canary_weight": {weight}}}'
-    return f"""# Written by ml_platform.deployment.nginx (generation {routing.generation}); do not edit.
+    pinned_canary = "canary_pinned" if has_canary and routing.pin_canary is True else "stable"
+    status = f'{{"generation": {generation}, "canary_weight": {weight}}}'
+    return f"""# Written by ml_platform.deployment.nginx (generation {generation}); do not edit.
 {_user_directive()}
 worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
+pid {quote(prefix / "nginx.pid", "pid path")};
+error_log {quote(prefix / "logs" / "error.log", "error log path")} warn;
 events {{ worker_connections 1024; }}
 http {{
-  client_body_temp_path {tmp}/client_body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
+  client_body_temp_path {quote(tmp / "client_body", "temp path")};
+  proxy_temp_path {quote(tmp / "proxy", "temp path")};
+  fastcgi_temp_path {quote(tmp / "fastcgi", "temp path")};
+  uwsgi_temp_path {quote(tmp / "uwsgi", "temp path")};
+  scgi_temp_path {quote(tmp / "scgi", "temp path")};
   client_max_body_size 10m;
   keepalive_timeout 0;
   server_tokens off;
@@ -108,17 +171,28 @@ http {{
   split_clients "${{route_key}}" $weighted_pool {{ {split} }}
   map $http_x_ml_track $pool {{ canary {pinned_canary}; stable stable; default $weighted_pool; }}
   {ACCESS_LOG_FORMAT}
-  access_log {prefix}/logs/access.log canary;
+  access_log {quote(prefix / "logs" / "access.log", "access log path")} canary;
 {chr(10).join(upstreams)}
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_set_header Host $host;
   proxy_set_header X-Request-ID $route_key;
-  proxy_connect_timeout 2s;
-  proxy_read_timeout 60s;
+  proxy_connect_timeout {CONNECT_TIMEOUT};
+  proxy_send_timeout {SEND_TIMEOUT};
+  proxy_read_timeout {READ_TIMEOUT};
   proxy_next_upstream_tries 2;
   server {{
     listen 127.0.0.1:{public_port};
+    error_page 502 /_errors/502;
+    error_page 504 /_errors/504;
+    location = /_errors/502 {{
+      internal; default_type application/json;
+      return 502 '{{"error": "upstream unavailable", "detail": "no serving process of this track answered; retry shortly"}}';
+    }}
+    location = /_errors/504 {{
+      internal; default_type application/json;
+      return 504 '{{"error": "upstream timeout", "detail": "the serving process did not answer in time"}}';
+    }}
     location = /_deployment {{ default_type application/json; return 200 '{status}'; }}
     location = /predict {{
       proxy_pass http://$pool;

@@ -6,6 +6,12 @@ retried on the next upstream). An attempt on the canary's upstream address
 failed when its status is 5xx, or missing (connection refused or reset:
 nginx records 502). That includes failures the canary's own ``/metrics``
 cannot show: a crash, a hang, a broken hop in front of it.
+
+A request the split sent to the canary pool (``pool`` canary) that shows no
+attempt on the canary at all was answered by the stable backup because nginx's
+passive health check had marked the canary down: it counts as one failed
+canary attempt, so a dead canary keeps failing the analysis while its traffic
+is served by stable.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import json
 from pathlib import Path
 
 from ml_platform.deployment.measurements import PREDICT_ENDPOINT, RouterAttempt
+
+CANARY_POOL = "canary"  # the weighted split's canary pool in nginx.conf (stable is its backup)
 
 
 def _failed(status: str) -> bool:
@@ -32,6 +40,8 @@ def parse_line(line: str, canary_address: str) -> list[RouterAttempt]:
     statuses = [s.strip() for s in str(entry.get("ustatus", "")).split(",")]
     timings = [s.strip() for s in str(entry.get("urt", "")).split(",")]
     attempts = []
+    if entry.get("pool") == CANARY_POOL and canary_address not in addresses:
+        return [RouterAttempt(at=float(entry.get("t", 0.0)), failed=True, seconds=None)]
     for index, address in enumerate(addresses):
         if address != canary_address:
             continue

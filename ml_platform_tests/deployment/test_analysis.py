@@ -110,6 +110,10 @@ def test_router_log_lines_count_canary_attempts_and_their_failures() -> None:
     window = RouterWindow.of(attempts)
     assert (window.requests, window.errors) == (3, 2)
     assert parse_line("not json", canary) == []
+    # meant for the canary, answered by the stable backup without trying it (marked down): a failed attempt
+    skipped = {**stable_only, "pool": "canary"}
+    assert [(a.failed, a.seconds) for a in parse_line(json.dumps(skipped), canary)] == [(True, None)]
+    assert parse_line(json.dumps({**stable_only, "pool": "stable"}), canary) == []
 
 
 def _window(requests: float, errors: float = 0, fast: float | None = None, correct: float = 0, wrong: float = 0):

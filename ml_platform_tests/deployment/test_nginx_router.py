@@ -1,12 +1,16 @@
 """The local router: real nginx in front of stub upstreams (no serving processes: fast).
 
 Covers the config nginx accepts, the weighted split, pinning by
-`X-ML-Track`, failover from a dead canary to the stable backup, and graceful
-reloads under load without a single failed request.
+`X-ML-Track`, failover from a dead canary to the stable backup (and the
+router view still counting it as failing), graceful reloads under load
+without a single failed request, and config injection: a prefix with spaces,
+quotes, `;`, braces is quoted (nginx starts, routes and writes where told),
+values that cannot be quoted literally and non-numeric numbers are refused.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from collections import Counter
@@ -16,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ml_platform.deployment.nginx import NginxRouter, Routing, render_config
+from ml_platform.deployment.nginx import NginxConfigValueError, NginxRouter, Routing, render_config
+from ml_platform.deployment.router_log import RouterLogReader
 from ml_platform_tests.conftest import free_port
 from ml_platform_tests.deployment.helpers import StubUpstream, nginx_binary
 
@@ -118,3 +123,77 @@ def test_reloads_under_load_drop_no_request(router: NginxRouter, upstreams) -> N
     assert count[0] > 100
     assert failures == [], failures[:5]
     assert router.generation() == 22
+
+
+def test_a_dead_canary_under_a_weighted_split_goes_to_stable_and_still_counts_as_failing(
+    router: NginxRouter, upstreams
+) -> None:
+    """Passive health check: the dead canary is marked down, its share is answered by stable, and the
+    router view counts every request meant for it as a failed canary attempt (attempted or skipped)."""
+    stable, canary = upstreams
+    router.apply(Routing(1, stable.port, canary.port, 50))
+    view = RouterLogReader(router.access_log, f"127.0.0.1:{canary.port}")
+    canary.stop()
+    assert tracks(router, 120) == {"stable": 120}  # no client sees the dead canary
+    lines = [json.loads(line) for line in router.access_log.read_text().splitlines()]
+    meant_for_canary = [e for e in lines if e["uri"] == "/predict" and e["pool"] == "canary"]
+    skipped = [e for e in meant_for_canary if f"127.0.0.1:{canary.port}" not in e["addr"]]
+    assert len(meant_for_canary) > 30 and skipped, "nginx never marked the dead canary down"
+    attempts = view.read_new()
+    assert len(attempts) == len(meant_for_canary)
+    assert all(a.failed for a in attempts)
+    # nginx's own error answers are JSON too
+    pinned = httpx.post(f"{router.url}/predict", json={}, headers={"X-ML-Track": "canary"}, timeout=10)
+    assert pinned.status_code == 502 and pinned.json()["error"] == "upstream unavailable"
+
+
+WEIRD_HOME = 'platform home; } "quoted" \\ #not-a-comment { x'
+
+
+def test_a_prefix_with_spaces_quotes_and_braces_is_quoted_and_nginx_routes(tmp_path: Path, upstreams) -> None:
+    stable, canary = upstreams
+    prefix = tmp_path / WEIRD_HOME / "deployments" / "m" / "nginx"
+    router = NginxRouter(prefix, free_port(), nginx_binary())
+    try:
+        router.apply(Routing(1, stable.port, canary.port, 0))
+        assert tracks(router, 5) == {"stable": 5}
+        assert tracks(router, 3, **{"X-ML-Track": "canary"}) == {"canary": 3}
+        # every path was taken literally: nginx wrote exactly where it was told
+        assert router.pid_file.exists() and router.master_pid() is not None
+        assert '"uri":"/predict"' in router.access_log.read_text()
+        dumped = subprocess.run(router._cmd("-T"), capture_output=True, text=True, check=True).stdout
+        assert dumped.count("pid ") == 1 and dumped.count("access_log ") == 1
+        assert 'pid "' + str(prefix).replace("\\", "\\\\").replace('"', '\\"') + '/nginx.pid";' in dumped
+    finally:
+        router.stop()
+
+
+@pytest.mark.parametrize(
+    "prefix_suffix",
+    ["home $request_uri", "home\nerror_log /tmp/owned.log;", "home\rx", "home\x00x"],
+)
+def test_paths_quoting_cannot_make_literal_are_refused(tmp_path: Path, prefix_suffix: str) -> None:
+    prefix = tmp_path / "nginx"
+    with pytest.raises(NginxConfigValueError, match="cannot go into nginx.conf"):
+        render_config(Path(str(prefix) + prefix_suffix), 8080, Routing(1, 9001))
+
+
+@pytest.mark.parametrize(
+    ("public_port", "routing", "message"),
+    [
+        ("8080; include /etc/passwd", Routing(1, 9001), "public port"),
+        (8080, Routing(1, "9001; }"), "stable upstream port"),  # type: ignore[arg-type]
+        (8080, Routing(1, 9001, 70000), "canary upstream port"),
+        (8080, Routing(1, 9001, 9002, "5% canary; * stable"), "canary weight"),  # type: ignore[arg-type]
+        (8080, Routing(1, 9001, 9002, 101), "canary weight"),
+        (8080, Routing("1}", 9001), "generation"),  # type: ignore[arg-type]
+        (True, Routing(1, 9001), "public port"),
+    ],
+)
+def test_numbers_are_checked_before_they_reach_the_config(
+    tmp_path: Path, public_port: object, routing: Routing, message: str
+) -> None:
+    router = NginxRouter(tmp_path, public_port, nginx_binary())  # type: ignore[arg-type]
+    with pytest.raises(NginxConfigValueError, match=message):
+        router.apply(routing)
+    assert not router.conf.exists() and not any(tmp_path.glob("nginx.conf*"))
