@@ -34,8 +34,8 @@ Routing:
   JSON (``{"error": ..., "detail": ...}``).
 
 Every value written into the config is either an integer checked against its
-range, a fixed word, or a path quoted as an nginx string (backslash-escaped
-``"`` and ``\``); a path with a ``$`` (nginx would read a variable), a control
+range, a fixed word, or a path quoted as an nginx string (``"`` and the
+backslash escaped by a backslash); a path with a ``$`` (nginx would read a variable), a control
 character or a NUL is refused with :class:`NginxConfigValueError`.
 
 The access log is JSON Lines with the upstream address, status and time of
@@ -187,7 +187,7 @@ http {{
     error_page 504 /_errors/504;
     location = /_errors/502 {{
       internal; default_type application/json;
-      return 502 '{{"error": "upstream unavailable", "detail": "no serving process of this track answered; retry shortly"}}';
+      return 502 '{{"error": "upstream unavailable", "detail": "no serving process of this track answered"}}';
     }}
     location = /_errors/504 {{
       internal; default_type application/json;

@@ -174,7 +174,7 @@ def test_a_prefix_with_spaces_quotes_and_braces_is_quoted_and_nginx_routes(tmp_p
 )
 def test_paths_quoting_cannot_make_literal_are_refused(tmp_path: Path, prefix_suffix: str) -> None:
     prefix = tmp_path / "nginx"
-    with pytest.raises(NginxConfigValueError, match="cannot go into nginx.conf"):
+    with pytest.raises(NginxConfigValueError, match=r"cannot go into nginx\.conf"):
         render_config(Path(str(prefix) + prefix_suffix), 8080, Routing(1, 9001))
 
 
