@@ -5,20 +5,32 @@ thread of the API process) talks to MLflow; inference workers never do. A
 resolved version is downloaded once into the server's cache folder, checked,
 and handed to workers as a :class:`ModelBundle` (a local folder plus what is
 known about it), so workers keep serving whatever happens to the registry.
+
+"Checked" means :mod:`ml_platform.ml.safe_load`'s rules: the version passed
+every blocking model gate (refused before anything is downloaded otherwise),
+its ``model.skops`` and ``model.onnx`` match the sha256 tags recorded at
+registration, and no pickle is ever read whatever its ``MLmodel`` says. A
+refused version raises :class:`ModelResolutionError` with a short reason
+("version 7 refused: artifact hash mismatch (model.skops)"); the refresher
+keeps the loaded version serving and shows the reason in ``/health``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ml_platform.ml.safe_load import ModelRefused, gate_refusal, verify_model_dir
+
+log = logging.getLogger(__name__)
 SPEC_RELPATH = Path("extra_files") / "dataset_spec.yaml"
 EXAMPLE_RELPATH = Path("extra_files") / "input_example.json"
 ONNX_RELPATH = Path("extra_files") / "model.onnx"
@@ -94,6 +106,7 @@ class ModelBundle:
     onnx_verified: bool
     run_id: str | None = None
     data_version: str | None = None
+    artifact_sha256: dict[str, str] = field(default_factory=dict)  # verified at download; re-checked at load
 
     @property
     def uri(self) -> str:
@@ -119,6 +132,7 @@ class ModelBundle:
             onnx_verified=bool(raw["onnx_verified"]),
             run_id=raw.get("run_id"),
             data_version=raw.get("data_version"),
+            artifact_sha256={str(k): str(v) for k, v in (raw.get("artifact_sha256") or {}).items()},
         )
 
 
@@ -183,13 +197,21 @@ class RegistryClient:
             ) from exc
 
     def fetch(self, ref: ModelRef) -> ModelBundle:
-        """Resolve ``ref`` and make sure that version is downloaded and complete."""
+        """Resolve ``ref``; download the version if it passed its gates; verify its files against their hashes."""
         model_version = self.resolve(ref)
         version = str(model_version.version)
-        target = self.cache_dir / ref.name / version
-        if not (target / "MLmodel").exists():
-            self._download(ref.name, version, target)
-        return self._bundle(ref.name, version, target, getattr(model_version, "tags", None) or {}, model_version)
+        tags = dict(getattr(model_version, "tags", None) or {})
+        try:
+            if reason := gate_refusal(tags):
+                raise ModelRefused(f"version {version} refused: {reason}")
+            target = self.cache_dir / ref.name / version
+            if not (target / "MLmodel").exists():
+                self._download(ref.name, version, target)
+            hashes = verify_model_dir(version, target, tags, require_gates=True)
+        except ModelRefused as exc:
+            log.warning("%s: %s", ref.uri, exc)
+            raise ModelResolutionError(str(exc)) from exc
+        return self._bundle(ref.name, version, target, tags, model_version, hashes)
 
     def _download(self, name: str, version: str, target: Path) -> None:
         import mlflow
@@ -219,7 +241,9 @@ class RegistryClient:
             shutil.rmtree(staging, ignore_errors=True)
 
     @staticmethod
-    def _bundle(name: str, version: str, local_dir: Path, tags: dict[str, str], model_version: Any) -> ModelBundle:
+    def _bundle(
+        name: str, version: str, local_dir: Path, tags: dict[str, str], model_version: Any, hashes: dict[str, str]
+    ) -> ModelBundle:
         if not (local_dir / SPEC_RELPATH).exists():
             raise ModelResolutionError(
                 f"models:/{name}/{version} has no {SPEC_RELPATH}: it was not registered by ml_platform"
@@ -233,6 +257,7 @@ class RegistryClient:
             onnx_verified=onnx_verified,
             run_id=getattr(model_version, "run_id", None),
             data_version=tags.get("data_version"),
+            artifact_sha256=hashes,
         )
 
     def ping(self) -> bool:

@@ -4,18 +4,23 @@ A runtime turns validated rows into spec class indices and (when the model has
 them) class probabilities in spec class order. The ONNX runtime feeds numpy
 straight into onnxruntime (float32, spec feature order, one intra-op thread per
 worker so workers and the API process do not fight over cores). The sklearn
-runtime loads the skops model through MLflow and calls ``predict`` (the label
-authority) and ``predict_proba``.
+runtime loads ``model.skops`` with :func:`ml_platform.ml.safe_load.load_skops_model`
+(the platform's fixed type allowlist; the artifact's ``MLmodel`` is never read,
+so a pickle is never loaded) and calls ``predict`` (the label authority) and
+``predict_proba``. Before either runtime opens a file, :func:`load_runtime`
+re-checks it against the sha256 the API process verified at download.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from ml_platform.ml.safe_load import SKOPS_RELPATH, ModelRefused, check_hashes, load_skops_model
 from ml_platform.spec import DatasetSpec
 from serving.registry import ModelBundle
 
@@ -126,11 +131,9 @@ class SklearnRuntime:
     kind = "sklearn"
 
     def __init__(self, bundle: ModelBundle, spec: DatasetSpec) -> None:
-        import mlflow.sklearn
-
         self.bundle = bundle
         self.spec = spec
-        self.model = mlflow.sklearn.load_model(bundle.local_dir)
+        self.model = load_skops_model(Path(bundle.local_dir) / SKOPS_RELPATH, bundle.version)
         classes = getattr(self.model, "classes_", None)
         if classes is None:
             raise ModelLoadError(f"{bundle.uri}: the model is not a classifier (no classes_)")
@@ -155,7 +158,16 @@ class SklearnRuntime:
 
 
 def load_runtime(bundle: ModelBundle, spec: DatasetSpec, preference: str = "auto") -> ModelRuntime:
-    """ONNX when the version has a verified graph (and ``preference`` allows it), else sklearn."""
+    """ONNX when the version has a verified graph (and ``preference`` allows it), else sklearn.
+
+    Refuses (:class:`ModelLoadError`) a bundle whose files no longer match the hashes verified at download.
+    """
+    if "sha256.model_skops" not in bundle.artifact_sha256:
+        raise ModelLoadError(f"version {bundle.version} refused: no verified artifact hashes")
+    try:
+        check_hashes(bundle.version, Path(bundle.local_dir), bundle.artifact_sha256)
+    except ModelRefused as exc:
+        raise ModelLoadError(str(exc)) from exc
     if preference == "auto" and bundle.onnx_verified:
         try:
             return OnnxRuntime(bundle, spec)
@@ -165,5 +177,7 @@ def load_runtime(bundle: ModelBundle, spec: DatasetSpec, preference: str = "auto
         return SklearnRuntime(bundle, spec)
     except ModelLoadError:
         raise
+    except ModelRefused as exc:
+        raise ModelLoadError(str(exc)) from exc
     except Exception as exc:
         raise ModelLoadError(f"{bundle.uri}: cannot load the sklearn model: {type(exc).__name__}: {exc}") from exc

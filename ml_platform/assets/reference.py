@@ -7,7 +7,6 @@ against the snapshot of the version that served them.
 """
 
 import os
-import time
 from typing import Any
 
 import dagster as dg
@@ -51,17 +50,17 @@ def reference_snapshot(
     context: dg.AssetExecutionContext, candidate_model: dict[str, Any], mlflow_registry: MlflowRegistry
 ) -> dg.Output[dict[str, Any]]:
     """Write the snapshot and mark the model version as having passed every gate."""
-    import mlflow
     import pandas as pd
     from upath import UPath
 
-    from ml_platform.ml.registry import VALIDATION_STATUS_TAG
+    from ml_platform.ml.registry import mark_validated
+    from ml_platform.ml.safe_load import load_verified_version
     from ml_platform.ml.training import class_label, split_dataset
 
     spec = load_spec()
     client = mlflow_registry.client()
     name, version = candidate_model["name"], candidate_model["version"]
-    model = mlflow.sklearn.load_model(candidate_model["model_uri"])
+    model = load_verified_version(client, name, str(version), require_gates=False).model  # gated next
     split = split_dataset(pd.read_parquet(candidate_model["dataset_path"]), spec)
     snapshot = split.x_train.copy()
     snapshot[spec.target.name] = split.y_train.to_numpy()
@@ -83,8 +82,7 @@ def reference_snapshot(
         snapshot.to_parquet(handle, index=False)
 
     client.set_model_version_tag(name, version, "reference_snapshot_uri", uri)
-    client.set_model_version_tag(name, version, "validated_at", f"{time.time():.0f}")
-    client.set_model_version_tag(name, version, VALIDATION_STATUS_TAG, "passed")
+    mark_validated(client, name, version)  # refuses unless every blocking gate recorded "passed"
     context.log.info(f"{name} v{version} passed every gate; reference snapshot at {uri}")
     training_accuracy = float((snapshot["prediction"] == snapshot[spec.target.name]).mean())
     return dg.Output(

@@ -85,21 +85,28 @@ def meets_metric_thresholds(candidate_model: dict[str, Any], mlflow_registry: Ml
     )
 
 
-def _evaluate_champion(champion: Any, candidate: dict[str, Any], spec: Any) -> tuple[float | None, str]:
-    """Accuracy of the champion on the candidate's held-out split, or None with the reason."""
-    import mlflow
+def _evaluate_champion(client: Any, champion: Any, candidate: dict[str, Any], spec: Any) -> tuple[float | None, str]:
+    """Accuracy of the champion on the candidate's held-out split, or None with the reason.
+
+    The champion loads only through the safe path (gates passed, hashes match, skops with the fixed
+    type allowlist): a champion alias pointing at a pickle or a tampered file is refused, never run.
+    """
     import pandas as pd
 
+    from ml_platform.ml.safe_load import ModelRefused, load_verified_version
     from ml_platform.ml.training import evaluate_model, split_dataset
 
     tags = champion.tags or {}
     if tags.get("dataset") not in (None, spec.name):
         return None, f"champion was trained on dataset {tags.get('dataset')!r}"
     try:
-        model = mlflow.sklearn.load_model(f"models:/{champion.name}/{champion.version}")
+        model = load_verified_version(client, champion.name, str(champion.version), require_gates=True).model
+    except ModelRefused as exc:
+        return None, f"champion {exc}"
+    try:
         split = split_dataset(pd.read_parquet(candidate["dataset_path"]), spec)
         return evaluate_model(model, split, spec).accuracy, "evaluated on the candidate's held-out split"
-    except Exception as exc:  # a champion that cannot be loaded cannot be compared on fresh data
+    except Exception as exc:  # a champion that cannot be scored cannot be compared on fresh data
         return None, f"could not evaluate the champion on the candidate's split ({type(exc).__name__}: {exc})"
 
 
@@ -131,7 +138,7 @@ def no_regression_against_champion(
             "no champion yet: nothing to regress against",
             {"candidate_accuracy": dg.MetadataValue.float(candidate_accuracy), "champion_version": "none"},
         )
-    champion_accuracy, how = _evaluate_champion(champion, candidate_model, spec)
+    champion_accuracy, how = _evaluate_champion(client, champion, candidate_model, spec)
     if champion_accuracy is None:
         recorded = version_metric(client, champion, "accuracy")
         champion_accuracy, how = (

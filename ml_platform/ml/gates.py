@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml_platform.ml.registry import CHALLENGER_ALIAS, VALIDATION_STATUS_TAG, alias_version
+from ml_platform.ml.registry import CHALLENGER_ALIAS, VALIDATION_STATUS_TAG, alias_version, gate_tag
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 def record_gate(client: MlflowClient, name: str, version: str, gate: str, passed: bool, reason: str) -> None:
     """Tag the version with the gate's outcome; on failure mark it rejected and drop ``challenger``."""
-    client.set_model_version_tag(name, version, f"gate.{gate}", "passed" if passed else "failed")
+    client.set_model_version_tag(name, version, gate_tag(gate), "passed" if passed else "failed")
     if passed:
         return
     client.set_model_version_tag(name, version, VALIDATION_STATUS_TAG, "failed")
@@ -44,45 +45,69 @@ class SmokeTestResult:
     onnx_agrees: bool | None
 
 
-_SMOKE_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys, time
+_SMOKE_SCRIPT = "from ml_platform.ml.gates import smoke_main; smoke_main()"
+
+
+def smoke_main(argv: list[str] | None = None) -> None:
+    """Body of the smoke-test process: load through the safe path, predict the example, print JSON."""
+    import os
+    import time
+
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
+    import numpy as np
     import pandas as pd
-    uri, tracking_uri = sys.argv[1], sys.argv[2]
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    import yaml
+    from mlflow import MlflowClient
+
+    from ml_platform.ml.safe_load import (
+        ONNX_RELPATH,
+        SKOPS_RELPATH,
+        download_version,
+        load_skops_model,
+        verify_model_dir,
+    )
+    from ml_platform.ml.training import feature_frame
+    from ml_platform.spec import parse_spec
+
+    name, version, tracking_uri, workdir = argv or sys.argv[1:5]
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    tags = dict(client.get_model_version(name, version).tags or {})
     started = time.perf_counter()
-    local = mlflow.artifacts.download_artifacts(uri)
-    model = mlflow.pyfunc.load_model(local)
+    local = download_version(client, name, version, Path(workdir))
+    verify_model_dir(version, local, tags, require_gates=False)  # a gate itself: the others may still be running
+    model = load_skops_model(local / SKOPS_RELPATH, version)
     load_seconds = time.perf_counter() - started
-    example = json.load(open(os.path.join(local, "extra_files", "input_example.json")))
-    frame = pd.DataFrame(example["records"])
+    spec_path = local / "extra_files" / "dataset_spec.yaml"
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()), source_path=spec_path)
+    example = json.loads((local / "extra_files" / "input_example.json").read_text())
+    frame = feature_frame(pd.DataFrame(example["records"]), spec)
     predictions = [p.item() if hasattr(p, "item") else p for p in model.predict(frame)]
     onnx_agrees = None
-    onnx_path = os.path.join(local, "extra_files", "model.onnx")
-    if os.path.exists(onnx_path):
-        import numpy as np
+    if (local / ONNX_RELPATH).exists():
         import onnxruntime as ort
-        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+
+        session = ort.InferenceSession(str(local / ONNX_RELPATH), providers=["CPUExecutionProvider"])
         labels = session.run(None, {"input": frame.to_numpy(dtype=np.float32)})[0]
         onnx_agrees = [str(x) for x in labels] == [str(x) for x in predictions]
     print(json.dumps({"predictions": predictions, "load_seconds": load_seconds, "onnx_agrees": onnx_agrees}))
-    """
-)
 
 
 def serving_smoke_test(model_uri: str, tracking_uri: str, timeout: float = 180.0) -> SmokeTestResult:
-    """Load ``model_uri`` from the registry in a clean process and predict its input example."""
+    """Load ``model_uri`` (``models:/<name>/<version>``) in a clean process and predict its input example.
+
+    The process loads the version exactly as serving does: files downloaded, hashes checked against
+    the registration tags, the skops file read with the platform's fixed type allowlist (never pickle).
+    """
+    name, _, version = model_uri.removeprefix("models:/").rpartition("/")
     try:
-        completed = subprocess.run(
-            [sys.executable, "-c", _SMOKE_SCRIPT, model_uri, tracking_uri],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        with tempfile.TemporaryDirectory(prefix="ml_platform_smoke_") as workdir:
+            completed = subprocess.run(
+                [sys.executable, "-c", _SMOKE_SCRIPT, name, version, tracking_uri, workdir],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
     except subprocess.TimeoutExpired:
         return SmokeTestResult(False, f"loading {model_uri} took longer than {timeout:.0f}s", [], None, None)
     if completed.returncode != 0:

@@ -9,8 +9,12 @@ verified ONNX graph (``extra_files/model.onnx``). Serving needs nothing else.
 Version tags written here (all prefixed ``ml_platform.`` is avoided to keep
 them readable in the MLflow UI): ``dataset``, ``data_version``,
 ``code_version``, ``git_commit``, ``dagster_run_id``, ``onnx``,
+``sha256.model_skops`` / ``sha256.model_onnx`` (hashes of the stored model
+files, checked by every loader, see :mod:`ml_platform.ml.safe_load`),
+``gate.<gate>`` (``passed``/``failed`` per blocking model gate) and
 ``validation_status`` (``pending`` until the gates pass, then ``passed`` or
-``failed``).
+``failed``; ``passed`` is written only by :func:`mark_validated`, after every
+gate in :data:`BLOCKING_MODEL_GATES` has recorded ``passed``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +42,9 @@ MODEL_ARTIFACT_NAME = "model"
 SPEC_FILENAME = "dataset_spec.yaml"
 INPUT_EXAMPLE_FILENAME = "input_example.json"
 VALIDATION_STATUS_TAG = "validation_status"
+VALIDATED_AT_TAG = "validated_at"
+# The blocking model gates (asset checks on candidate_model); a version is validated only when all passed.
+BLOCKING_MODEL_GATES = ("metric_thresholds", "no_regression", "serving_smoke_test")
 INPUT_EXAMPLE_ROWS = 5
 
 _RUNTIME_PACKAGES = ("scikit-learn", "skops", "numpy", "pandas", "scipy")
@@ -105,11 +113,53 @@ def model_signature(spec: DatasetSpec) -> Any:
     return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(label_type)]))
 
 
+class UnsupportedModelError(ValueError):
+    """A fitted model the platform cannot register safely (its skops file needs untrusted types)."""
+
+
+def gate_tag(gate: str) -> str:
+    """The model-version tag holding one gate's outcome."""
+    return f"gate.{gate}"
+
+
 def skops_trusted_types(model: Any) -> list[str]:
-    """Types skops would refuse to load for this model; we trust our own estimator's."""
+    """The non-default skops types this model needs; all must be in the platform's fixed allowlist."""
     import skops.io
 
-    return list(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+    from ml_platform.ml.safe_load import TRUSTED_SKOPS_TYPES
+
+    needed = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+    refused = [t for t in needed if t not in TRUSTED_SKOPS_TYPES]
+    if refused:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} serialises types the platform does not trust: {refused} "
+            "(ml_platform.ml.safe_load.TRUSTED_SKOPS_TYPES)"
+        )
+    return needed
+
+
+def stored_artifact_hashes(client: MlflowClient, name: str, version: str) -> dict[str, str]:
+    """sha256 tags of the model files as stored for ``version`` (downloaded back, then hashed)."""
+    from ml_platform.ml.safe_load import SKOPS_RELPATH, artifact_hashes, download_version
+
+    with tempfile.TemporaryDirectory(prefix="ml_platform_hash_") as tmp:
+        hashes = artifact_hashes(download_version(client, name, version, Path(tmp)))
+    if not hashes or "sha256.model_skops" not in hashes:
+        raise UnsupportedModelError(f"models:/{name}/{version} has no {SKOPS_RELPATH} to record")
+    return hashes
+
+
+def mark_validated(client: MlflowClient, name: str, version: str) -> None:
+    """Write ``validation_status=passed`` (and ``validated_at``) once every blocking gate has passed.
+
+    This is the tag serving and the deployer require; it is never written while a gate is missing or failed.
+    """
+    tags = client.get_model_version(name, str(version)).tags or {}
+    missing = [gate for gate in BLOCKING_MODEL_GATES if tags.get(gate_tag(gate)) != "passed"]
+    if missing:
+        raise ValueError(f"models:/{name}/{version}: gates {missing} have not passed; not marking it validated")
+    client.set_model_version_tag(name, str(version), VALIDATED_AT_TAG, f"{time.time():.0f}")
+    client.set_model_version_tag(name, str(version), VALIDATION_STATUS_TAG, "passed")
 
 
 def log_and_register_model(
@@ -161,6 +211,7 @@ def log_and_register_model(
         VALIDATION_STATUS_TAG: "pending",
         "accuracy": f"{metrics.get('accuracy', float('nan')):.4f}",
         **extra_tags,
+        **stored_artifact_hashes(client, spec.model.name, version),
     }
     for key, value in tags.items():
         client.set_model_version_tag(spec.model.name, version, key, value)

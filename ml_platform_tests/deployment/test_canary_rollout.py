@@ -53,6 +53,7 @@ from ml_platform.simulate import SimulationReport, TrafficSimulator
 from ml_platform_tests.conftest import REPO_ROOT, free_port
 from ml_platform_tests.deployment.helpers import FaultProxy, nginx_binary, record_report
 from ml_platform_tests.pipeline.helpers import registry_client, run_training
+from ml_platform_tests.registry_helpers import hash_tags, pass_gates
 
 pytestmark = pytest.mark.slow
 
@@ -305,7 +306,7 @@ def register(*, params: dict[str, Any] | None = None, shuffle_labels: bool = Fal
     if copy_of is not None:
         source = client.get_model_version(MODEL, copy_of)
         version = client.create_model_version(MODEL, source.source, source.run_id).version
-        tags = {"reference_snapshot_uri": source.tags.get("reference_snapshot_uri", "")}
+        tags = {"reference_snapshot_uri": source.tags.get("reference_snapshot_uri", ""), **hash_tags(source)}
     else:
         import mlflow
         import pandas as pd
@@ -335,10 +336,10 @@ def register(*, params: dict[str, Any] | None = None, shuffle_labels: bool = Fal
                 extra_tags={"registered_by": "test notebook"},
             )
         version, tags = registered.version, {}
-    client.set_model_version_tag(MODEL, version, "validated_at", f"{time.time():.3f}")
-    for key, value in {**tags, "validation_status": "passed"}.items():
+    for key, value in tags.items():
         if value:
             client.set_model_version_tag(MODEL, version, key, value)
+    pass_gates(client, MODEL, str(version))  # the gate tags training_job writes; serving requires them
     return str(version)
 
 

@@ -98,6 +98,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
         from ml_platform.ml.training import evaluate_model, fit_model, split_dataset
         from ml_platform.resources.mlflow_resources import ensure_experiment, experiment_name
         from ml_platform.spec import load_spec
+        from ml_platform_tests.registry_helpers import record_passed_gates
 
         spec = load_spec("iris")
         mlflow.set_experiment(experiment_id=ensure_experiment(experiment_name(spec.name)))
@@ -114,6 +115,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
                 model, spec, split.x_train, run_id=run.info.run_id, data_version="monitoring-tests",
                 metrics=metrics, extra_tags={},
             )  # fmt: skip
+        record_passed_gates(mlflow.MlflowClient(), spec.model.name, registered.version)  # as the gates do
         # The real reference_snapshot asset, fed the candidate_model value it reads in training_job.
         io_dir = home / "dagster" / "io" / "candidate_model"
         io_dir.mkdir(parents=True)

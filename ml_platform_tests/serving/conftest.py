@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from ml_platform_tests.conftest import reset_mlflow_globals
+from ml_platform_tests.registry_helpers import hash_tags, pass_gates
 from ml_platform_tests.serving.helpers import MODEL_NAME, MlflowStore, ServingProcess, running
 
 ADMIN_TOKEN = "test-admin-token-3f1c"
+# main and fallback are one "deployment" sharing a receipt key; hotswap generates its own at start
+FEEDBACK_KEY = "test-feedback-signing-key-5d0b9e2c41a7f388"
 MAIN_MAX_BATCH_ROWS = 2000
 MAIN_MAX_BODY_BYTES = 1_000_000
 
@@ -32,7 +35,10 @@ def _register_without_onnx(version: str, root: Path) -> str:
     target = root / f"sklearn-only-{version}"
     shutil.copytree(source, target)
     (target / "extra_files" / "model.onnx").unlink()
-    created = client.create_model_version(MODEL_NAME, target.as_uri(), tags={"onnx": "unavailable: test fixture"})
+    tags = {"onnx": "unavailable: test fixture", **hash_tags(client.get_model_version(MODEL_NAME, version))}
+    tags.pop("sha256.model_onnx", None)
+    created = client.create_model_version(MODEL_NAME, target.as_uri(), tags=tags)
+    pass_gates(client, MODEL_NAME, str(created.version))
     return str(created.version)
 
 
@@ -70,6 +76,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> MlflowStore:
                     extra_tags={},
                 )
             assert export.verified, export.reason
+            pass_gates(mlflow.MlflowClient(), MODEL_NAME, registered.version)
             versions.append(registered.version)
         versions.append(_register_without_onnx(versions[0], root))
     finally:
@@ -104,6 +111,7 @@ def fleet(mlflow_store: MlflowStore, tmp_path_factory: pytest.TempPathFactory) -
                 "MODEL_URI": f"models:/{MODEL_NAME}/{mlflow_store.onnx_version}",
                 "WORKERS": "2",
                 "ADMIN_API_TOKEN": ADMIN_TOKEN,
+                "FEEDBACK_SIGNING_KEY": FEEDBACK_KEY,
                 "MAX_BATCH_ROWS": str(MAIN_MAX_BATCH_ROWS),
                 "MAX_BODY_BYTES": str(MAIN_MAX_BODY_BYTES),
             },
@@ -116,6 +124,7 @@ def fleet(mlflow_store: MlflowStore, tmp_path_factory: pytest.TempPathFactory) -
                 "MODEL_URI": f"models:/{MODEL_NAME}/{mlflow_store.sklearn_version}",
                 "TRACK": "canary",
                 "WORKERS": "1",
+                "FEEDBACK_SIGNING_KEY": FEEDBACK_KEY,
             },
         ),
         "hotswap": ServingProcess(
