@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ml_platform.assets.ingestion import raw_batch, training_dataset
+from ml_platform.assets.ingestion import landing_report, raw_batch, training_dataset
 from ml_platform.assets.reference import reference_snapshot
 from ml_platform.assets.training import candidate_model
-from ml_platform.checks.batch_quality import batch_passes_expectation_suite
+from ml_platform.checks.batch_quality import batch_passes_expectation_suite, every_landed_file_accepted
 from ml_platform.checks.model_quality import (
     meets_metric_thresholds,
     no_regression_against_champion,
@@ -35,11 +35,13 @@ def build_defs() -> dg.Definitions:
             training_dataset,
             candidate_model,
             reference_snapshot,
+            landing_report,
             *monitoring.ASSETS,
             *deployment.ASSETS,
         ],
         asset_checks=[
             batch_passes_expectation_suite,
+            every_landed_file_accepted,
             meets_metric_thresholds,
             no_regression_against_champion,
             serving_smoke_test,

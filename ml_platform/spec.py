@@ -10,6 +10,7 @@ Loading a spec needs only PyYAML; nothing heavy is imported here.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +21,21 @@ from ml_platform.settings import dataset_name
 
 SPECS_DIR = Path(__file__).parent / "specs"
 BUNDLED_DATA_DIR = Path(__file__).parent / "data"
-ALLOWED_ESTIMATOR_PREFIXES = ("sklearn.",)
+# Estimators are public scikit-learn classes from these modules only; the class itself is checked
+# (a classifier, a BaseEstimator) by ml_platform.ml.training.resolve_estimator_class before it is built.
+ALLOWED_ESTIMATOR_MODULES = (
+    "discriminant_analysis",
+    "dummy",
+    "ensemble",
+    "gaussian_process",
+    "linear_model",
+    "naive_bayes",
+    "neighbors",
+    "neural_network",
+    "svm",
+    "tree",
+)
+_ESTIMATOR_PATTERN = re.compile(rf"^sklearn\.({'|'.join(ALLOWED_ESTIMATOR_MODULES)})\.[A-Z][A-Za-z0-9]*$")
 
 FeatureType = Literal["float", "int", "category"]
 
@@ -81,6 +96,8 @@ class ValidationSpec:
     min_rows: int = 1
     max_rows: int = 10_000_000
     allow_extra_columns: bool = False
+    min_classes: int = 2  # a batch must hold at least this many distinct classes
+    min_rows_per_class: int = 1  # and at least this many rows of every class it holds
 
 
 @dataclass(frozen=True)
@@ -207,8 +224,11 @@ def parse_spec(raw: dict[str, Any], source_path: Path | None = None) -> DatasetS
 
     raw_model = _require(raw, "model", "spec")
     estimator = str(_require(raw_model, "estimator", "model"))
-    if not estimator.startswith(ALLOWED_ESTIMATOR_PREFIXES):
-        raise SpecError(f"model.estimator must be a scikit-learn class path, got {estimator!r}")
+    if not _ESTIMATOR_PATTERN.match(estimator):
+        raise SpecError(
+            f"model.estimator must be a public scikit-learn classifier path sklearn.<module>.<Class> with "
+            f"<module> one of {', '.join(ALLOWED_ESTIMATOR_MODULES)}; got {estimator!r}"
+        )
     model = ModelSpec(
         name=str(_require(raw_model, "name", "model")),
         estimator=estimator,
@@ -227,7 +247,13 @@ def parse_spec(raw: dict[str, Any], source_path: Path | None = None) -> DatasetS
         min_rows=int(raw_validation.get("min_rows", 1)),
         max_rows=int(raw_validation.get("max_rows", 10_000_000)),
         allow_extra_columns=bool(raw_validation.get("allow_extra_columns", False)),
+        min_classes=int(raw_validation.get("min_classes", 2)),
+        min_rows_per_class=int(raw_validation.get("min_rows_per_class", 1)),
     )
+    if not 1 <= validation.min_classes <= len(classes):
+        raise SpecError(f"validation.min_classes must be between 1 and {len(classes)}, got {validation.min_classes}")
+    if validation.min_rows_per_class < 1:
+        raise SpecError(f"validation.min_rows_per_class must be at least 1, got {validation.min_rows_per_class}")
     raw_drift = raw.get("drift") or {}
     severity = str(raw_drift.get("severity", "WARN")).upper()
     if severity not in ("WARN", "ERROR"):

@@ -1,70 +1,114 @@
-"""The batch gate: every landed file must pass the GX suite generated from the spec."""
+"""The batch gate's checks: one decides whether training may go on, one whether the run is clean.
 
-from pathlib import Path
+``raw_batch`` validates every landed file and accepts or quarantines it. Then:
+
+- ``batch_passes_expectation_suite`` (blocking, on ``raw_batch``) fails with ERROR severity only
+  when files were checked and none was accepted (nothing new to train on), which stops training.
+  When some files were accepted and others quarantined it fails with WARN severity: the accepted
+  files still train.
+- ``every_landed_file_accepted`` (blocking, ERROR, on the leaf ``landing_report``) fails whenever a
+  file was rejected. Nothing in ``training_job`` depends on it, so it fails the run (and
+  ``dagster job execute`` exits non-zero) without holding back the good files.
+"""
+
 from typing import Any
 
 import dagster as dg
 
-from ml_platform.assets.ingestion import raw_batch
+from ml_platform.assets.ingestion import landing_report, raw_batch
 from ml_platform.resources.landing_zone import LandingZone
-from ml_platform.spec import load_spec
+
+
+def _rejection_lines(files: list[dict[str, Any]], rejected: list[str]) -> list[str]:
+    keys = set(rejected)
+    lines = []
+    for f in files:
+        if f["partition_key"] in keys:
+            where = f" (report: {f['report_markdown']})" if f.get("report_markdown") else ""
+            lines.append(f"{f['partition_key']}: {'; '.join(f['problems'][:3])}{where}")
+    return lines
 
 
 @dg.asset_check(
     asset=raw_batch,
     blocking=True,
     description=(
-        "Validates each landed file with the Great Expectations suite generated from the dataset spec "
-        "(columns, types, ranges, nulls, class set, row count). Passing files move to accepted/; failing "
-        "files move to quarantine/ with a JSON and markdown report, and nothing downstream is trained."
+        "Every landed file of the run passed the Great Expectations suite generated from the dataset "
+        "spec (columns, types, ranges, nulls, class set, number of classes, row count). ERROR (stops "
+        "training) when no file was accepted; WARN when some files were quarantined but others were "
+        "accepted, so the accepted ones still train."
     ),
 )
 def batch_passes_expectation_suite(
     context: dg.AssetCheckExecutionContext, raw_batch: dict[str, Any], landing_zone: LandingZone
 ) -> dg.AssetCheckResult:
-    """Run the GX suite on every file of this run, then accept or quarantine each one."""
-    from ml_platform.validation.expectations import validate_batch
-    from ml_platform.validation.reader import read_batch
-
-    spec = load_spec()
-    accepted: list[str] = []
-    rejected: list[str] = []
-    reports: list[str] = []
-    failing_rows = 0
-    for described in raw_batch["files"]:
-        key = described["partition_key"]
-        path = Path(described["path"])
-        if not path.exists():
-            path = landing_zone.locate(key)
-        report = validate_batch(read_batch(path, spec), spec)
-        reports.append(report.to_markdown())
-        if report.success:
-            target = landing_zone.accept(path, key)
-            accepted.append(key)
-            context.log.info(f"accepted {key} -> {target}")
-        else:
-            target = landing_zone.quarantine(path, key, report.to_json(), report.to_markdown())
-            rejected.append(key)
-            failing_rows += report.failing_rows
-            context.log.error(f"{report.summary()} Quarantined at {target}")
-
-    summary = (
-        f"{len(rejected)} of {len(raw_batch['files'])} file(s) rejected: " + ", ".join(rejected)
-        if rejected
-        else f"{len(accepted)} file(s) accepted"
-        if accepted
-        else "no new files to validate"
+    """Judge the gate's decisions recorded by ``raw_batch`` for this run."""
+    files = [f for f in raw_batch["files"] if f["status"] != "gone"]
+    accepted = raw_batch.get("accepted", [])
+    rejected = raw_batch.get("rejected", [])
+    lines = _rejection_lines(files, rejected)
+    if rejected and not accepted:
+        severity = dg.AssetCheckSeverity.ERROR
+        summary = f"all {len(rejected)} file(s) rejected, nothing new to train on: " + " | ".join(lines)
+    elif rejected:
+        severity = dg.AssetCheckSeverity.WARN
+        summary = (
+            f"{len(rejected)} of {len(files)} file(s) rejected; the {len(accepted)} accepted file(s) train: "
+            + " | ".join(lines)
+        )
+    else:
+        severity = dg.AssetCheckSeverity.ERROR
+        summary = f"{len(accepted)} file(s) accepted" if accepted else "no new files to validate"
+    for line in lines:
+        context.log.error(f"rejected {line}")
+    reports = [
+        f"- `{f['partition_key'][:120]}` **{f['status']}**: "
+        + "; ".join(f["problems"][:5])
+        + (f" — report `{f['report_markdown']}`" if f.get("report_markdown") else "")
+        for f in files
+    ]
+    return dg.AssetCheckResult(
+        passed=not rejected,
+        severity=severity,
+        description=summary[:2000],
+        metadata={
+            "files_checked": len(files),
+            "files_accepted": len(accepted),
+            "files_rejected": len(rejected),
+            "failing_row_count": sum(int(f.get("failing_rows") or 0) for f in files),
+            "rejected_files": dg.MetadataValue.json([f for f in files if f["partition_key"] in set(rejected)]),
+            "quarantine_dir": dg.MetadataValue.path(str(landing_zone.quarantine_dir)),
+            "report": dg.MetadataValue.md("\n".join(reports) or "_nothing to validate_"),
+        },
     )
+
+
+@dg.asset_check(
+    asset=landing_report,
+    blocking=True,
+    description=(
+        "Every file the run picked up was accepted. Fails with ERROR severity when any was quarantined, "
+        "so the run (and `dagster job execute`) fails and names the files and their reports, while the "
+        "accepted files have still been trained on (nothing downstream depends on this check)."
+    ),
+)
+def every_landed_file_accepted(landing_report: dict[str, Any]) -> dg.AssetCheckResult:
+    """Fail the run when any landed file of it was rejected."""
+    rejected = landing_report.get("rejected", [])
+    lines = [
+        f"{r['partition_key']}: {'; '.join(r['problems'][:3])}"
+        + (f" (report: {r['report_markdown']})" if r.get("report_markdown") else "")
+        for r in rejected
+    ]
     return dg.AssetCheckResult(
         passed=not rejected,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=summary,
+        description=(f"{len(rejected)} file(s) rejected: " + " | ".join(lines))[:2000]
+        if rejected
+        else f"all {len(landing_report.get('accepted', []))} landed file(s) accepted",
         metadata={
-            "files_checked": len(raw_batch["files"]),
-            "files_accepted": len(accepted),
             "files_rejected": len(rejected),
-            "failing_row_count": failing_rows,
-            "quarantine_dir": dg.MetadataValue.path(str(landing_zone.quarantine_dir)),
-            "report": dg.MetadataValue.md("\n\n".join(reports) or "_nothing to validate_"),
+            "files_accepted": len(landing_report.get("accepted", [])),
+            "rejected": dg.MetadataValue.md("\n".join(f"- {line}" for line in lines) or "_none_"),
         },
     )

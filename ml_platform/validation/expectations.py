@@ -11,7 +11,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ml_platform.numeric_limits import numeric_bounds
 from ml_platform.spec import DatasetSpec
+from ml_platform.validation.problems import class_label, column_sentence, fallback_sentence, row_count_sentence
 from ml_platform.validation.reader import BatchRead
 
 if TYPE_CHECKING:
@@ -40,9 +42,14 @@ class ExpectationOutcome:
 
 @dataclass
 class ValidationReport:
-    """Everything known about one file's trip through the gate."""
+    """Everything known about one file's trip through the gate.
+
+    ``problems`` leads: one plain sentence per problem ("missing column X"); the expectation
+    outcomes below it are the detail.
+    """
 
     file: str
+    problems: list[str]
     sha256: str
     size_bytes: int
     rows: int
@@ -61,7 +68,7 @@ class ValidationReport:
         return sum(o.unexpected_count or 0 for o in self.failed)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self)  # field order: file, problems, then the detail
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
@@ -70,21 +77,19 @@ class ValidationReport:
         """One line: why the file was rejected (or that it passed)."""
         if self.success:
             return f"{self.file}: passed {len(self.outcomes)} expectations on {self.rows} rows"
-        if self.parse_error:
-            return f"{self.file}: rejected, {self.parse_error}"
-        failed = sorted(self.failed, key=lambda o: o.column is not None)  # table-level first
-        reasons = "; ".join(_describe(o) for o in failed[:3])
-        more = f" (+{len(failed) - 3} more)" if len(failed) > 3 else ""
+        reasons = "; ".join(self.problems[:5])
+        more = f" (+{len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
         hints = f" Hint: {'; '.join(self.hints)}." if self.hints else ""
-        return f"{self.file}: rejected, {len(failed)} expectation(s) failed: {reasons}{more}.{hints}"
+        return f"{self.file}: rejected: {reasons}{more}.{hints}"
 
     def to_markdown(self) -> str:
         """The report as a markdown document (also used as Dagster metadata)."""
-        lines = [
-            f"### Validation of `{self.file}`: {'PASSED' if self.success else 'REJECTED'}",
-            "",
-            f"- suite: `{self.suite}`; rows: {self.rows}; bytes: {self.size_bytes}; sha256: `{self.sha256[:16]}`",
-        ]
+        lines = [f"### Validation of `{_short(self.file, 200)}`: {'PASSED' if self.success else 'REJECTED'}", ""]
+        if self.problems:
+            lines += [f"- **{_short(problem, 300)}**" for problem in self.problems] + [""]
+        lines.append(
+            f"- suite: `{self.suite}`; rows: {self.rows}; bytes: {self.size_bytes}; sha256: `{self.sha256[:16]}`"
+        )
         if self.parse_error:
             lines.append(f"- **parse error**: {self.parse_error}")
         lines.extend(f"- hint: {hint}" for hint in self.hints)
@@ -120,23 +125,20 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _describe(outcome: ExpectationOutcome) -> str:
-    where = f" on {outcome.column}" if outcome.column else ""
-    if outcome.error:
-        return f"{outcome.expectation}{where}: {_short(outcome.error, 120)}"
-    if outcome.unexpected_count:
-        examples = outcome.sample_values[:3]
-        return f"{outcome.expectation}{where}: {outcome.unexpected_count} unexpected value(s), e.g. {examples}"
-    return f"{outcome.expectation}{where}: expected {outcome.expected}, observed {_short(outcome.observed)}"
-
-
 def suite_name(spec: DatasetSpec) -> str:
     return f"{spec.name}_batch_suite"
 
 
-def build_expectations(spec: DatasetSpec) -> list[tuple[Any, str]]:
-    """GX expectation objects derived from the spec, each with a readable 'expected' text."""
+def build_expectations(spec: DatasetSpec, present: list[str] | None = None) -> list[tuple[Any, str]]:
+    """GX expectation objects derived from the spec, each with a readable 'expected' text.
+
+    With ``present`` (the columns a file has), column expectations of missing columns are left
+    out: their absence is already one "missing column" problem, not an error inside GX.
+    """
     import great_expectations.expectations as gxe
+
+    def has(column: str) -> bool:
+        return present is None or column in present
 
     expectations: list[tuple[Any, str]] = [
         (
@@ -151,21 +153,23 @@ def build_expectations(spec: DatasetSpec) -> list[tuple[Any, str]]:
         ),
     ]
     for feature in spec.features:
+        if not has(feature.name):
+            continue
         expectations.append((gxe.ExpectColumnValuesToNotBeNull(column=feature.name), "no nulls"))
         if feature.is_numeric:
             types = _INTEGER_TYPES if feature.type == "int" else _NUMERIC_TYPES
             expectations.append(
                 (gxe.ExpectColumnValuesToBeInTypeList(column=feature.name, type_list=types), f"{feature.type} values")
             )
-            if feature.min is not None or feature.max is not None:
-                expectations.append(
-                    (
-                        gxe.ExpectColumnValuesToBeBetween(
-                            column=feature.name, min_value=feature.min, max_value=feature.max
-                        ),
-                        f"between {feature.min} and {feature.max}",
-                    )
+            low, high = numeric_bounds(feature)  # the spec's range, never wider than float32 (or infinite)
+            expectations.append(
+                (
+                    gxe.ExpectColumnValuesToBeBetween(column=feature.name, min_value=low, max_value=high),
+                    f"between {feature.min} and {feature.max}"
+                    if feature.min is not None and feature.max is not None
+                    else f"between {low:g} and {high:g}",
                 )
+            )
         else:
             expectations.append(
                 (
@@ -174,6 +178,8 @@ def build_expectations(spec: DatasetSpec) -> list[tuple[Any, str]]:
                 )
             )
     target = spec.target
+    if not has(target.name):
+        return expectations
     expectations.append((gxe.ExpectColumnValuesToNotBeNull(column=target.name), "no nulls"))
     if all(isinstance(c, int) for c in target.classes):
         expectations.append(
@@ -185,6 +191,13 @@ def build_expectations(spec: DatasetSpec) -> list[tuple[Any, str]]:
             f"one of {list(target.classes)}",
         )
     )
+    if spec.validation.min_classes > 1:
+        expectations.append(
+            (
+                gxe.ExpectColumnUniqueValueCountToBeBetween(column=target.name, min_value=spec.validation.min_classes),
+                f"at least {spec.validation.min_classes} classes",
+            )
+        )
     return expectations
 
 
@@ -203,7 +216,7 @@ def _run_suite(frame: pd.DataFrame, spec: DatasetSpec) -> list[ExpectationOutcom
     )
     suite = gx.ExpectationSuite(name=suite_name(spec))
     expected_text: dict[tuple[str, str | None], str] = {}
-    for expectation, expected in build_expectations(spec):
+    for expectation, expected in build_expectations(spec, present=list(frame.columns)):
         suite.add_expectation(expectation)
         expected_text[(expectation.expectation_type, getattr(expectation, "column", None))] = expected
     result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS})
@@ -248,14 +261,72 @@ def _exception_message(info: Any) -> str | None:
     return None
 
 
+def _rows_per_class(frame: pd.DataFrame, spec: DatasetSpec) -> ExpectationOutcome | None:
+    """The per-class row minimum (``validation.min_rows_per_class``), a platform rule beside GX."""
+    needed = spec.validation.min_rows_per_class
+    if needed <= 1 or spec.target.name not in frame.columns:
+        return None
+    counts = frame[spec.target.name].dropna().value_counts()
+    short = {class_label(spec, value): int(count) for value, count in counts.items() if count < needed}
+    return ExpectationOutcome(
+        expectation="min_rows_per_class",
+        column=spec.target.name,
+        success=not short,
+        expected=f"at least {needed} rows of every class present",
+        observed={class_label(spec, value): int(count) for value, count in counts.items()},
+    )
+
+
+def problem_sentences(batch: BatchRead, outcomes: list[ExpectationOutcome], spec: DatasetSpec) -> list[str]:
+    """One plain sentence per problem, structural ones (parse errors, header) first."""
+    problems = [batch.error] if batch.error else []
+    problems += batch.header_problems
+    frame = batch.frame
+    explained = {o.column for o in outcomes if not o.success and not o.error and o.column}
+    for outcome in outcomes:
+        if outcome.success:
+            continue
+        if outcome.error and outcome.column in explained:
+            continue  # e.g. a range check that cannot run on a non-numeric column: said once, above
+        if outcome.expectation == "expect_table_columns_to_match_set" and batch.header_problems:
+            continue  # already said column by column
+        if outcome.expectation == "expect_table_row_count_to_be_between":
+            problems.append(row_count_sentence(batch.rows, spec))
+            continue
+        if outcome.expectation == "min_rows_per_class":
+            needed = spec.validation.min_rows_per_class
+            problems += [
+                f"class {label} has only {count} row(s); at least {needed} required"
+                for label, count in (outcome.observed or {}).items()
+                if count < needed
+            ]
+            continue
+        sentence = None
+        if frame is not None and not outcome.error:
+            try:
+                sentence = column_sentence(outcome, frame, spec)
+            except (KeyError, TypeError, ValueError):
+                sentence = None
+        if sentence != "":
+            problems.append(sentence or fallback_sentence(outcome))
+    return list(dict.fromkeys(problems))
+
+
 def validate_batch(batch: BatchRead, spec: DatasetSpec) -> ValidationReport:
     """Run the spec's suite on a read batch; a parse failure is a failed report."""
     outcomes: list[ExpectationOutcome] = []
     if batch.frame is not None:
         outcomes = _run_suite(batch.frame, spec)
-    success = batch.error is None and all(o.success for o in outcomes)
+        per_class = _rows_per_class(batch.frame, spec)
+        if per_class is not None:
+            outcomes.append(per_class)
+    problems = problem_sentences(batch, outcomes, spec)
+    if batch.frame is None and not problems:
+        problems = ["the file could not be read as a table"]
+    success = not problems and all(o.success for o in outcomes)
     return ValidationReport(
-        file=batch.path.name,
+        file=batch.file_name,
+        problems=problems,
         sha256=batch.sha256,
         size_bytes=batch.size_bytes,
         rows=batch.rows,
@@ -263,5 +334,23 @@ def validate_batch(batch: BatchRead, spec: DatasetSpec) -> ValidationReport:
         parse_error=batch.error,
         hints=batch.hints,
         outcomes=outcomes,
+        suite=suite_name(spec),
+    )
+
+
+def rejection_report(
+    file: str, problems: list[str], spec: DatasetSpec, sha256: str = "", size_bytes: int = 0
+) -> ValidationReport:
+    """A report for an entry the gate refuses without reading it (a link, a FIFO, a bad name)."""
+    return ValidationReport(
+        file=file,
+        problems=problems,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        rows=0,
+        success=False,
+        parse_error=None,
+        hints=[],
+        outcomes=[],
         suite=suite_name(spec),
     )

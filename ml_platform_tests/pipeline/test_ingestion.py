@@ -12,7 +12,8 @@ from ml_platform.resources.landing_zone import LandingZone
 from ml_platform.sensors.incoming_data import incoming_data_sensor
 from ml_platform.spec import load_spec
 from ml_platform_tests.pipeline.helpers import check_outcomes, materialized, model_versions, run_training
-from ml_platform_tests.validation.bad_files import BAD_FILES, write_bad_file, write_good_file
+from ml_platform.validation.gate import process
+from ml_platform_tests.validation.bad_files import BAD_FILES, GOOD_ROWS, write_bad_file, write_good_file
 
 
 def _tick(instance: dg.DagsterInstance, cursor: str | None, zone: LandingZone) -> dg.SensorResult:
@@ -32,7 +33,7 @@ def test_sensor_requests_one_run_per_new_file_and_survives_restarts(platform_hom
     with dg.instance_for_test() as instance:
         first = _tick(instance, None, zone)
         # a fresh home is bootstrapped with the bundled iris file as its first batch
-        assert [r.partition_key for r in first.run_requests] == [f"iris.csv@{zone.pending_files()[0].sha256[:12]}"]
+        assert [r.partition_key for r in first.run_requests] == [f"iris.csv@{zone.pending_files()[0].sha256}"]
         assert first.run_requests[0].run_key == first.run_requests[0].partition_key
         assert first.dynamic_partitions_requests[0].partition_keys == [first.run_requests[0].partition_key]
 
@@ -58,23 +59,25 @@ def test_sensor_requests_one_run_per_new_file_and_survives_restarts(platform_hom
 
 
 def test_same_file_name_with_new_content_is_a_new_partition(platform_home: Path) -> None:
+    spec = load_spec()
     zone = LandingZone(settle_seconds=0)
-    first = write_good_file(zone.incoming_dir, "daily.csv")
-    key_one = zone.pending_files()[0].partition_key
-    zone.accept(first, key_one)
-    second = write_good_file(zone.incoming_dir, "daily.csv", rows=["5.0,3.0,1.0,0.1,0"] * 12)
-    key_two = zone.pending_files()[0].partition_key
-    assert key_one != key_two
-    accepted = zone.accept(second, key_two)
+    write_good_file(zone.incoming_dir, "daily.csv")
+    (first,) = zone.pending_files()
+    assert process(zone.folders, first, spec).status == "accepted"
+    write_good_file(zone.incoming_dir, "daily.csv", rows=[*GOOD_ROWS[:-1], "5.0,3.0,1.0,0.1,0"])
+    (second,) = zone.pending_files()
+    assert first.partition_key != second.partition_key
+    assert process(zone.folders, second, spec).status == "accepted"
     assert len(zone.accepted_files()) == 2, "the second file must not overwrite the first"
-    assert zone.locate(key_one) != zone.locate(key_two) == accepted
+    assert zone.locate(first.partition_key).path != zone.locate(second.partition_key).path
 
 
 @pytest.mark.slow
 def test_every_kind_of_bad_file_is_quarantined_with_a_report_and_nothing_trains(platform_home: Path) -> None:
     zone = LandingZone(settle_seconds=0)
     zone.bootstrap(load_spec())
-    (zone.incoming_dir / "iris.csv").rename(zone.accepted_dir / "iris@seed.csv")  # some accepted history
+    (seed,) = zone.pending_files()
+    assert process(zone.folders, seed, load_spec()).status == "accepted"  # some accepted history
     for name in BAD_FILES:
         _age(write_bad_file(zone.incoming_dir, name))
     with dg.instance_for_test() as instance:

@@ -17,7 +17,7 @@ BAD_FILES: dict[str, tuple[bytes, str]] = {
     "empty.csv": (b"", "empty"),
     "binary.csv": (bytes(range(256)) * 4, "not"),
     "notes.json": (b'{"sepal_length": 5.1, "target": 0}\n', "JSON"),
-    "malformed.csv": ((HEADER + '\n5.1,3.5,"1.4\n').encode(), "well-formed"),
+    "malformed.csv": ((HEADER + '\n5.1,3.5,"1.4\n').encode(), "never closed"),
     "semicolons.csv": (_rows(*[r.replace(",", ";") for r in GOOD_ROWS]).replace(",", ";").encode(), "delimited by ';'"),
     "wrong_types.csv": (_rows(*GOOD_ROWS[:-1], "5.1,wide,1.4,0.2,0").encode(), "sepal_width"),
     "out_of_range.csv": (_rows(*GOOD_ROWS[:-1], "55.0,3.5,1.4,0.2,0").encode(), "between"),
