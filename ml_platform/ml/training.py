@@ -50,17 +50,37 @@ class Evaluation:
 
 
 def resolve_estimator_class(path: str) -> type:
-    """Import a scikit-learn estimator class from its dotted path."""
+    """Import the spec's estimator class and make sure it is a scikit-learn classifier.
+
+    Only public classes of :data:`ml_platform.spec.ALLOWED_ESTIMATOR_MODULES` that subclass
+    ``BaseEstimator`` and ``ClassifierMixin`` and that ``sklearn.base.is_classifier`` accepts pass;
+    anything else (a ``joblib.Memory``, a socket listener, a regressor, a transformer) is a
+    :class:`SpecError` before any object is built from the spec's params.
+    """
+    from sklearn.base import BaseEstimator, ClassifierMixin, is_classifier
+
+    from ml_platform.spec import ALLOWED_ESTIMATOR_MODULES
+
     module_name, _, class_name = path.rpartition(".")
-    if not module_name.startswith("sklearn"):
-        raise SpecError(f"estimator {path!r} is not a scikit-learn class")
+    prefixes = tuple(f"sklearn.{m}" for m in ALLOWED_ESTIMATOR_MODULES)
+    if module_name not in prefixes or not class_name[:1].isupper():
+        raise SpecError(f"estimator {path!r} is not a public class of {', '.join(prefixes)}")
     try:
         module = importlib.import_module(module_name)
         estimator_class = getattr(module, class_name)
     except (ImportError, AttributeError) as exc:
         raise SpecError(f"cannot import estimator {path!r}: {exc}") from exc
-    if not isinstance(estimator_class, type):
-        raise SpecError(f"{path!r} is not a class")
+    defined_in = getattr(estimator_class, "__module__", "") or ""
+    if not isinstance(estimator_class, type) or not defined_in.startswith(module_name):
+        raise SpecError(f"estimator {path!r} is not a class defined in {module_name}")
+    if not issubclass(estimator_class, BaseEstimator) or not issubclass(estimator_class, ClassifierMixin):
+        raise SpecError(f"estimator {path!r} is not a scikit-learn classifier")
+    try:
+        is_clf = is_classifier(estimator_class())  # default params only: safe for these classes
+    except Exception as exc:
+        raise SpecError(f"estimator {path!r} cannot be built with default parameters: {exc}") from exc
+    if not is_clf:
+        raise SpecError(f"estimator {path!r} is not a scikit-learn classifier")
     return estimator_class
 
 
