@@ -5,7 +5,9 @@ body (JSON parsing and type checks in one pass, in Rust), so inference
 workers only ever see well-formed batches. Rules:
 
 - numeric features take JSON numbers only (no strings, booleans, null, NaN or
-  infinities); ``int`` features must be integral; ranges are *not* enforced
+  infinities) within the float32 range (``|x| <= 3.4028235e38``, else 422
+  naming the column: the ONNX and sklearn runtimes would disagree); ``int``
+  features must be integral; the spec's ranges are *not* enforced
   (out-of-range values are drift, not bad requests);
 - category features take one of the spec's category strings;
 - ``features`` rows must have exactly one value per feature, in spec order;
@@ -30,11 +32,13 @@ from typing_extensions import TypedDict
 
 from ml_platform.ml.training import class_label
 from ml_platform.spec import DatasetSpec, FeatureSpec
+from ml_platform.numeric_limits import FLOAT32_MAX
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 MAX_REPORTED_ERRORS = 20
 
 
+_RANGE_ERRORS = ("greater_than_equal", "less_than_equal")
 class RequestError(Exception):
     """A request the server refuses, with its HTTP status and a JSON-able detail."""
 
@@ -57,7 +61,8 @@ class FeedbackRequest:
 def _feature_type(feature: FeatureSpec) -> Any:
     if feature.type == "category":
         return Literal[feature.categories]
-    number = Annotated[float, Strict(), AllowInfNan(False)]
+    # |x| <= FLOAT32_MAX: beyond it the ONNX (float32) and sklearn (float64) runtimes disagree
+    number = Annotated[float, Strict(), AllowInfNan(False), Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
     if feature.type == "int":
         return Annotated[number, Field(multiple_of=1)]
     return number
@@ -87,11 +92,16 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return walk(schema)
 
 
-def _describe(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_input=False)[:MAX_REPORTED_ERRORS]
-    ]
+def _describe(exc: ValidationError, feature_names: list[str] | None = None) -> list[dict[str, Any]]:
+    described = []
+    for err in exc.errors(include_url=False, include_input=False)[:MAX_REPORTED_ERRORS]:
+        item = {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
+        if feature_names and err["type"] in _RANGE_ERRORS and len(err["loc"]) == 3:
+            column = err["loc"][2] if isinstance(err["loc"][2], str) else feature_names[int(err["loc"][2])]
+            item["column"] = column
+            item["msg"] = f"{column}: magnitude above {FLOAT32_MAX:.7g} (the float32 range models compute in)"
+        described.append(item)
+    return described
 
 
 class RequestSchema:
@@ -159,7 +169,7 @@ class RequestSchema:
                 raise RequestError(
                     413, "too many rows", f"at most {self.max_rows} rows per request (MAX_BATCH_ROWS)"
                 ) from None
-            raise RequestError(422, "invalid request", _describe(exc)) from None
+            raise RequestError(422, "invalid request", _describe(exc, self.feature_names)) from None
 
     def parse_predict(self, body: bytes) -> np.ndarray | list[tuple[Any, ...]]:
         """Validate a ``/predict`` body; return rows in spec feature order.
