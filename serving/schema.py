@@ -31,8 +31,8 @@ from pydantic import AllowInfNan, ConfigDict, Field, Strict, TypeAdapter, Valida
 from typing_extensions import TypedDict
 
 from ml_platform.ml.training import class_label
-from ml_platform.spec import DatasetSpec, FeatureSpec
 from ml_platform.numeric_limits import FLOAT32_MAX
+from ml_platform.spec import DatasetSpec, FeatureSpec
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 MAX_REPORTED_ERRORS = 20
