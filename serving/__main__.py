@@ -80,6 +80,7 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
         batch_timeout=config.batch_timeout,
         batch_row_limit=config.batch_row_limit,
         log_level=config.log_level,
+        feedback_key=config.feedback_signing_key,
     )
     server = ServingServer(api, context, config)
     signal.signal(signal.SIGTERM, _interrupt)

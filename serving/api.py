@@ -3,7 +3,8 @@
 LitServe spawns ``WORKERS`` processes, each running :class:`ServingLoop` over
 :class:`ModelAPI`. A worker receives already-validated payloads from the API
 process, merges concurrent requests into one model call (dynamic batching),
-answers each request with its finished JSON body plus the predicted class
+answers each request with its finished JSON body (including the signed
+feedback receipt, see :mod:`serving.feedback`) plus the predicted class
 indices (which the API process needs for feedback and metrics), and queues one
 prediction-log line per request to its own log file.
 
@@ -39,6 +40,7 @@ from starlette.exceptions import HTTPException
 from ml_platform.ml.training import class_label
 from serving.encoding import dumps, json_key, objects_array
 from serving.errors import error_body
+from serving.feedback import FeedbackSigner
 from serving.predlog import JsonlWriter, PredictionLogFormat
 from serving.registry import ModelBundle, load_bundle_spec
 from serving.runtime import ModelRuntime, Prediction, load_runtime
@@ -77,11 +79,13 @@ class ActiveModel:
     runtime: ModelRuntime
     loaded_at: float
     track: str
+    signer: FeedbackSigner = field(repr=False)
     log_format: PredictionLogFormat = field(init=False)
     prediction_json: list[bytes] = field(init=False)
     label_json: list[bytes] = field(init=False)
     label_names: list[str] = field(init=False)
     header: bytes = field(init=False)
+    receipt_prefix: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         spec = self.runtime.spec
@@ -100,13 +104,14 @@ class ActiveModel:
             + b',"runtime":'
             + dumps(self.runtime.kind)
         )
+        self.receipt_prefix = self.signer.prefix(self.bundle.name, self.bundle.version, self.track)
 
     @property
     def bundle(self) -> ModelBundle:
         return self.runtime.bundle
 
     def body(self, request_id: str, prediction: Prediction) -> bytes:
-        """The ``/predict`` response body for one request."""
+        """The ``/predict`` response body for one request, with its signed feedback receipt."""
         index = prediction.class_index.tolist()
         probs = prediction.probabilities
         probabilities = objects_array(self.label_names, probs) if probs is not None else b"null"
@@ -114,6 +119,9 @@ class ActiveModel:
             (
                 b'{"request_id":',
                 dumps(request_id),
+                b',"feedback_token":"',
+                self.signer.sign(self.receipt_prefix, request_id, prediction.class_index),
+                b'"',
                 self.header,
                 b',"predictions":[',
                 b",".join([self.prediction_json[i] for i in index]),
@@ -153,6 +161,7 @@ class ModelAPI(ls.LitAPI):
         batch_timeout: float = 0.0,
         batch_row_limit: int = 512,
         log_level: str = "info",
+        feedback_key: bytes,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=ServingLoop())
         self.runtime_root = runtime_root
@@ -161,6 +170,7 @@ class ModelAPI(ls.LitAPI):
         self.runtime_preference = runtime_preference
         self.batch_row_limit = batch_row_limit
         self.log_level = log_level
+        self.signer = FeedbackSigner(feedback_key)  # the deployment's receipt key, pickled into each worker
 
     # -- LitAPI hooks -----------------------------------------------------------------------
 
@@ -257,7 +267,7 @@ class ModelAPI(ls.LitAPI):
         spec = load_bundle_spec(bundle)
         runtime = load_runtime(bundle, spec, self.runtime_preference)
         log.info("worker %s loaded %s (%s runtime)", self.worker_id, bundle.uri, runtime.kind)
-        return ActiveModel(runtime, time.time(), self.track)
+        return ActiveModel(runtime, time.time(), self.track, self.signer)
 
     def _load_in_background(self, bundle: ModelBundle) -> None:
         try:

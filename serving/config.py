@@ -21,6 +21,7 @@ from serving.registry import ModelResolutionError, parse_model_uri
 ALLOWED_HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe accepts
 TRACK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 RUNTIMES = ("auto", "sklearn")
+FEEDBACK_KEY_MIN_BYTES = 32  # a feedback signing key's minimum length
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,8 @@ class ServingConfig:
     feedback_cache_size: int = 100_000
     log_level: str = "info"
     admin_api_token: str | None = field(default=None, repr=False)
+    feedback_signing_key: bytes = field(default=b"", repr=False)  # empty: generated at start (load_config)
+    feedback_key_source: str = "generated"
     prometheus_multiproc_dir: Path | None = None
     prediction_log_dir: Path | None = None
     platform_home: Path | None = None
@@ -192,4 +195,33 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     if "model_uri" not in values:
         raise ConfigError("a model URI is required: --model-uri or MODEL_URI")
     token = (env.get("ADMIN_API_TOKEN") or "").strip() or None
-    return ServingConfig(**values, admin_api_token=token)
+    key, key_source = _feedback_signing_key(env)
+    return ServingConfig(**values, admin_api_token=token, feedback_signing_key=key, feedback_key_source=key_source)
+
+
+def _feedback_signing_key(env: Mapping[str, str]) -> tuple[bytes, str]:
+    """The key that signs ``/predict`` feedback receipts, and where it came from.
+
+    ``FEEDBACK_SIGNING_KEY`` (the value) or ``FEEDBACK_SIGNING_KEY_FILE`` (a
+    file holding it), at least 32 bytes; environment only, like the admin
+    token. Every process of one deployment must get the same key. Unset: a
+    random key for this server (its API process and workers share it), so
+    receipts verify only here and not after a restart.
+    """
+    import secrets
+
+    value, path = env.get("FEEDBACK_SIGNING_KEY"), (env.get("FEEDBACK_SIGNING_KEY_FILE") or "").strip()
+    if value and path:
+        raise ConfigError("set FEEDBACK_SIGNING_KEY or FEEDBACK_SIGNING_KEY_FILE, not both")
+    if path:
+        try:
+            raw, source = Path(path).read_bytes().strip(), "FEEDBACK_SIGNING_KEY_FILE"
+        except OSError as exc:
+            raise ConfigError(f"FEEDBACK_SIGNING_KEY_FILE={path!r}: cannot read: {exc.strerror or exc}") from None
+    elif value:
+        raw, source = value.strip().encode(), "FEEDBACK_SIGNING_KEY"
+    else:
+        return secrets.token_bytes(FEEDBACK_KEY_MIN_BYTES), "generated"
+    if len(raw) < FEEDBACK_KEY_MIN_BYTES:  # the value is never echoed
+        raise ConfigError(f"{source}: the key must be at least {FEEDBACK_KEY_MIN_BYTES} bytes (`openssl rand -hex 32`)")
+    return raw, source

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,9 +20,12 @@ from starlette.responses import Response
 from serving.api import PredictPayload, WorkerResult
 from serving.encoding import dumps
 from serving.errors import JSON, json_error
+from serving.feedback import FeedbackSigner
 from serving.metrics import render_metrics
 from serving.schema import REQUEST_ID_PATTERN, RequestError
 from serving.service import ServingContext
+
+log = logging.getLogger("serving")
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -83,9 +87,26 @@ def register_predict(app: FastAPI, ctx: ServingContext, handler: Any) -> None:
 def register_routes(app: FastAPI, ctx: ServingContext) -> None:
     """``/feedback``, ``/health``, ``/metrics`` and ``/admin/reload``."""
 
+    signer = FeedbackSigner(ctx.config.feedback_signing_key)
+    if ctx.config.feedback_key_source == "generated":
+        log.warning(
+            "FEEDBACK_SIGNING_KEY is not set: feedback receipts are signed with a random key of this server, so "
+            "they verify only here and not after a restart; configure one key per deployment"
+        )
+
     async def feedback(request: Request) -> Response:
+        """Score ground truth, but only with the receipt of the prediction it labels (never twice per row)."""
         try:
-            parsed = ctx.schema.parse_feedback(await request.body())
+            parsed = ctx.schema.parse_feedback(await request.body())  # 401 without a receipt, 403 malformed
+            entry = ctx.cache.get(parsed.request_id)
+            if entry is not None:  # unknown ids: apply_feedback answers 404
+                prefix = signer.prefix(ctx.refresher.current.name, entry.model_version, ctx.track)
+                if not signer.verify(parsed.token, prefix, parsed.request_id, entry.class_index):
+                    raise RequestError(
+                        403,
+                        "invalid feedback token",
+                        "the token is not the receipt of this request id's prediction on this server",
+                    )
             return _json(ctx.apply_feedback(parsed))
         except RequestError as exc:
             return json_error(exc.status, exc.error, exc.detail)
@@ -127,7 +148,10 @@ def register_routes(app: FastAPI, ctx: ServingContext) -> None:
         response_class=Response,
         openapi_extra={
             "requestBody": _json_body(ctx.schema.feedback_json_schema()),
-            "responses": {"200": {"description": "feedback recorded"}, **_errors(400, 404, 409, 413, 415, 422)},
+            "responses": {
+                "200": {"description": "feedback recorded"},
+                **_errors(400, 401, 403, 404, 409, 413, 415, 422),
+            },
         },
     )
     app.add_api_route(

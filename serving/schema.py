@@ -22,8 +22,9 @@ import copy
 import itertools
 import json
 import operator
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, cast
 
 import numpy as np
@@ -33,12 +34,14 @@ from typing_extensions import TypedDict
 from ml_platform.ml.training import class_label
 from ml_platform.numeric_limits import FLOAT32_MAX
 from ml_platform.spec import DatasetSpec, FeatureSpec
+from serving.feedback import TOKEN_PATTERN
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 MAX_REPORTED_ERRORS = 20
-
-
 _RANGE_ERRORS = ("greater_than_equal", "less_than_equal")
+_FEEDBACK_TOKEN = re.compile(TOKEN_PATTERN)
+
+
 class RequestError(Exception):
     """A request the server refuses, with its HTTP status and a JSON-able detail."""
 
@@ -56,6 +59,7 @@ class FeedbackRequest:
     request_id: str
     rows: list[int] | None  # None: one label per row of the prediction, in order
     labels: list[int]
+    token: str = field(repr=False)  # the receipt, well-formed but not yet verified (see serving.feedback)
 
 
 def _feature_type(feature: FeatureSpec) -> Any:
@@ -143,18 +147,45 @@ class RequestSchema:
         allowed = sorted({v for _, v in self._label_index}, key=str)
         label: Any = Annotated[Annotated[int, Strict()] | Annotated[str, Strict()], WithJsonSchema({"enum": allowed})]
         request_id = Annotated[str, Strict(), Field(pattern=REQUEST_ID_PATTERN)]
+        token = Annotated[str, Strict(), Field(max_length=64)]  # its format is checked after, for a 401/403
+        labels = Annotated[list[label], Field(min_length=1, max_length=max_rows)]
+        row_index = Annotated[int, Strict(), Field(ge=0, lt=max_rows)]
+        # The parser: every field optional, unknown keys refused; the rules across fields are checked in
+        # parse_feedback. The published schema (feedback_json_schema) states the same rules as a oneOf.
         feedback = _strict_object(
             "FeedbackRequest",
             {
                 "request_id": request_id,
-                "labels": NotRequired[Annotated[list[label], Field(min_length=1, max_length=max_rows)]],
-                "row": NotRequired[Annotated[int, Strict(), Field(ge=0, lt=max_rows)]],
+                "feedback_token": NotRequired[token],
+                "labels": NotRequired[labels],
+                "row": NotRequired[row_index],
                 "label": NotRequired[label],
             },
-            description="Ground truth for an earlier prediction: `labels` (one per predicted row) or "
-            "`row` + `label`. A label is a class value or its readable name.",
         )
         self._feedback = TypeAdapter(feedback)
+        published_token = Annotated[
+            str,
+            WithJsonSchema(
+                {
+                    "type": "string",
+                    "pattern": TOKEN_PATTERN,
+                    "description": "the `feedback_token` of the /predict answer for this request id",
+                }
+            ),
+        ]
+        self._feedback_shapes = [
+            TypeAdapter(
+                _strict_object(
+                    name,
+                    {"request_id": request_id, "feedback_token": published_token, **fields},
+                    description=description,
+                )
+            )
+            for name, fields, description in (
+                ("FeedbackLabels", {"labels": labels}, "one label per predicted row, in order"),
+                ("FeedbackRow", {"row": row_index, "label": label}, "the label of one row (0-based)"),
+            )
+        ]
 
     # -- validation -------------------------------------------------------------------------
 
@@ -189,11 +220,24 @@ class RequestSchema:
         return rows
 
     def parse_feedback(self, body: bytes) -> FeedbackRequest:
-        """Validate a ``/feedback`` body; labels come back as spec class indices."""
+        """Validate a ``/feedback`` body; labels come back as spec class indices.
+
+        A missing receipt is 401, one that is not ``v1.<mac>`` 403 (its MAC is
+        verified later, against the recorded prediction).
+        """
         parsed = self._validate(self._feedback, body)
         has_labels, has_row, has_label = "labels" in parsed, "row" in parsed, "label" in parsed
         if has_labels == (has_row or has_label) or has_row != has_label:
             raise RequestError(422, "invalid request", "send either `labels` or both `row` and `label`")
+        token = parsed.get("feedback_token")
+        if token is None:
+            raise RequestError(
+                401,
+                "feedback token required",
+                "send the `feedback_token` of the /predict answer for this request id",
+            )
+        if not _FEEDBACK_TOKEN.fullmatch(token):
+            raise RequestError(403, "invalid feedback token", "not a feedback receipt of this service (v1.<mac>)")
         raw = parsed["labels"] if has_labels else [parsed["label"]]
         indices = []
         for position, value in enumerate(raw):
@@ -204,7 +248,7 @@ class RequestSchema:
                     422, "unknown label", f"label {value!r} at position {position} is not one of {allowed}"
                 )
             indices.append(index)
-        return FeedbackRequest(parsed["request_id"], None if has_labels else [parsed["row"]], indices)
+        return FeedbackRequest(parsed["request_id"], None if has_labels else [parsed["row"]], indices, token)
 
     # -- OpenAPI ----------------------------------------------------------------------------
 
@@ -220,7 +264,13 @@ class RequestSchema:
         return schema
 
     def feedback_json_schema(self) -> dict[str, Any]:
-        return _inline_refs(self._feedback.json_schema())
+        """Exactly what :meth:`parse_feedback` accepts: one of two closed shapes, both with the receipt."""
+        return {
+            "description": "Ground truth for an earlier prediction of this server: `labels` (one per predicted "
+            "row) or `row` + `label`, with the prediction's `feedback_token`. A label is a class value or its "
+            "readable name.",
+            "oneOf": [_inline_refs(shape.json_schema()) for shape in self._feedback_shapes],
+        }
 
     # -- compatibility ----------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ import httpx
 
 from ml_platform import settings
 from ml_platform.deployment.backend import DeploymentError, DeploymentStatus
+from ml_platform.deployment.feedback_key import feedback_key_env
 from ml_platform.deployment.nginx import NginxError, NginxRouter, Routing
 from ml_platform.deployment.processes import (
     ProcessStartError,
@@ -137,6 +138,7 @@ class LocalBackend:
             "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "prometheus"),
             "WORKERS": str(self.workers),
             "LOG_LEVEL": "warning",
+            **feedback_key_env(self.folder, {**os.environ, **env}),  # one receipt key for all tracks
             **env,
         }
         pid = start_serving(model_uri=model_uri, port=port, track=track, log_path=log_path, env=settings_env)
