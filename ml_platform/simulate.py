@@ -4,8 +4,9 @@
 
 Rows come from the dataset's bundled CSV (the spec's ``bootstrap_file``);
 each request sends one row as ``records`` and, when answered, posts the true
-label to ``/feedback`` with ``X-ML-Track`` set to the track that answered (so
-the router pins the feedback to the process that holds the prediction).
+label to ``/feedback`` with the answer's ``feedback_token`` (the receipt the
+server requires) and ``X-ML-Track`` set to the track that answered (so the
+router pins the feedback to the process that holds the prediction).
 ``TrafficSimulator`` is the same thing as a context manager for tests.
 """
 
@@ -168,7 +169,11 @@ class TrafficSimulator:
         try:
             answer = client.post(
                 "/feedback",
-                json={"request_id": body.get("request_id", request_id), "labels": [label]},
+                json={
+                    "request_id": body.get("request_id", request_id),
+                    "feedback_token": body.get("feedback_token"),
+                    "labels": [label],
+                },
                 headers={"X-ML-Track": track, "X-Request-ID": request_id},
             )
         except httpx.HTTPError as exc:

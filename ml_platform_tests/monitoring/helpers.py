@@ -118,7 +118,10 @@ def send_traffic(serving: Serving, rows: Any, spec: Any, prefix: str, batch: int
             response = client.post("/predict", json={"records": records}, headers={"X-Request-ID": request_id})
             assert response.status_code == 200, response.text
             labels = [int(v) for v in chunk[spec.target.name]]
-            feedback = client.post("/feedback", json={"request_id": request_id, "labels": labels})
+            token = response.json()["feedback_token"]
+            feedback = client.post(
+                "/feedback", json={"request_id": request_id, "feedback_token": token, "labels": labels}
+            )
             assert feedback.status_code == 200, feedback.text
             request_ids.append(request_id)
     return request_ids

@@ -153,17 +153,25 @@ def test_metrics_expose_the_contract_names(main_server: ServingProcess, mlflow_s
     assert metric_sum(samples, "ml_serving_model_info", **info) == 1
 
 
+def feedback(server: ServingProcess, request_id: str, token: str, **body: object) -> httpx.Response:
+    """POST /feedback with the prediction's receipt."""
+    return httpx.post(
+        f"{server.url}/feedback", json={"request_id": request_id, "feedback_token": token, **body}, timeout=30
+    )
+
+
 def test_feedback_updates_live_accuracy(main_server: ServingProcess, mlflow_store: MlflowStore):
     request_id = f"fb-{uuid.uuid4().hex[:12]}"
     predicted = predict(main_server, {"features": [SETOSA, VIRGINICA, SETOSA]}, **{"X-Request-ID": request_id}).json()
     assert predicted["predictions"] == [0, 2, 0]
+    token = predicted["feedback_token"]
     before = main_server.metrics()
 
-    whole = httpx.post(f"{main_server.url}/feedback", json={"request_id": request_id, "labels": ["setosa", 1]})
+    whole = feedback(main_server, request_id, token, labels=["setosa", 1])
     assert whole.status_code == 422  # 3 rows predicted, 2 labels sent
-    first = httpx.post(f"{main_server.url}/feedback", json={"request_id": request_id, "row": 0, "label": "setosa"})
-    second = httpx.post(f"{main_server.url}/feedback", json={"request_id": request_id, "row": 1, "label": 1})
-    again = httpx.post(f"{main_server.url}/feedback", json={"request_id": request_id, "row": 1, "label": 2})
+    first = feedback(main_server, request_id, token, row=0, label="setosa")
+    second = feedback(main_server, request_id, token, row=1, label=1)
+    again = feedback(main_server, request_id, token, row=1, label=2)
 
     assert first.status_code == 200
     assert first.json() == {
@@ -189,9 +197,11 @@ def test_feedback_updates_live_accuracy(main_server: ServingProcess, mlflow_stor
 
 def test_feedback_with_all_labels_at_once(main_server: ServingProcess):
     request_id = f"fb-all-{uuid.uuid4().hex[:8]}"
-    predict(main_server, {"features": [SETOSA, VIRGINICA]}, **{"X-Request-ID": request_id})
+    token = predict(main_server, {"features": [SETOSA, VIRGINICA]}, **{"X-Request-ID": request_id}).json()[
+        "feedback_token"
+    ]
 
-    response = httpx.post(f"{main_server.url}/feedback", json={"request_id": request_id, "labels": [0, "virginica"]})
+    response = feedback(main_server, request_id, token, labels=[0, "virginica"])
 
     assert response.status_code == 200
     assert response.json()["accepted"] == 2
@@ -210,11 +220,13 @@ def test_feedback_with_all_labels_at_once(main_server: ServingProcess):
         ({"request_id": "PLACEHOLDER", "labels": [0], "row": 0, "label": 0}, 422, "invalid request"),
         ({"request_id": "PLACEHOLDER", "labels": []}, 422, "invalid request"),
         ({"labels": [0]}, 422, "invalid request"),
+        ({"request_id": "PLACEHOLDER", "labels": [0], "extra": 1}, 422, "invalid request"),
     ],
 )
 def test_bad_feedback_is_refused(main_server: ServingProcess, body: dict, status: int, error: str):
     request_id = f"fb-bad-{uuid.uuid4().hex[:8]}"
-    predict(main_server, {"features": [SETOSA]}, **{"X-Request-ID": request_id})
+    token = predict(main_server, {"features": [SETOSA]}, **{"X-Request-ID": request_id}).json()["feedback_token"]
+    body = {**body, "feedback_token": token}
     if body.get("request_id") == "PLACEHOLDER":
         body = {**body, "request_id": request_id}
 
@@ -281,5 +293,14 @@ def test_openapi_describes_request_bodies(main_server: ServingProcess):
     assert predict_body["properties"]["records"]["items"]["required"] == IRIS_FEATURES
     assert len(predict_body["properties"]["features"]["items"]["prefixItems"]) == 4
     assert predict_body["properties"]["features"]["maxItems"] == 2000
-    assert {"request_id", "labels", "row", "label"} == set(feedback_body["properties"])
+    # Exactly what the parser accepts: two closed shapes, both requiring the prediction's receipt.
+    by_labels, by_row = feedback_body["oneOf"]
+    assert by_labels["required"] == ["request_id", "feedback_token", "labels"]
+    assert by_row["required"] == ["request_id", "feedback_token", "row", "label"]
+    assert by_labels["additionalProperties"] is False and by_row["additionalProperties"] is False
+    assert set(by_labels["properties"]) == {"request_id", "feedback_token", "labels"}
+    assert set(by_row["properties"]) == {"request_id", "feedback_token", "row", "label"}
+    assert by_labels["properties"]["feedback_token"]["pattern"] == by_row["properties"]["feedback_token"]["pattern"]
+    responses = spec["paths"]["/feedback"]["post"]["responses"]
+    assert {"401", "403", "404", "409"} <= set(responses)
     assert {"/health", "/metrics", "/admin/reload"} <= set(spec["paths"])

@@ -126,14 +126,13 @@ def test_prediction_log_lines_have_the_documented_fields(main_server: ServingPro
 
 def test_feedback_log_rows_have_the_documented_fields(main_server: ServingProcess, mlflow_store: MlflowStore):
     request_id = f"fblog-{uuid.uuid4().hex[:8]}"
-    httpx.post(
+    token = httpx.post(
         f"{main_server.url}/predict",
         json={"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
         headers={"X-Request-ID": request_id},
-    )
-    assert (
-        httpx.post(f"{main_server.url}/feedback", json={"request_id": request_id, "labels": [0, 1]}).status_code == 200
-    )
+    ).json()["feedback_token"]
+    body = {"request_id": request_id, "feedback_token": token, "labels": [0, 1]}
+    assert httpx.post(f"{main_server.url}/feedback", json=body).status_code == 200
 
     logged = wait_for_rows(main_server, "date=*/feedback-stable-*.jsonl", request_id, 2)
 
