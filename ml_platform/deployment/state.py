@@ -3,7 +3,9 @@
 ``state.json`` records which serving processes run (pid, port, version, admin
 token), the router's port and the canary weight, so a restarted Dagster (or
 the CLI) finds the deployment it left. ``lock`` serialises operations: one
-rollout, promotion or manual rollback at a time per model.
+rollout, promotion, manual rollback or stop at a time per model; it records
+its holder so a refused caller can say who holds it, and a lock whose holder
+died is detected as stale.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +24,69 @@ from typing import Any
 
 class DeploymentBusy(RuntimeError):
     """Another operation holds the deployment lock."""
+
+    def __init__(self, message: str, holder: LockHolder | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+def process_start_token(pid: int) -> str:
+    """The kernel's start time of ``pid`` (``/proc/<pid>/stat`` field 22): tells a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds the deployment lock: process, host, what it does, since when."""
+
+    pid: int
+    host: str
+    operation: str
+    since: float
+    start_token: str = ""
+
+    @classmethod
+    def me(cls, operation: str) -> LockHolder:
+        pid = os.getpid()
+        return cls(pid, socket.gethostname(), operation or "an operation", time.time(), process_start_token(pid))
+
+    @classmethod
+    def parse(cls, text: str) -> LockHolder | None:
+        try:
+            raw = json.loads(text)
+            return cls(
+                int(raw["pid"]),
+                str(raw["host"]),
+                str(raw["operation"]),
+                float(raw["since"]),
+                raw.get("start_token", ""),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self))
+
+    def alive(self) -> bool | None:
+        """False when the holder process is gone (or its pid was reused); None when it runs on another host."""
+        if self.host != socket.gethostname():
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        token = process_start_token(self.pid)
+        return not (self.start_token and token and token != self.start_token)
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        age = max(0.0, time.time() - self.since)
+        return f"{self.operation} (pid {self.pid} on {self.host}, since {when}, {age:.0f}s ago)"
 
 
 @dataclass
@@ -104,25 +170,77 @@ class StateStore:
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
 
-    @contextmanager
-    def lock(self, timeout: float = 0.0) -> Iterator[None]:
-        """Exclusive lock; waits up to ``timeout`` seconds, then raises :class:`DeploymentBusy`."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def holder(self) -> LockHolder | None:
+        """Who holds the lock now (None when nobody does)."""
+        if not self.lock_path.exists():
+            return None
         with open(self.lock_path, "a+") as handle:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        holder = self.lock_path.read_text().strip() or "another process"
-                        raise DeploymentBusy(f"the deployment of {self.folder.name} is busy ({holder})") from None
-                    time.sleep(0.2)
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                return LockHolder.parse(handle.read()) or LockHolder(0, "?", "an unrecorded holder", time.time())
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return None
+
+    def break_lock(self) -> None:
+        """Put a fresh lock file in place: whoever holds the old one no longer excludes anybody."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fresh = self.lock_path.with_name(f"lock.{os.getpid()}.new")
+        fresh.touch()
+        os.replace(fresh, self.lock_path)
+
+    @contextmanager
+    def lock(
+        self, timeout: float = 0.0, *, holder: str = "", force: bool = False, log: Callable[[str], None] | None = None
+    ) -> Iterator[None]:
+        """Exclusive lock; waits up to ``timeout`` seconds, then raises :class:`DeploymentBusy`.
+
+        The lock is an ``flock`` on ``lock``, which records its holder (pid,
+        host, ``holder`` text, since when). A lock whose recorded holder process
+        is gone is *stale* (a forked child kept the descriptor) and is broken;
+        ``force`` breaks a live one too. Breaking replaces the file, so the old
+        holder keeps running but excludes nobody: say so to the user.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        note = log or (lambda message: None)
+        deadline = time.monotonic() + timeout
+        while True:
+            handle = open(self.lock_path, "a+")  # noqa: SIM115 (kept open for as long as the lock is held)
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                current = LockHolder.parse(handle.read())
+                handle.close()
+                if current is not None and current.alive() is False:
+                    note(f"breaking a stale deployment lock: its holder is gone: {current.describe()}")
+                    self.break_lock()
+                    continue
+                if force:
+                    note(
+                        f"breaking the deployment lock held by {current.describe() if current else 'an unknown holder'}"
+                    )
+                    self.break_lock()
+                    continue
+                if time.monotonic() >= deadline:
+                    who = current.describe() if current else "a holder that recorded nothing"
+                    raise DeploymentBusy(f"the deployment of {self.folder.name} is locked by {who}", current) from None
+                time.sleep(0.2)
+                continue
+            try:  # the file may have been replaced (a lock broken) between open and flock
+                same = os.fstat(handle.fileno()).st_ino == os.stat(self.lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                handle.close()
+                continue
+            break
+        with handle:
             try:
                 handle.seek(0)
                 handle.truncate()
-                handle.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
+                handle.write(LockHolder.me(holder).dump())
                 handle.flush()
                 yield
             finally:
