@@ -15,6 +15,7 @@ pins such requests to that track).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,7 +67,15 @@ class DeploymentBackend(Protocol):
     @property
     def public_url(self) -> str: ...
 
-    def lock(self, timeout: float = 0.0) -> AbstractContextManager[None]: ...
+    def lock(
+        self, timeout: float = 0.0, *, holder: str = "", force: bool = False, log: Callable[[str], None] | None = None
+    ) -> AbstractContextManager[None]:
+        """One operation at a time: wait ``timeout`` s, then raise ``DeploymentBusy`` naming the holder.
+
+        ``holder`` describes the caller (recorded for others to see); ``force``
+        breaks a lock held by someone else; ``log`` hears about broken locks.
+        """
+        ...
 
     def status(self) -> DeploymentStatus: ...
 

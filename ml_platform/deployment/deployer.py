@@ -32,6 +32,9 @@ class Deployer(dg.ConfigurableResource):
     drain_seconds: float = Field(default=1.0, description="local: grace before a retired canary stops")
     canary_env: dict[str, str] = Field(default_factory=dict, description="local: extra env of canary processes")
     stable_env: dict[str, str] = Field(default_factory=dict, description="local: extra env of stable processes")
+    restart_backoff_seconds: float = Field(default=0.5, description="local: first restart delay of a dead process")
+    restart_backoff_cap_seconds: float = Field(default=30.0, description="local: longest delay between restarts")
+    liveness_failures: int = Field(default=3, description="local: /health misses in a row before a restart")
     # kubernetes backend
     namespace: str = Field(default="ml-serving", description="kubernetes: namespace of deploy/k8s")
     routing: Literal["gateway-api", "ingress-nginx"] = Field(default="gateway-api", description="kubernetes overlay")
@@ -83,6 +86,9 @@ class Deployer(dg.ConfigurableResource):
             drain_seconds=self.drain_seconds,
             canary_env=self.canary_env,
             stable_env=self.stable_env,
+            restart_backoff_seconds=self.restart_backoff_seconds,
+            restart_backoff_cap_seconds=self.restart_backoff_cap_seconds,
+            liveness_failures=self.liveness_failures,
         )
 
     def describe(self) -> str:

@@ -22,7 +22,7 @@ source only (use the ``prometheus`` metric source in a cluster).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -199,7 +199,9 @@ class KubernetesBackend:
         return self._public_url
 
     @contextmanager
-    def lock(self, timeout: float = 0.0) -> Iterator[None]:
+    def lock(
+        self, timeout: float = 0.0, *, holder: str = "", force: bool = False, log: Callable[[str], None] | None = None
+    ) -> Iterator[None]:
         # One rollout at a time is ensured by the sensor (it waits while a deployment run is active).
         yield
 

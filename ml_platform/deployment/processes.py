@@ -1,8 +1,11 @@
-"""Serving processes on 127.0.0.1: start detached, probe, stop gracefully.
+"""Serving processes on 127.0.0.1: start detached under a supervisor, probe, stop gracefully.
 
-Processes start in their own session (process group), so they outlive the
-Dagster run that started them and can be stopped as a group: the serving
-main process, its API server and its inference workers together.
+Each track runs as ``python -m ml_platform.deployment.supervisor ... -- python
+-m serving``, started in its own session (process group), so it outlives the
+Dagster run that started it; the supervisor restarts the serving process when
+it dies (see :mod:`.supervisor`). The group holds the supervisor, the serving
+main process, its API server and its inference workers: stopping asks the
+supervisor first (SIGTERM), then stops whatever is left of the group.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SUPERVISOR_MODULE = "ml_platform.deployment.supervisor"
 
 
 class ProcessStartError(RuntimeError):
@@ -105,14 +109,24 @@ def serving_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def start_serving(
-    *, model_uri: str, port: int, track: str, log_path: Path, env: Mapping[str, str], python: str = sys.executable
+    *,
+    model_uri: str,
+    port: int,
+    track: str,
+    log_path: Path,
+    env: Mapping[str, str],
+    status_path: Path,
+    supervisor_args: Sequence[str] = (),
+    python: str = sys.executable,
 ) -> int:
-    """Start ``python -m serving`` detached; return its pid (the process group id too)."""
+    """Start ``python -m serving`` detached under its supervisor; return the supervisor's pid (= process group id)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    status_path.parent.mkdir(parents=True, exist_ok=True)
     settings = {"MODEL_URI": model_uri, "PORT": str(port), "TRACK": track, "HOST": "127.0.0.1", **env}
+    supervisor = [python, "-m", SUPERVISOR_MODULE, "--status", str(status_path), "--port", str(port)]
     with open(log_path, "ab") as out:
         process = subprocess.Popen(
-            [python, "-m", "serving"],
+            [*supervisor, *supervisor_args, "--", python, "-m", "serving"],
             cwd=str(PROJECT_ROOT),
             env=serving_env(settings),
             stdin=subprocess.DEVNULL,
@@ -182,3 +196,16 @@ def stop_group(pid: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
+
+
+def stop_supervised(pid: int, timeout: float = 30.0) -> None:
+    """Ask the supervisor ``pid`` to stop its track (SIGTERM), then stop whatever is left of its group."""
+    if pid_runs(pid, SUPERVISOR_MODULE):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.1)
+    if pid_alive(pid) or group_members(pid):  # what the supervisor left (or all of it, if it was killed)
+        stop_group(pid, timeout=5.0)

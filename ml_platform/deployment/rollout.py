@@ -183,7 +183,8 @@ class CanaryRollout:
         model_version = self.client.get_model_version(self.name, self.version)
         if not is_validated(model_version):
             raise RolloutError(f"{self.name} v{self.version} has not passed the training gates (validation_status)")
-        with self.backend.lock(self.lock_timeout):
+        holder = f"canary rollout of {self.name} v{self.version} (Dagster run {self.run_id or '-'})"
+        with self.backend.lock(self.lock_timeout, holder=holder, log=self.log):
             champion = alias_version(self.client, self.name, CHAMPION_ALIAS)
             self.result.champion_before = str(champion.version) if champion is not None else None
             superseded_by = self._superseded_by(champion)

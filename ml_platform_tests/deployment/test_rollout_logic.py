@@ -87,7 +87,7 @@ class Backend:
             raise DeploymentError(f"{name} broke")
 
     @contextmanager
-    def lock(self, timeout: float = 0.0):  # type: ignore[no-untyped-def]
+    def lock(self, timeout: float = 0.0, **holder: object):  # type: ignore[no-untyped-def]
         yield
 
     def ensure_stable(self, version: str, timeout: float) -> None:
