@@ -7,6 +7,11 @@
   Waits for a rollout in progress to finish first (``--wait`` seconds).
 - ``stop``: stop the local deployment (nginx and every serving process).
 
+``rollback`` and ``stop`` take the deployment lock (the one a rollout holds).
+When it is held they refuse (exit code 3) naming the holder (what, pid, host,
+since when); a lock whose holder process is gone is stale and is broken with
+a notice; ``--force`` breaks a live holder's lock and says what that leaves.
+
 The deployer comes from the environment like the code location's
 (``DEPLOYER_BACKEND``, ``DEPLOY_PUBLIC_PORT``, ...).
 """
@@ -24,6 +29,43 @@ from ml_platform.deployment.state import DeploymentBusy
 from ml_platform.spec import load_spec
 
 STARTUP_TIMEOUT = 300.0
+EXIT_LOCKED = 3
+
+FORCE_CONSEQUENCES = {
+    "stop": (
+        "it keeps running without the lock: a rollout in progress finds its processes gone at its next step, "
+        "ends failed or rejected (it restores any alias it moved) and may leave a process it was starting; "
+        "run `stop` again once it has ended"
+    ),
+    "rollback": (
+        "it keeps running beside this rollback: a rollout in progress may still promote its version "
+        "afterwards; check `status` once it has ended"
+    ),
+}
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _announce_force(backend: Any, command: str) -> None:
+    """Before breaking the lock with --force: say whose lock it is and what breaking it leaves."""
+    holder_of = getattr(backend, "lock_holder", None)
+    holder = holder_of() if holder_of is not None else None
+    if holder is None:
+        return
+    if holder.alive() is False:
+        _stderr(f"--force: the lock holder is already gone (stale lock): {holder.describe()}")
+        return
+    _stderr(f"--force: breaking the deployment lock held by {holder.describe()}; {FORCE_CONSEQUENCES[command]}")
+
+
+def _refuse(command: str, exc: DeploymentBusy) -> int:
+    _stderr(
+        f"{command} refused: {exc}. Wait for it to finish (or pass --wait SECONDS), or break the lock with "
+        f"--force if that operation is stuck ({FORCE_CONSEQUENCES[command].split(':')[0]})."
+    )
+    return EXIT_LOCKED
 
 
 def _client() -> Any:
@@ -62,8 +104,8 @@ def status(deployer: Deployer, name: str) -> int:
     return 0
 
 
-def rollback(deployer: Deployer, name: str, wait: float, reason: str) -> int:
-    """Move ``champion`` back to ``previous_champion`` and make stable serve it."""
+def rollback(deployer: Deployer, name: str, wait: float, reason: str, force: bool = False) -> int:
+    """Move ``champion`` back to ``previous_champion`` and make stable serve it (under the deployment lock)."""
     from ml_platform.deployment.registry_ops import DEPLOYMENT_STATUS_TAG, iso, set_tags
     from ml_platform.ml.registry import CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS
 
@@ -74,8 +116,17 @@ def rollback(deployer: Deployer, name: str, wait: float, reason: str) -> int:
         print(f"nothing to roll back to: @champion={current}, @previous_champion={previous}", file=sys.stderr)
         return 2
     backend = deployer.backend_for(name)
+    if force:
+        _announce_force(backend, "rollback")
     try:
-        with backend.lock(wait):
+        with backend.lock(
+            wait, holder="manual rollback (python -m ml_platform.cli rollback)", force=force, log=_stderr
+        ):
+            aliases = _aliases(client, name)  # again, under the lock: a rollout may have moved them meanwhile
+            current, previous = aliases[CHAMPION_ALIAS], aliases[PREVIOUS_CHAMPION_ALIAS]
+            if previous is None or current is None:
+                _stderr(f"nothing to roll back to: @champion={current}, @previous_champion={previous}")
+                return 2
             backend.retire_canary()
             client.set_registered_model_alias(name, CHAMPION_ALIAS, previous)
             client.delete_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS)
@@ -88,7 +139,9 @@ def rollback(deployer: Deployer, name: str, wait: float, reason: str) -> int:
                 client.set_registered_model_alias(name, CHAMPION_ALIAS, current)
                 client.set_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS, previous)
                 raise
-    except (DeploymentError, DeploymentBusy) as exc:
+    except DeploymentBusy as exc:
+        return _refuse("rollback", exc)
+    except DeploymentError as exc:
         print(f"rollback failed, aliases unchanged: {exc}", file=sys.stderr)
         return 1
     set_tags(
@@ -114,18 +167,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     back = commands.add_parser("rollback", help="champion back to previous_champion, stable serves it")
     back.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a rollout in progress")
     back.add_argument("--reason", default="manual rollback", help="recorded on the demoted version")
-    commands.add_parser("stop", help="stop the local deployment (nginx and serving processes)")
+    back.add_argument("--force", action="store_true", help="break the deployment lock if another operation holds it")
+    stop_cmd = commands.add_parser("stop", help="stop the local deployment (nginx and serving processes)")
+    stop_cmd.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the deployment lock")
+    stop_cmd.add_argument("--force", action="store_true", help="break the deployment lock (stop a rollout's processes)")
     args = parser.parse_args(argv)
     deployer = Deployer.from_env()
     name = load_spec().model.name
     if args.command == "status":
         return status(deployer, name)
     if args.command == "rollback":
-        return rollback(deployer, name, args.wait, args.reason)
+        return rollback(deployer, name, args.wait, args.reason, args.force)
+    return stop(deployer, name, args.wait, args.force)
+
+
+def stop(deployer: Deployer, name: str, wait: float, force: bool) -> int:
+    """Stop nginx and every serving process of the deployment, under the deployment lock."""
+    backend = deployer.backend_for(name)
+    if force:
+        _announce_force(backend, "stop")
     try:
-        deployer.backend_for(name).shutdown()
+        with backend.lock(wait, holder="stop (python -m ml_platform.cli stop)", force=force, log=_stderr):
+            backend.shutdown()
+    except DeploymentBusy as exc:
+        return _refuse("stop", exc)
     except DeploymentError as exc:
-        print(str(exc), file=sys.stderr)
+        _stderr(str(exc))
         return 1
     print(f"stopped the {deployer.backend} deployment of {name}")
     return 0

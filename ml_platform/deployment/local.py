@@ -3,7 +3,8 @@
 Layout under ``<home>/deployments/<model>/``: ``state.json`` (what runs
 where), ``lock``, ``nginx/`` (config, pid, access and error logs),
 ``logs/<track>-<port>.log`` (serving output), ``run/<track>-<port>/``
-(each process's Prometheus multiprocess folder). ``<home>/deployments/prometheus/serving-<model>.json``
+(each process's Prometheus multiprocess folder and its supervisor's
+``supervisor.json``). ``<home>/deployments/prometheus/serving-<model>.json``
 lists the running processes for a Prometheus ``file_sd_configs`` job.
 
 Stable serves ``models:/<name>@champion`` with an admin token only the
@@ -12,17 +13,26 @@ stable hot-swap (no request fails during the swap). The canary serves a pinned
 version. A canary is removed in two reloads: first no new traffic, then no
 route at all once the old nginx workers have drained and no request reached
 it for ``drain_seconds`` (feedback for its last answers), and only then stopped.
+
+Each track runs under a supervisor (:mod:`.supervisor`) that restarts its
+serving process, on the same port, when it dies or stops answering. A canary
+that had to be restarted is reported unhealthy for the rest of its rollout
+(a crash is a failed canary, even if it came back).
+
+Every name that reaches a path or a config (model name, version) is checked
+against a strict allowlist; paths in nginx.conf are quoted (:mod:`.nginx`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,14 +51,36 @@ from ml_platform.deployment.processes import (
     pid_runs,
     served_version,
     start_serving,
-    stop_group,
+    stop_supervised,
     wait_ready,
 )
 from ml_platform.deployment.router_log import RouterLogReader
-from ml_platform.deployment.state import DeploymentState, ProcessRecord, StateStore
+from ml_platform.deployment.state import DeploymentState, LockHolder, ProcessRecord, StateStore
+from ml_platform.deployment.supervisor import SupervisorStatus
 
 ACCESS_LOG_ROTATE_BYTES = 64 * 1024 * 1024
 MAX_DRAIN_SECONDS = 15.0
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,9}$")
+TRACKS = ("stable", "canary")
+
+
+def checked_model_name(name: object) -> str:
+    """``name`` if it is safe as a folder, file and config value: letters, digits, ``.``, ``_``, ``-``."""
+    if not isinstance(name, str) or not MODEL_NAME_PATTERN.match(name) or ".." in name:
+        raise DeploymentError(
+            f"model name {name!r} is not deployable locally: use 1-128 letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit, no '..')"
+        )
+    return name
+
+
+def checked_version(version: object) -> str:
+    """``version`` if it is an MLflow model version number."""
+    text = str(version) if isinstance(version, int) and not isinstance(version, bool) else version
+    if not isinstance(text, str) or not VERSION_PATTERN.match(text):
+        raise DeploymentError(f"model version {version!r} is not a version number (1, 2, ...)")
+    return text
 
 
 class LocalBackend:
@@ -68,8 +100,11 @@ class LocalBackend:
         drain_seconds: float = 1.0,
         canary_env: Mapping[str, str] | None = None,
         stable_env: Mapping[str, str] | None = None,
+        restart_backoff_seconds: float = 0.5,
+        restart_backoff_cap_seconds: float = 30.0,
+        liveness_failures: int = 3,
     ) -> None:
-        self.model_name = model_name
+        self.model_name = checked_model_name(model_name)
         root = deployments_dir or settings.platform_paths().deployments_dir
         self.root = root
         self.folder = root / model_name
@@ -83,6 +118,11 @@ class LocalBackend:
         self.drain_seconds = drain_seconds
         self.canary_env = dict(canary_env or {})
         self.stable_env = dict(stable_env or {})
+        self.supervisor_args = [
+            f"--backoff-base={float(restart_backoff_seconds)}",
+            f"--backoff-cap={float(restart_backoff_cap_seconds)}",
+            f"--liveness-failures={int(liveness_failures)}",
+        ]
 
     # -- state ------------------------------------------------------------------------------
 
@@ -116,9 +156,16 @@ class LocalBackend:
         return f"http://127.0.0.1:{self._state().public_port}"
 
     @contextmanager
-    def lock(self, timeout: float = 0.0) -> Iterator[None]:
-        with self.store.lock(timeout):
+    def lock(
+        self, timeout: float = 0.0, *, holder: str = "", force: bool = False, log: Callable[[str], None] | None = None
+    ) -> Iterator[None]:
+        """The deployment lock (see :meth:`StateStore.lock`); ``holder`` says what takes it."""
+        with self.store.lock(timeout, holder=holder, force=force, log=log):
             yield
+
+    def lock_holder(self) -> LockHolder | None:
+        """Who holds the deployment lock now (None when free)."""
+        return self.store.holder()
 
     # -- processes --------------------------------------------------------------------------
 
@@ -126,9 +173,21 @@ class LocalBackend:
         """Where the router sends canary traffic (the process itself; tests put a proxy here)."""
         return record.port
 
+    def _run_dir(self, track: str, port: int) -> Path:
+        return self.folder / "run" / f"{track}-{port}"
+
+    def supervisor_status(self, record: ProcessRecord | None) -> SupervisorStatus | None:
+        """What the track's supervisor last reported (restarts, last exit), if anything."""
+        if record is None:
+            return None
+        return SupervisorStatus.read(self._run_dir(record.track, record.port) / "supervisor.json")
+
     def _start(self, track: str, model_uri: str, version: str, env: Mapping[str, str], timeout: float) -> ProcessRecord:
+        if track not in TRACKS:
+            raise DeploymentError(f"unknown track {track!r}")
+        version = checked_version(version)
         port = free_port()
-        run_dir = self.folder / "run" / f"{track}-{port}"
+        run_dir = self._run_dir(track, port)
         if run_dir.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         log_path = self.folder / "logs" / f"{track}-{port}.log"
@@ -141,7 +200,15 @@ class LocalBackend:
             **feedback_key_env(self.folder, {**os.environ, **env}),  # one receipt key for all tracks
             **env,
         }
-        pid = start_serving(model_uri=model_uri, port=port, track=track, log_path=log_path, env=settings_env)
+        pid = start_serving(
+            model_uri=model_uri,
+            port=port,
+            track=track,
+            log_path=log_path,
+            env=settings_env,
+            status_path=run_dir / "supervisor.json",
+            supervisor_args=self.supervisor_args,
+        )
         record = ProcessRecord(
             track=track,
             model_uri=model_uri,
@@ -156,11 +223,11 @@ class LocalBackend:
         try:
             body = wait_ready(pid, port, timeout, log_path, track)
         except ProcessStartError as exc:
-            stop_group(pid)
+            stop_supervised(pid)
             raise DeploymentError(str(exc)) from exc
         serving = served_version(body)
         if serving != version:
-            stop_group(pid)
+            stop_supervised(pid)
             raise DeploymentError(f"{track} process resolved {model_uri} to version {serving}, expected {version}")
         return record
 
@@ -168,12 +235,27 @@ class LocalBackend:
         if record is None:
             return
         if owns_group(record.pid, "serving"):  # never signal a pid that was reused by something else
-            stop_group(record.pid)
-        shutil.rmtree(self.folder / "run" / f"{record.track}-{record.port}", ignore_errors=True)
+            stop_supervised(record.pid)
+        shutil.rmtree(self._run_dir(record.track, record.port), ignore_errors=True)
 
     @staticmethod
     def _alive(record: ProcessRecord | None) -> bool:
         return record is not None and pid_runs(record.pid, "serving") and health(record.port)[0] == 200
+
+    def _alive_or_restarting(self, record: ProcessRecord | None, timeout: float) -> bool:
+        """Alive now, or its supervisor runs and brings it back within ``timeout``."""
+        if record is None or not pid_runs(record.pid, "serving"):
+            return False
+        deadline = time.monotonic() + timeout
+        while True:
+            if health(record.port)[0] == 200:
+                return True
+            status = self.supervisor_status(record)
+            if status is None or status.state in ("failed", "stopped") or time.monotonic() >= deadline:
+                return False
+            if not pid_runs(record.pid, "serving"):
+                return False
+            time.sleep(0.3)
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -200,8 +282,9 @@ class LocalBackend:
 
     def ensure_stable(self, champion_version: str, timeout: float) -> None:
         """Stable runs, serves ``champion_version`` and receives the traffic."""
+        champion_version = checked_version(champion_version)
         state = self._state()
-        if self._alive(state.stable):
+        if self._alive_or_restarting(state.stable, min(timeout, 120.0)):
             assert state.stable is not None
             if served_version(health(state.stable.port)[1]) != champion_version:
                 self._reload_stable(state, champion_version, timeout)
@@ -223,6 +306,7 @@ class LocalBackend:
 
     def start_canary(self, version: str, timeout: float) -> None:
         """A canary process for ``version``, ready, routed only for pinned requests (weight 0)."""
+        version = checked_version(version)
         state = self._state()
         if state.canary is not None:
             self.retire_canary()
@@ -241,6 +325,12 @@ class LocalBackend:
             return False, "no canary is deployed"
         if not pid_alive(canary.pid):
             return False, f"canary process {canary.pid} is gone"
+        supervised = self.supervisor_status(canary)
+        if supervised is not None and supervised.restarts > 0:
+            return False, (
+                f"canary restarted {supervised.restarts} time(s), last: {supervised.describe_last_exit()}; "
+                f"now {supervised.state}"
+            )
         status, body = health(canary.port, timeout=2.0)
         if status != 200:
             return False, f"/health answered {status}" if status else "/health unreachable"
@@ -280,7 +370,7 @@ class LocalBackend:
 
     def serve_on_stable(self, version: str, timeout: float) -> None:
         """Stable re-resolves ``@champion`` now and hot-swaps to ``version``."""
-        self._reload_stable(self._state(), version, timeout)
+        self._reload_stable(self._state(), checked_version(version), timeout)
 
     def retire_canary(self) -> None:
         """No new canary traffic; once drained, no route; then stop the process."""
@@ -347,7 +437,16 @@ class LocalBackend:
             if record is None:
                 return "-"
             alive = "up" if self._alive(record) else "DOWN"
-            return f"pid {record.pid}, port {record.port}, {record.model_uri}, {alive}"
+            line = f"pid {record.pid}, port {record.port}, {record.model_uri}, {alive}"
+            supervised = self.supervisor_status(record)
+            if supervised is not None:
+                line += (
+                    f"; supervisor {supervised.state}, serving pid {supervised.child_pid or '-'}, "
+                    f"restarts {supervised.restarts}, last exit {supervised.describe_last_exit()}"
+                )
+            return line
+
+        holder = self.lock_holder()
 
         return DeploymentStatus(
             backend=self.kind,
@@ -360,6 +459,7 @@ class LocalBackend:
                 "nginx": f"pid {router.master_pid()}" if router.running() else "not running",
                 "stable": describe(state.stable),
                 "canary": describe(state.canary),
+                "lock": f"held by {holder.describe()}" if holder else "free",
                 "state file": str(self.store.path),
             },
         )
