@@ -170,7 +170,6 @@ def training_dataset(context: dg.AssetExecutionContext, landing_zone: LandingZon
 
 
 @dg.asset(
-    partitions_def=landed_files,
     ins={"raw_batch": dg.AssetIn(key=raw_batch.key)},
     group_name=INGESTION_GROUP,
     kinds={"markdown"},

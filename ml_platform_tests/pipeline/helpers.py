@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -38,3 +41,20 @@ def model_versions(name: str) -> list[Any]:
 
 def landing_zone() -> LandingZone:
     return LandingZone(settle_seconds=0)
+
+
+def failure_messages(result: dg.ExecuteInProcessResult) -> str:
+    """Every step failure's message (and the description of a dg.Failure), joined."""
+    parts = []
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None:
+            parts.append(error.message)
+            error = error.cause
+    return "\n".join(parts)
+
+
+def age(path: Path, seconds: float = 60) -> None:
+    """Make an entry look settled (its own times: a link is not followed)."""
+    old = time.time() - seconds
+    os.utime(path, (old, old), follow_symlinks=False)

@@ -11,8 +11,8 @@ import pytest
 from ml_platform.resources.landing_zone import LandingZone
 from ml_platform.sensors.incoming_data import incoming_data_sensor
 from ml_platform.spec import load_spec
-from ml_platform_tests.pipeline.helpers import check_outcomes, materialized, model_versions, run_training
 from ml_platform.validation.gate import process
+from ml_platform_tests.pipeline.helpers import check_outcomes, materialized, model_versions, run_training
 from ml_platform_tests.validation.bad_files import BAD_FILES, GOOD_ROWS, write_bad_file, write_good_file
 
 
