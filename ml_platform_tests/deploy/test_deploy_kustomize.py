@@ -92,6 +92,18 @@ def test_admin_token_is_an_optional_secret_reference_and_no_secret_is_rendered(r
             assert ref["name"] and ref["key"]
 
 
+def test_feedback_signing_key_is_one_required_secret_reference_for_both_tracks(rendered):
+    """Receipts signed by one pod must verify on every pod of the deployment: one Secret, and no pod without it."""
+    for name in SERVING:
+        refs = []
+        for deployment in serving_deployments(rendered[name]):
+            container = deployment["spec"]["template"]["spec"]["containers"][0]
+            (key,) = [e for e in container["env"] if e["name"] == "FEEDBACK_SIGNING_KEY"]
+            assert "value" not in key
+            refs.append(key["valueFrom"]["secretKeyRef"])
+        assert refs[0] == refs[1] == {"name": "serving-feedback-key", "key": "key", "optional": False}
+
+
 @pytest.mark.parametrize("name", [*SERVING, "mlflow"])
 def test_every_pod_is_hardened(rendered, name):
     deployments = [o for o in rendered[name] if o["kind"] == "Deployment"]

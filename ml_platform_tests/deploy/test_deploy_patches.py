@@ -97,9 +97,10 @@ def test_canary_patch_changes_the_model_and_keeps_everything_else(rendered, tmp_
     env = {e["name"]: e for e in container["env"]}
     assert env["MODEL_URI"]["value"] == "models:/iris-random-forest/7"
     # Merged, not replaced: the secret reference and ConfigMaps stay.
-    assert env["ADMIN_API_TOKEN"] == next(
-        e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "ADMIN_API_TOKEN"
-    )
+    for secret in ("ADMIN_API_TOKEN", "FEEDBACK_SIGNING_KEY"):
+        assert env[secret] == next(
+            e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == secret
+        )
     assert container["envFrom"] == deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
     assert container["securityContext"] == deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]
     assert patched["spec"]["template"]["metadata"]["annotations"]["ml-platform/model-version"] == "7"
