@@ -44,3 +44,27 @@ def test_cli_exits_zero_when_gates_pass_and_nonzero_when_a_blocking_check_fails(
     assert "accuracy" in output and "1.0100" in output
     versions = model_versions("iris-random-forest")
     assert [v.tags.get("validation_status") for v in versions] == ["passed", "failed"]
+
+
+def test_cli_sweep_trains_the_good_file_and_exits_nonzero_naming_the_rejected_one(platform_home: Path) -> None:
+    from ml_platform.resources.landing_zone import LandingZone
+    from ml_platform.spec import load_spec
+    from ml_platform_tests.pipeline.helpers import age
+    from ml_platform_tests.validation.bad_files import write_bad_file
+
+    zone = LandingZone(settle_seconds=0)
+    good = zone.incoming_dir / "good.csv"
+    good.write_bytes(load_spec().bootstrap_path().read_bytes())
+    age(good, 120)
+    age(write_bad_file(zone.incoming_dir, "renamed_column.csv"), 60)
+
+    mixed = _execute()
+    output = mixed.stdout + mixed.stderr
+    assert mixed.returncode != 0, output[-3000:]
+    assert "every_landed_file_accepted" in output
+    assert "renamed_column.csv@" in output and "missing column petal_width" in output
+    # ... and yet the good file was accepted and trained on in the same run
+    (version,) = model_versions("iris-random-forest")
+    assert version.tags["validation_status"] == "passed"
+    assert [p.name.split("@")[0] for p in zone.accepted_files()] == ["good"]
+    assert any(p.name.endswith(".report.json") for p in zone.quarantine_dir.iterdir())

@@ -241,3 +241,26 @@ def test_an_accepted_file_changed_after_acceptance_fails_the_training_dataset(pl
         third = _ingest(instance, zone)
         assert not third.success
         assert "symbolic link" in failure_messages(third)
+
+
+def test_a_single_class_batch_is_quarantined_on_wine_and_nothing_trains(
+    platform_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    monkeypatch.setenv("ML_PLATFORM_DATASET", "wine")  # wine sets no min_macro_f1: only the batch gate can stop it
+    spec = load_spec()
+    zone = LandingZone(settle_seconds=0)
+    frame = pd.read_csv(spec.bootstrap_path())
+    path = zone.incoming_dir / "one_cultivar.csv"
+    frame[frame["target"] == 0].to_csv(path, index=False)
+    age(path)
+    with dg.instance_for_test() as instance:
+        result = run_training(instance)
+    assert not result.success
+    assert check_outcomes(result) == {"batch_passes_expectation_suite": False}
+    assert materialized(result) == {"raw_batch"}
+    assert model_versions("wine-gradient-boosting") == []
+    (stored,) = [p for p in zone.quarantine_dir.iterdir() if p.suffix == ".csv"]
+    report = json.loads(stored.with_name(stored.name + ".report.json").read_text())
+    assert report["problems"] == ["only one class (class_0); at least 2 required"]

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 ALL_CHECKS = {
     "batch_passes_expectation_suite",
+    "every_landed_file_accepted",
     "meets_metric_thresholds",
     "no_regression_against_champion",
     "serving_smoke_test",
@@ -30,7 +31,13 @@ def test_fresh_home_trains_a_gated_challenger_with_full_lineage(platform_home: P
         result = run_training(instance)
         assert result.success
         assert check_outcomes(result) == dict.fromkeys(ALL_CHECKS, True)
-        assert materialized(result) == {"raw_batch", "training_dataset", "candidate_model", "reference_snapshot"}
+        assert materialized(result) == {
+            "raw_batch",
+            "training_dataset",
+            "candidate_model",
+            "reference_snapshot",
+            "landing_report",
+        }
 
     # the bundled iris file was landed, validated and accepted
     accepted = list((platform_home / "data/iris/accepted").iterdir())
