@@ -5,6 +5,11 @@ before prometheus_client, LitServe or MLflow are imported, and the model is
 resolved and downloaded before any worker is spawned, so workers start from
 local files and never need the registry. The server's runtime folder is
 ``$ML_PLATFORM_HOME/serving/run-<track>-<random>/`` (see :mod:`serving.state`).
+
+Exit codes: 0 after SIGTERM/SIGINT once everything drained, 1 when the server
+cannot start, 2 for invalid configuration, 3 when the API server or an
+inference worker died while serving (the rest of the tree is stopped first;
+see :mod:`serving.supervision`).
 """
 
 from __future__ import annotations
@@ -12,12 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ml_platform.settings import mlflow_tracking_uri, platform_paths
 from serving.config import ConfigError, ServingConfig, load_config
@@ -34,26 +37,12 @@ from serving.state import RuntimeLayout, prepare_multiproc_dir, publish_desired_
 log = logging.getLogger("serving")
 
 
-_MAIN_PID = os.getpid()
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM behaves like Ctrl-C: LitServe then shuts the API server and workers down in order.
-
-    The forked API server inherits this handler; uvicorn re-raises the signal
-    there after its own graceful shutdown, which should simply end that process.
-    """
-    if os.getpid() != _MAIN_PID:
-        raise SystemExit(0)
-    raise KeyboardInterrupt
-
-
 def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
     # imported here: they load prometheus_client, which must see PROMETHEUS_MULTIPROC_DIR first
     from serving.api import ModelAPI
     from serving.refresher import ModelRefresher
     from serving.schema import RequestSchema
-    from serving.server import ServingServer
+    from serving.server import ChildProcessDied, ServingServer
     from serving.service import ServingContext
 
     registry = RegistryClient(mlflow_tracking_uri(), layout.models_dir)
@@ -83,9 +72,11 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
         feedback_key=config.feedback_signing_key,
     )
     server = ServingServer(api, context, config)
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server.serve()
+        server.serve()  # returns after SIGTERM/SIGINT, once everything drained
+    except ChildProcessDied as exc:
+        log.error("stopped: %s", exc)
+        return 3
     except RuntimeError as exc:  # LitServe: a worker failed its setup
         log.error("cannot start: %s", exc)
         server.stop_workers()

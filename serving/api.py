@@ -45,6 +45,7 @@ from serving.predlog import JsonlWriter, PredictionLogFormat
 from serving.registry import ModelBundle, load_bundle_spec
 from serving.runtime import ModelRuntime, Prediction, load_runtime
 from serving.state import MarkerWatcher, RuntimeLayout, read_desired_model, write_worker_status
+from serving.supervision import die_with_parent
 
 log = logging.getLogger("serving.worker")
 
@@ -171,6 +172,7 @@ class ModelAPI(ls.LitAPI):
         self.batch_row_limit = batch_row_limit
         self.log_level = log_level
         self.signer = FeedbackSigner(feedback_key)  # the deployment's receipt key, pickled into each worker
+        self.parent_pid = os.getpid()  # the main process, which spawns the workers
 
     # -- LitAPI hooks -----------------------------------------------------------------------
 
@@ -198,8 +200,13 @@ class ModelAPI(ls.LitAPI):
         ).start()
         self._publish(self.active)
         self._report()
+        # SIGTERM/SIGINT (e.g. sent to the whole process group) do not stop a worker: the API server may still be
+        # draining requests for it. The main process sends a stop message once it has; a worker whose main process
+        # vanished gets SIGTERM from the kernel and stops at its next idle check (see should_stop).
+        self._stop_requested = False
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        die_with_parent(signal.SIGTERM, self.parent_pid)
         gc.freeze()  # modules and the loaded model are permanent: keep GC pauses short
 
     def decode_request(self, request: PredictPayload) -> PredictPayload:
@@ -322,14 +329,21 @@ class ModelAPI(ls.LitAPI):
         )
 
     def close(self) -> None:
-        """Flush the prediction log (called on SIGTERM/SIGINT)."""
+        """Flush the prediction log (called when the worker stops)."""
         writer = getattr(self, "log_writer", None)
         if writer is not None:
             writer.close()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.close()
-        raise SystemExit(0)
+        self._stop_requested = True
+
+    def should_stop(self) -> bool:
+        """Checked when idle: signalled, and the main process is stopping the server or is gone.
+
+        Covers what the stop message cannot reach: a worker that died holding
+        the request pipe's read lock, or a main process that was killed.
+        """
+        return self._stop_requested and (os.getppid() != self.parent_pid or self.layout.stop_marker.exists())
 
 
 class ServingLoop(LitLoop):
@@ -358,7 +372,8 @@ class ServingLoop(LitLoop):
     ) -> None:
         while True:
             batch = self._collect(lit_api, request_queue, transport)
-            if batch is None:
+            if batch is None or (not batch and lit_api.should_stop()):
+                lit_api.close()  # stop message from the main process: flush the prediction log, then exit
                 return
             lit_api.maintain()
             if not batch:

@@ -8,6 +8,8 @@ One folder per running server (the *runtime dir*) holds:
   its inode changes.
 - ``workers/<id>.json``: what each worker has loaded, so ``/health`` can tell
   "all workers on the desired version" from "swap in progress" or "load failed".
+- ``stopping``: present once the main process is stopping the server (see
+  :mod:`serving.supervision`).
 - ``models/``: the downloaded model versions (see :mod:`serving.registry`).
 - ``prometheus/``: the multiprocess metric files, unless PROMETHEUS_MULTIPROC_DIR names
   another folder.
@@ -37,6 +39,11 @@ class RuntimeLayout:
     @property
     def marker(self) -> Path:
         return self.root / "desired_model.json"
+
+    @property
+    def stop_marker(self) -> Path:
+        """Created by the main process when the server stops: workers that were signalled exit when idle."""
+        return self.root / "stopping"
 
     @property
     def workers_dir(self) -> Path:

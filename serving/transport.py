@@ -41,6 +41,7 @@ from litserve.transport.base import MessageTransport
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 PIPE_BYTES = 1 << 20  # a 1,000-row request or response fits whole (Linux default is 64 KiB)
+STOP_MESSAGE = (None, None, None, None)  # a request whose uid (item[1]) is None: LitServe's stop sentinel
 
 
 def _pipe(ctx: BaseContext) -> tuple[Any, Any]:
@@ -89,6 +90,29 @@ class RequestChannel:
             loop.add_writer(self._fd, self._write)
         else:
             loop.remove_writer(self._fd)
+
+    # -- main process -------------------------------------------------------------------------
+
+    def stop_workers(self, count: int, timeout: float = 5.0) -> bool:
+        """Queue ``count`` stop messages (one per worker), after any requests still in the pipe.
+
+        Called by the main process once the API server has exited (no other
+        writer left). Non-blocking writes with a deadline: a full pipe whose
+        readers are gone cannot hang the shutdown. True when all were written.
+        """
+        stop = pickle.dumps(STOP_MESSAGE, protocol=_PROTOCOL)
+        pending = (struct.pack("!i", len(stop)) + stop) * count
+        fd = self._writer.fileno()
+        os.set_blocking(fd, False)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            try:
+                pending = pending[os.write(fd, pending) :]
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                return False
+        return not pending
 
     # -- workers --------------------------------------------------------------------------------
 
