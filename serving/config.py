@@ -41,7 +41,13 @@ class ServingConfig:
     batch_timeout: float = 0.0
     batch_row_limit: int = 512
     max_batch_rows: int = 10_000
-    max_body_bytes: int = 10 * 1024 * 1024
+    max_body_bytes: int | None = None  # None: derived from MAX_BATCH_ROWS and the request schema
+    max_inflight_body_bytes: int = 64 * 1024 * 1024
+    max_header_bytes: int = 32 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 5.0
+    drain_timeout: float = 20.0
     model_auto_refresh_seconds: float = 60.0
     request_timeout: float = 30.0
     runtime: str = "auto"
@@ -82,6 +88,13 @@ def _non_negative_float(raw: str) -> float:
     value = float(raw)
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be a finite number >= 0")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a finite number > 0")
     return value
 
 
@@ -140,7 +153,32 @@ OPTIONS: tuple[_Option, ...] = (
         512,
     ),
     _Option("max_batch_rows", "MAX_BATCH_ROWS", _positive_int, "rows allowed in one /predict request", 10_000),
-    _Option("max_body_bytes", "MAX_BODY_BYTES", _positive_int, "largest accepted request body", 10 * 1024 * 1024),
+    _Option(
+        "max_body_bytes",
+        "MAX_BODY_BYTES",
+        _positive_int,
+        "largest accepted request body (default: derived from MAX_BATCH_ROWS and the features)",
+    ),
+    _Option(
+        "max_inflight_body_bytes",
+        "MAX_INFLIGHT_BODY_BYTES",
+        _positive_int,
+        "request body bytes buffered at once over all connections; beyond it new bodies get 503",
+        64 * 1024 * 1024,
+    ),
+    _Option("max_header_bytes", "MAX_HEADER_BYTES", _positive_int, "largest accepted request head", 32 * 1024),
+    _Option("header_timeout", "HEADER_TIMEOUT", _positive_float, "seconds to receive a request's headers", 10.0),
+    _Option("body_timeout", "BODY_TIMEOUT", _positive_float, "seconds to receive a request's body (then 408)", 30.0),
+    _Option(
+        "keep_alive_timeout", "KEEP_ALIVE_TIMEOUT", _positive_float, "seconds an idle connection stays open", 5.0
+    ),
+    _Option(
+        "drain_timeout",
+        "DRAIN_TIMEOUT",
+        _positive_float,
+        "seconds in-flight requests get to finish after SIGTERM",
+        20.0,
+    ),
     _Option(
         "model_auto_refresh_seconds",
         "MODEL_AUTO_REFRESH_SECONDS",

@@ -1,4 +1,4 @@
-"""The API process's outermost layer: request ids, body limits and request metrics.
+"""The API process's outermost layer: request ids, body limits, body deadline and request metrics.
 
 A plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and
 a copy per request). For every HTTP request it
@@ -7,8 +7,14 @@ a copy per request). For every HTTP request it
   generates one (uuid4 hex), stores it in ``scope["state"]`` and echoes it on
   the response, errors included; an invalid one is refused with 400;
 - for ``POST /predict`` and ``POST /feedback`` refuses a non-JSON content type
-  (415) and a body over ``MAX_BODY_BYTES`` (413, from ``Content-Length`` or
-  while reading), then replays the body to the route;
+  (415) and a body over ``MAX_BODY_BYTES`` (413: from ``Content-Length``
+  before reading anything, or while reading a chunked body), a body not fully
+  received within ``BODY_TIMEOUT`` seconds (408), and a body that would take
+  the bytes buffered by all requests in flight over
+  ``MAX_INFLIGHT_BODY_BYTES`` (503 with ``Retry-After``); the budget is held
+  until the request is answered, since parsing is what costs memory. Then it
+  replays the body to the route. Refusals close the connection (the unread
+  rest of the body must not be parsed as a next request);
 - counts the request in ``ml_serving_requests_total`` and times it in
   ``ml_serving_request_duration_seconds``, whatever its outcome (4xx included;
   unknown paths are counted as ``endpoint="other"`` to bound cardinality).
@@ -16,6 +22,7 @@ a copy per request). For every HTTP request it
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import time
@@ -38,11 +45,11 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class BodyError(Exception):
-    """The body cannot be accepted: status, summary, detail."""
+    """The body cannot be accepted: status, summary, detail (and extra response headers)."""
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(self, status: int, error: str, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(error)
-        self.status, self.error, self.detail = status, error, detail
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
 
 
 def new_request_id() -> str:
@@ -69,26 +76,43 @@ def is_json_media_type(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def _send_error(send: Send, status: int, error: str, detail: Any) -> None:
+async def _send_error(
+    send: Send, status: int, error: str, detail: Any, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
     body = error_body(error, detail)
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())],
+            "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), *headers],
         }
     )
     await send({"type": "http.response.body", "body": body})
 
 
+CLOSE = ((b"connection", b"close"),)
+
+
 class ServingMiddleware:
     """Request ids, JSON body limits and request metrics for every HTTP request."""
 
-    def __init__(self, app: ASGIApp, *, track: str, max_body_bytes: int, current_version: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        track: str,
+        max_body_bytes: int,
+        current_version: Callable[[], str],
+        body_timeout: float = 30.0,
+        max_inflight_body_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.track = track
         self.max_body_bytes = max_body_bytes
         self.current_version = current_version
+        self.body_timeout = body_timeout
+        self.max_inflight_body_bytes = max(max_inflight_body_bytes or 4 * max_body_bytes, max_body_bytes)
+        self.inflight_body_bytes = 0  # over all requests being read or processed (event-loop thread only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,33 +143,40 @@ class ServingMiddleware:
                 return
             if scope["method"] == "POST" and scope["path"] in JSON_BODY_ENDPOINTS:
                 try:
-                    body = await self._read_json_body(scope, receive)
+                    async with asyncio.timeout(self.body_timeout):
+                        body = await self._read_json_body(scope, receive, state)
+                except TimeoutError:
+                    detail = f"the body was not received within {self.body_timeout:g} s (BODY_TIMEOUT)"
+                    await _send_error(send_with_id, 408, "request timeout", detail, CLOSE)
+                    return
                 except BodyError as exc:
-                    await _send_error(send_with_id, exc.status, exc.error, exc.detail)
+                    await _send_error(send_with_id, exc.status, exc.error, exc.detail, exc.headers)
                     return
                 if body is None:  # client went away
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_with_id)
         finally:
+            self.inflight_body_bytes -= state.pop("body_budget", 0)
             path = scope["path"]
             endpoint = path if path in KNOWN_ENDPOINTS else "other"
             version = state.get("model_version") or self.current_version()
             metrics.REQUESTS.labels(endpoint, str(status), version, self.track).inc()
             metrics.REQUEST_DURATION.labels(endpoint, version, self.track).observe(time.perf_counter() - started)
 
-    async def _read_json_body(self, scope: Scope, receive: Receive) -> bytes | None:
+    async def _read_json_body(self, scope: Scope, receive: Receive, state: dict[str, Any]) -> bytes | None:
         content_type = _header(scope, b"content-type")
         if not is_json_media_type(content_type):
             raise BodyError(
-                415, "unsupported media type", f"send Content-Type: application/json (got {content_type!r})"
+                415, "unsupported media type", f"send Content-Type: application/json (got {content_type!r})", CLOSE
             )
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.strip().isdigit():
-                raise BodyError(400, "invalid Content-Length", declared[:40])
+                raise BodyError(400, "invalid Content-Length", declared[:40], CLOSE)
             if int(declared) > self.max_body_bytes:
-                raise BodyError(413, "request body too large", f"at most {self.max_body_bytes} bytes (MAX_BODY_BYTES)")
+                raise self._too_large()
+            self._reserve(state, int(declared))
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -155,10 +186,30 @@ class ServingMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise BodyError(413, "request body too large", f"at most {self.max_body_bytes} bytes (MAX_BODY_BYTES)")
+                raise self._too_large()
+            if declared is None:
+                self._reserve(state, size)
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self) -> BodyError:
+        return BodyError(413, "request body too large", f"at most {self.max_body_bytes} bytes (MAX_BODY_BYTES)", CLOSE)
+
+    def _reserve(self, state: dict[str, Any], size: int) -> None:
+        """Count ``size`` body bytes for this request against the in-flight budget (503 beyond it)."""
+        held = state.get("body_budget", 0)
+        if size <= held:
+            return
+        if self.inflight_body_bytes + size - held > self.max_inflight_body_bytes:
+            raise BodyError(
+                503,
+                "server busy",
+                f"too many request bodies in flight (MAX_INFLIGHT_BODY_BYTES={self.max_inflight_body_bytes}); retry",
+                ((b"retry-after", b"1"), *CLOSE),
+            )
+        self.inflight_body_bytes += size - held
+        state["body_budget"] = size
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

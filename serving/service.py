@@ -7,6 +7,7 @@ bookkeeping that needs to see every worker's answers lives here.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -23,6 +24,25 @@ from serving.refresher import ModelRefresher
 from serving.schema import FeedbackRequest, RequestError, RequestSchema
 from serving.state import RuntimeLayout, read_worker_statuses
 
+BODY_OVERHEAD_BYTES = 4096  # the JSON around the rows: keys, brackets, a request id
+NUMBER_BYTES = 32  # the longest float64 JSON number is 24 characters; the rest is room for whitespace
+
+
+def derived_body_limit(schema: RequestSchema) -> int:
+    """The largest ``/predict`` or ``/feedback`` body that ``MAX_BATCH_ROWS`` rows can need, in bytes.
+
+    Sized for the larger ``records`` form (every row repeats the feature
+    names), with the longest number or category at every position and room
+    for pretty-printing: anything larger cannot be a valid request, so it is
+    refused from ``Content-Length`` before a byte of it is read or parsed.
+    """
+    row = 8  # braces, comma, indentation
+    for feature in schema.spec.features:
+        value = NUMBER_BYTES if feature.type != "category" else max(len(json.dumps(c)) for c in feature.categories) + 8
+        row += len(json.dumps(feature.name)) + 4 + value
+    label = max(len(json.dumps(v)) for v in [*schema.class_values, *schema.class_labels]) + 8
+    return BODY_OVERHEAD_BYTES + schema.max_rows * max(row, label)
+
 
 class ServingContext:
     """Everything the API-process routes share."""
@@ -37,6 +57,7 @@ class ServingContext:
     ) -> None:
         self.config = config
         self.track = config.track
+        self.max_body_bytes = config.max_body_bytes or derived_body_limit(schema)
         self.layout = layout
         self.schema = schema
         self.refresher = refresher
