@@ -45,8 +45,9 @@ import yaml
 from ml_platform.deployment.definitions import ASSETS, JOBS
 from ml_platform.deployment.deployer import Deployer
 from ml_platform.deployment.metric_source import MetricSource
-from ml_platform.deployment.processes import pid_alive
+from ml_platform.deployment.processes import group_members, pid_alive
 from ml_platform.deployment.state import StateStore
+from ml_platform.deployment.supervisor import SupervisorStatus
 from ml_platform.resources.mlflow_resources import MlflowRegistry
 from ml_platform.sensors.model_version import model_version_sensor
 from ml_platform.simulate import SimulationReport, TrafficSimulator
@@ -247,7 +248,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """A fresh platform home with v1 trained by training_job, and the tools the rollouts use."""
     global _PROXY
     nginx_binary()
-    home = tmp_path_factory.mktemp("canary") / "home"
+    home = tmp_path_factory.mktemp("canary") / "platform home"  # a space: every path must be quoted
     prometheus = None
     with pytest.MonkeyPatch.context() as mp:
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "ML_PLATFORM_SPEC", "ML_PLATFORM_DATASET"):
@@ -364,6 +365,14 @@ def assert_rolled_back(platform: Platform, deployment: Deployment, before: dict[
     assert any(key.startswith("step_1_weight_10") for key in deployment.metadata)
     assert_zero_failed_predictions(deployment)
     assert deployment.traffic.by_track["stable"] > 0
+
+
+def supervised(platform: Platform, record: Any) -> SupervisorStatus:
+    """The supervisor status of a track's process record."""
+    path = platform.home / "deployments" / MODEL / "run" / f"{record.track}-{record.port}" / "supervisor.json"
+    status = SupervisorStatus.read(path)
+    assert status is not None, path
+    return status
 
 
 def snapshot(platform: Platform) -> dict[str, Any]:
@@ -500,12 +509,15 @@ def test_canary_crash_mid_rollout_is_rolled_back(deployed: Platform) -> None:
     killed: list[int] = []
 
     def crash(state: Any) -> None:
-        os.killpg(state.canary.pid, signal.SIGKILL)
-        killed.append(state.canary.pid)
+        # SIGKILL the serving process (not its supervisor): it comes back, and must still fail the canary
+        serving = supervised(deployed, state.canary).child_pid
+        os.kill(serving, signal.SIGKILL)
+        killed.extend([serving, state.canary.pid])
 
     deployment = deployed.deploy(inject=crash)
     assert_rolled_back(deployed, deployment, before, "canary unhealthy")
-    assert not pid_alive(killed[0])
+    assert "restarted" in deployment.value("reason") or "unreachable" in deployment.value("reason")
+    assert not pid_alive(killed[0]) and not pid_alive(killed[1])  # the retired canary's supervisor is gone too
     # Feedback for answers the dead canary gave cannot be recorded anywhere: the only failures allowed.
     lost = [f for f in deployment.traffic.failures if "feedback" in f]
     assert all("track canary" in f or "Connect" in f for f in lost), lost
@@ -540,3 +552,145 @@ def test_slow_canary_is_rolled_back(deployed: Platform) -> None:
     assert_rolled_back(deployed, deployment, before, "p95_latency")
     assert deployment.traffic.feedback_failed == 0, deployment.traffic.summary()
     report("fault_slow", deployment)
+
+
+# -- supervision and the deployment lock (run last: they restart and finally stop the deployment) ---------
+
+
+def cli(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DEPLOY_PUBLIC_PORT": str(platform.public_port)}
+    command = [sys.executable, "-m", "ml_platform.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def api_server_pid(supervisor_pid: int, serving_pid: int) -> int:
+    """The serving process's API server: its child that runs ``-m serving`` too (workers are spawned)."""
+    for pid in group_members(supervisor_pid):
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == serving_pid and command.rstrip().endswith("-m serving"):
+            return pid
+    raise AssertionError(f"no API server under serving process {serving_pid}")
+
+
+def wait_restarted(platform: Platform, record: Any, restarts: int, timeout: float = 90.0) -> float:
+    """Seconds until the supervisor reports ``restarts`` and the track answers /health again."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        status = supervised(platform, record)
+        if status.restarts >= restarts and status.state == "running":
+            try:
+                if httpx.get(f"{record.url}/health", timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"not restarted within {timeout:.0f}s: {supervised(platform, record)}")
+
+
+def test_killed_serving_processes_are_restarted_by_their_supervisor(deployed: Platform) -> None:
+    """The stable track, started by a process that then exits, survives kill -9 of its API server and of the
+    serving process: the supervisor restarts it on the same port, traffic through nginx recovers, `cli status`
+    shows the restarts and the last exit."""
+    champion = aliases()["champion"]
+    assert champion is not None
+    Deployer(public_port=deployed.public_port).backend_for(MODEL).shutdown()
+    starter = (
+        "from ml_platform.deployment.deployer import Deployer; "
+        f"Deployer(public_port={deployed.public_port}, stable_refresh_seconds=300)"
+        f".backend_for({MODEL!r}).ensure_stable({champion!r}, 240)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    subprocess.run([sys.executable, "-c", starter], env=env, check=True, timeout=300)  # ... and exits
+    stable = deployed.state().stable
+    parent = int(Path(f"/proc/{stable.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert parent != os.getpid()  # the supervisor outlived the process that started it (reparented)
+
+    measured: dict[str, Any] = {}
+    with TrafficSimulator(deployed.url, rate=RATE) as simulator:
+        time.sleep(1.0)
+        for restarts, victim in ((1, "api_server"), (2, "serving")):
+            status = supervised(deployed, stable)
+            pid = api_server_pid(stable.pid, status.child_pid) if victim == "api_server" else status.child_pid
+            failed_before = simulator.report.predictions_failed
+            os.kill(pid, signal.SIGKILL)
+            measured[f"{victim}_restart_seconds"] = round(wait_restarted(deployed, stable, restarts), 2)
+            time.sleep(1.5)  # traffic flows again through nginx
+            measured[f"{victim}_failed_predictions"] = simulator.report.predictions_failed - failed_before
+    traffic = simulator.report
+    status = supervised(deployed, stable)
+    assert status.restarts == 2 and status.state == "running"
+    assert "SIGKILL" in status.last_exit_reason or "exited with code" in status.last_exit_reason
+    assert deployed.state().stable.pid == stable.pid and deployed.state().stable.port == stable.port
+    # every failure fell inside an outage: bounded by the outages' length at the offered rate
+    outage = measured["api_server_restart_seconds"] + measured["serving_restart_seconds"]
+    assert traffic.predictions_failed <= RATE * (outage + 2), (measured, traffic.summary())
+    assert traffic.predictions_ok > 50, traffic.summary()
+    with httpx.Client(timeout=10) as client:  # recovered: nothing fails now
+        for _ in range(20):
+            answer = client.post(f"{deployed.url}/predict", json={"features": [[5.1, 3.5, 1.4, 0.2]]})
+            assert answer.status_code == 200 and answer.json()["model_version"] == champion, answer.text
+    shown = cli(deployed, "status")
+    assert shown.returncode == 0, shown.stderr
+    line = next(x for x in shown.stdout.splitlines() if x.startswith("stable:"))
+    assert "restarts 2" in line and "last exit" in line and "supervisor running" in line, line
+    record_report("supervisor_restarts", traffic=traffic.as_dict(), **measured)
+    print(f"supervisor restarts: {measured}; {traffic.summary()}")
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from ml_platform.deployment.state import StateStore
+with StateStore(Path(sys.argv[1])).lock(holder="canary rollout of iris-random-forest v99 (Dagster run test-run)"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_cli_stop_and_rollback_take_the_deployment_lock(deployed: Platform) -> None:
+    """With a rollout holding the lock (a real other process), stop and rollback refuse naming it and change
+    nothing; status shows the holder; stop --force breaks the lock, says what that leaves, and stops."""
+    client = registry_client()
+    before = aliases()
+    client.set_registered_model_alias(MODEL, "previous_champion", "1")  # something to roll back to
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    folder = deployed.home / "deployments" / MODEL
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(folder)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        stopped = cli(deployed, "stop")
+        assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+        for part in (
+            "stop refused",
+            "canary rollout of iris-random-forest v99",
+            f"pid {holder.pid}",
+            "since",
+            "--force",
+        ):
+            assert part in stopped.stderr, stopped.stderr
+        rolled = cli(deployed, "rollback", "--wait", "1")
+        assert rolled.returncode == 3 and "rollback refused" in rolled.stderr, rolled.stderr
+        assert aliases() == {**before, "previous_champion": "1"}  # nothing moved
+        answer = httpx.post(f"{deployed.url}/predict", json={"features": [[5.1, 3.5, 1.4, 0.2]]}, timeout=10)
+        assert answer.status_code == 200  # nothing was stopped
+        shown = cli(deployed, "status")
+        assert "held by canary rollout of iris-random-forest v99" in shown.stdout, shown.stdout
+
+        forced = cli(deployed, "stop", "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert "breaking the deployment lock held by canary rollout" in forced.stderr, forced.stderr
+        assert "finds its processes gone" in forced.stderr, forced.stderr
+        assert holder.poll() is None  # --force breaks the lock, not the holder
+    finally:
+        holder.kill()
+        holder.wait(10)
+        client.delete_registered_model_alias(MODEL, "previous_champion")
+    assert deployed.state() is None
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{deployed.url}/_deployment", timeout=2)
