@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ml_platform.deployment.backend import DeploymentError
+from ml_platform.deployment.local import LocalBackend
 from ml_platform.deployment.nginx import NginxConfigValueError, NginxRouter, Routing, render_config
 from ml_platform.deployment.router_log import RouterLogReader
 from ml_platform_tests.conftest import free_port
@@ -197,3 +199,20 @@ def test_numbers_are_checked_before_they_reach_the_config(
     with pytest.raises(NginxConfigValueError, match=message):
         router.apply(routing)
     assert not router.conf.exists() and not any(tmp_path.glob("nginx.conf*"))
+
+
+@pytest.mark.parametrize("name", ["iris;} error_log /tmp/x; {", "iris\nuser root;", "a$host", 'm"q', "../../etc", ""])
+def test_crafted_model_names_are_refused_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    with pytest.raises(DeploymentError, match="is not deployable locally"):
+        LocalBackend(name, deployments_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("version", ["7; }", "7\nlisten 80;", "$uri", '7"', "0", "-1", "latest"])
+def test_crafted_versions_are_refused_before_anything_starts(tmp_path: Path, version: str) -> None:
+    backend = LocalBackend("iris-random-forest", deployments_dir=tmp_path, public_port=free_port())
+    for step in (backend.ensure_stable, backend.start_canary, backend.serve_on_stable):
+        with pytest.raises(DeploymentError, match="is not a version number"):
+            step(version, 5.0)
+    assert not (tmp_path / "iris-random-forest" / "nginx").exists()
+    assert not (tmp_path / "iris-random-forest" / "run").exists()
