@@ -145,11 +145,14 @@ class RequestSchema:
             self._label_index[(type(value), value)] = index
             self._label_index[(str, self.class_labels[index])] = index
         allowed = sorted({v for _, v in self._label_index}, key=str)
-        label: Any = Annotated[Annotated[int, Strict()] | Annotated[str, Strict()], WithJsonSchema({"enum": allowed})]
+        # JSON Schema compares numbers by value (1 and 1.0 are one enum member, 569.0 is an integer): so does the parser
+        number = Annotated[int, Strict()] | Annotated[float, Strict(), AllowInfNan(False)]
+        label: Any = Annotated[number | Annotated[str, Strict()], WithJsonSchema({"enum": allowed})]
         request_id = Annotated[str, Strict(), Field(pattern=REQUEST_ID_PATTERN)]
         token = Annotated[str, Strict(), Field(max_length=64)]  # its format is checked after, for a 401/403
         labels = Annotated[list[label], Field(min_length=1, max_length=max_rows)]
         row_index = Annotated[int, Strict(), Field(ge=0, lt=max_rows)]
+        any_row_index = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, lt=max_rows, multiple_of=1)]
         # The parser: every field optional, unknown keys refused; the rules across fields are checked in
         # parse_feedback. The published schema (feedback_json_schema) states the same rules as a oneOf.
         feedback = _strict_object(
@@ -158,7 +161,7 @@ class RequestSchema:
                 "request_id": request_id,
                 "feedback_token": NotRequired[token],
                 "labels": NotRequired[labels],
-                "row": NotRequired[row_index],
+                "row": NotRequired[any_row_index],
                 "label": NotRequired[label],
             },
         )
@@ -242,13 +245,16 @@ class RequestSchema:
         indices = []
         for position, value in enumerate(raw):
             index = self._label_index.get((type(value), value))
+            if index is None and type(value) in (int, float) and value == int(value):
+                # JSON numbers compare by value: 1.0 labels class 1, and 1 labels class 1.0
+                index = self._label_index.get((int, int(value)), self._label_index.get((float, float(value))))
             if index is None:
                 allowed = [*self.class_values, *self.class_labels]
                 raise RequestError(
                     422, "unknown label", f"label {value!r} at position {position} is not one of {allowed}"
                 )
             indices.append(index)
-        return FeedbackRequest(parsed["request_id"], None if has_labels else [parsed["row"]], indices, token)
+        return FeedbackRequest(parsed["request_id"], None if has_labels else [int(parsed["row"])], indices, token)
 
     # -- OpenAPI ----------------------------------------------------------------------------
 

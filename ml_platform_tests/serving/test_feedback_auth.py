@@ -242,3 +242,46 @@ def test_a_bad_signing_key_is_a_configuration_error(env: dict, message: str):
     with pytest.raises(ConfigError, match=message) as raised:
         load_config([], {"MODEL_URI": f"models:/{MODEL_NAME}/1", **env})
     assert env.get("FEEDBACK_SIGNING_KEY", "<unset>") not in str(raised.value)  # a key is never echoed
+
+
+TOKEN = "v1." + "A" * 22
+FEEDBACK_BODIES = [
+    {"request_id": "r1", "feedback_token": TOKEN, "labels": [0, "virginica"]},
+    {"request_id": "r1", "feedback_token": TOKEN, "labels": [1.0]},  # JSON Schema: 1.0 is the enum's 1
+    {"request_id": "r1", "feedback_token": TOKEN, "row": 3, "label": "setosa"},
+    {"request_id": "r1", "feedback_token": TOKEN, "row": 569.0, "label": 2},  # an integral number is an integer
+    {"request_id": "r1", "labels": [0]},  # no receipt
+    {"request_id": "r1", "feedback_token": "v1.short", "labels": [0]},
+    {"request_id": "r1", "feedback_token": TOKEN, "labels": [0], "row": 0, "label": 0},  # both shapes at once
+    {"request_id": "r1", "feedback_token": TOKEN, "row": 0},
+    {"request_id": "r1", "feedback_token": TOKEN, "label": 0},
+    {"request_id": "r1", "feedback_token": TOKEN, "labels": []},
+    {"request_id": "r1", "feedback_token": TOKEN, "labels": [0], "extra": True},
+    {"request_id": "r1", "feedback_token": TOKEN, "labels": [True]},
+    {"request_id": "r1", "feedback_token": TOKEN, "labels": [1.5]},
+    {"request_id": "r1", "feedback_token": TOKEN, "row": 0.5, "label": 0},
+    {"request_id": "r1", "feedback_token": TOKEN, "row": -1, "label": 0},
+    {"request_id": "r 1", "feedback_token": TOKEN, "labels": [0]},
+    {"feedback_token": TOKEN, "labels": [0]},
+]
+
+
+@pytest.mark.parametrize("body", FEEDBACK_BODIES, ids=range(len(FEEDBACK_BODIES)))
+def test_the_feedback_parser_accepts_exactly_the_published_schema(body: dict):
+    """Schemathesis' contract checks, deterministic: schema-valid bodies parse, schema-invalid ones are refused."""
+    import json
+
+    import jsonschema
+
+    from ml_platform.spec import load_spec
+    from serving.schema import RequestError, RequestSchema
+
+    schema = RequestSchema(load_spec("iris"), max_rows=100)
+    valid = jsonschema.Draft202012Validator(schema.feedback_json_schema()).is_valid(body)
+    try:
+        schema.parse_feedback(json.dumps(body).encode())
+        accepted = True
+    except RequestError as exc:
+        accepted = False
+        assert exc.status in (401, 403, 422), exc.status
+    assert accepted == valid
