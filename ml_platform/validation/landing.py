@@ -75,6 +75,11 @@ def _identity_hash(path: Path, st: os.stat_result, kind: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _inside(folder: Path, path: Path) -> bool:
+    """``path`` is a direct child of ``folder``, also once both are resolved (no escape by name)."""
+    return path.name not in ("", ".", "..") and os.path.realpath(path.parent) == os.path.realpath(folder)
+
+
 class LandingFolders:
     """incoming/, staging/, accepted/ and quarantine/ of one dataset."""
 
@@ -114,6 +119,8 @@ class LandingFolders:
                 return LandedFile(path, hash_file(path), "file", st.st_mtime, st.st_size)
             except NotRegularFileError:  # swapped for a link or pipe since lstat
                 return self.describe(path)
+            except PermissionError:
+                kind = "unreadable"
         return LandedFile(path, _identity_hash(path, st, kind), kind, st.st_mtime, 0)
 
     def pending(self, now: float | None = None) -> list[LandedFile]:
@@ -150,14 +157,14 @@ class LandingFolders:
             with os.scandir(incoming) as entries:
                 candidates += [incoming / e.name for e in entries if e.name != name and safe_name(e.name) == name]
         for path in candidates:
-            if path.parent != incoming or not os.path.lexists(path):
+            if not _inside(incoming, path) or not os.path.lexists(path):
                 continue
             described = self.describe(path)
             if described.sha256 == digest:
                 return described
         for folder in (self.accepted_dir, self.quarantine_dir):
             path = folder / stored_name(key)
-            if path.parent == folder and os.path.lexists(path):
+            if _inside(folder, path) and os.path.lexists(path):
                 st = path.lstat()
                 return LandedFile(path, digest, entry_kind(st.st_mode), st.st_mtime, st.st_size)
         raise FileNotFoundError(

@@ -49,6 +49,7 @@ KIND_SENTENCES = {
     "socket": "it is a socket, not a regular file",
     "device": "it is a device node, not a regular file",
     "other": "it is not a regular file",
+    "unreadable": "it cannot be read by the platform (permission denied)",
 }
 
 
