@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serving",
         description="Serve a registered MLflow model with LitServe. Every flag has an environment "
-        "equivalent (shown in brackets); ADMIN_API_TOKEN is environment-only so it never shows in `ps`.",
+        "equivalent (shown in brackets); ADMIN_API_TOKEN and FEEDBACK_SIGNING_KEY (or FEEDBACK_SIGNING_KEY_FILE, "
+        "one key per deployment; unset: random per server) are environment-only so they never show in `ps`.",
     )
     for option in OPTIONS:
         flag = "--" + option.name.replace("_", "-")
