@@ -170,7 +170,12 @@ def write_prediction_log(
         raise ValueError(f"feedback must be a share in [0, 1], got {feedback}")
     start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=UTC)
     uri, name, version = _resolve_model(spec, model_uri)
-    model = mlflow.sklearn.load_model(uri)
+    from ml_platform.ml.safe_load import load_verified_version
+    from ml_platform.resources.mlflow_resources import configure_mlflow
+
+    # the safe loader (hashes checked, skops with the fixed allowlist, never pickle); any version may be chosen here
+    client = mlflow.MlflowClient(tracking_uri=configure_mlflow())
+    model = load_verified_version(client, name, version, require_gates=False).model
     frame = drifted_rows(spec, rows, shift, features=features, seed=seed)
     inputs = feature_frame(frame, spec)
     predictions = model.predict(inputs) if rows else np.array([])
