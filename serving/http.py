@@ -85,22 +85,45 @@ class ServingHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
+        self._parsed_head = 0
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_head += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed_head += len(name) + len(value) + 4
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._head_bytes = 0
         self._cancel_head_timer()
+        if self._parsed_head > self.max_header_bytes:  # arrived in one read: refuse instead of starting it
+            detail = f"the request line and headers must fit in {self.max_header_bytes} bytes (MAX_HEADER_BYTES)"
+            self._refuse(431, "Request Header Fields Too Large", "request headers too large", detail)
+            return
         super().on_headers_complete()
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # answer it, then close: the server is shutting down
+
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():  # refused (408/431): the rest of the request is ignored
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.transport.is_closing():
+            super().on_message_complete()
 
     # -- errors -------------------------------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
         """A request httptools cannot parse: the JSON error body, then close."""
         self._cancel_head_timer()
+        if self.transport.is_closing():
+            return
         self.transport.write(_response(400, "Bad Request", "malformed HTTP request", msg))
         self.transport.close()
 

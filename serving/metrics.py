@@ -61,8 +61,19 @@ REGISTRY_UP = Gauge(
 )
 LOG_DROPPED = Counter(
     "ml_serving_log_dropped_total",
-    "Prediction/feedback log submissions (one per request) dropped because the writer could not keep up.",
+    "Prediction/feedback log submissions (one per request) dropped: the writer could not keep up or not write.",
     ["event", "track"],
+)
+LOG_WRITE_ERRORS = Counter(
+    "ml_serving_log_write_errors_total",
+    "Failed prediction/feedback log writes (disk full, I/O error, ...); the writer keeps retrying.",
+    ["event", "track"],
+)
+LOG_WRITER_FAILING = Gauge(
+    "ml_serving_log_writer_failing",
+    "errno of a log writer's last failed write (e.g. 28 = ENOSPC); 0 once a write succeeds.",
+    ["event", "track"],
+    multiprocess_mode="max",
 )
 
 # --- inference workers ------------------------------------------------------------------------
@@ -89,6 +100,20 @@ BATCH_REQUESTS = Histogram(
     ["track"],
     buckets=BATCH_BUCKETS,
 )
+
+
+def failing_log_writers(track: str) -> dict[str, int]:
+    """``{event: errno}`` for the log writers of any process whose last write failed (read from the metric files)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    failing = {}
+    for family in registry.collect():
+        if family.name != "ml_serving_log_writer_failing":
+            continue
+        for sample in family.samples:
+            if sample.value and sample.labels.get("track") == track:
+                failing[sample.labels["event"]] = int(sample.value)
+    return failing
 
 
 def render_metrics() -> tuple[bytes, str]:

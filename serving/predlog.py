@@ -8,12 +8,22 @@ Layout (documented in docs/serving.md; the drift and canary code reads it)::
 Each process appends only to its own files (the pid is in the name), so no
 locking is needed. Requests hand a zero-argument render callable to a bounded
 queue (if the disk cannot keep up, submissions are dropped and counted,
-never waited for); a daemon thread renders, writes and flushes what is pending
-every ``flush_interval`` seconds (0.25), and on close.
+never waited for); a daemon thread renders what is pending every
+``flush_interval`` seconds (0.25) and appends it with one ``write`` per file,
+and on close.
+
+A failed write (disk full, quota, I/O error) never stops the thread: the
+file is cut back to its last complete line, the lines are dropped and
+counted (``ml_serving_log_dropped_total``, ``ml_serving_log_write_errors_total``),
+``ml_serving_log_writer_failing`` holds the errno so ``/health`` reports
+``degraded``, and the next cycle reopens the file and writes again: logging
+resumes by itself once the fault is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import threading
@@ -21,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import orjson
@@ -37,12 +47,15 @@ def utc_timestamp(epoch: float) -> tuple[str, str]:
     return moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+EVENTS = {"predictions": "prediction"}  # file stem -> metric label (the feedback stem is its own label)
+
+
 class JsonlWriter:
     """Appends rendered JSON lines to ``date=<day>/<stem>-<track>-<pid>.jsonl`` from a background thread.
 
     ``submit`` only appends a render callable to a deque (no lock, no thread
     wake-up on the request path); the thread wakes every ``flush_interval``
-    seconds, renders and writes everything pending, and flushes.
+    seconds, renders everything pending and writes it.
     """
 
     def __init__(
@@ -53,7 +66,7 @@ class JsonlWriter:
         *,
         max_pending: int = 10_000,
         flush_interval: float = 0.25,
-        on_drop: Callable[[], None] | None = None,
+        on_drop: Callable[..., object] | None = None,
     ) -> None:
         self.root = root
         self.stem = stem
@@ -64,14 +77,25 @@ class JsonlWriter:
         self._on_drop = on_drop
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._files: dict[str, IO[bytes]] = {}
+        self._files: dict[str, int] = {}  # day -> fd opened O_APPEND
         self._pid = os.getpid()
+        self.failing_errno = 0  # errno of the last failed write; 0 once a write succeeds
+        self.write_errors = 0
+        self.dropped = 0  # submissions lost to write errors
+        self._metrics: tuple[Any, Any] | None = None
 
     def path_for(self, day: str) -> Path:
         return self.root / f"date={day}" / f"{self.stem}-{self.track}-{self._pid}.jsonl"
 
     def start(self) -> JsonlWriter:
+        from serving import metrics  # here, not at import: prometheus_client must see PROMETHEUS_MULTIPROC_DIR
+
         self._pid = os.getpid()
+        event = EVENTS.get(self.stem, self.stem)
+        self._metrics = (
+            metrics.LOG_WRITE_ERRORS.labels(event, self.track),
+            metrics.LOG_WRITER_FAILING.labels(event, self.track),
+        )
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"{self.stem}-log-writer", daemon=True)
         self._thread.start()
@@ -94,36 +118,91 @@ class JsonlWriter:
         self._thread.join(timeout)
         self._thread = None
 
-    def _handle(self, day: str) -> IO[bytes]:
-        handle = self._files.get(day)
-        if handle is None:
-            for old_day in list(self._files):  # a new day: yesterday's file is complete
-                self._files.pop(old_day).close()
+    def _fd(self, day: str) -> int:
+        fd = self._files.get(day)
+        if fd is None:
+            self._close_files()  # a new day: yesterday's file is complete
             path = self.path_for(day)
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle = self._files[day] = open(path, "ab", buffering=1 << 20)  # noqa: SIM115 - kept open across writes
-        return handle
+            fd = self._files[day] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return fd
+
+    def _close_files(self) -> None:
+        for fd in self._files.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._files.clear()
 
     def _drain(self) -> None:
+        by_day: dict[str, list[bytes]] = {}
         while self._pending:
             render = self._pending.popleft()
             try:
                 day, data = render()
-                self._handle(day).write(data)
             except Exception:
-                log.exception("could not write %s log rows", self.stem)
-        for handle in self._files.values():
-            handle.flush()
+                log.exception("could not render a %s log line", self.stem)
+                continue
+            by_day.setdefault(day, []).append(data)
+        for day, lines in by_day.items():
+            self._write(day, b"".join(lines), len(lines))
+
+    def _write(self, day: str, data: bytes, count: int) -> None:
+        """Append ``data`` whole, or not at all (a failed write is cut back to the last complete line)."""
+        fd, size = None, None
+        try:
+            fd = self._fd(day)
+            size = os.fstat(fd).st_size
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            if fd is not None and size is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+            self._close_files()  # reopened next cycle: the file or its folder may have been replaced
+            self._failed(exc, count)
+            return
+        if self.failing_errno:
+            log.warning(
+                "%s log writable again after %d failed writes (%d submissions dropped)",
+                self.stem,
+                self.write_errors,
+                self.dropped,
+            )
+            self._set_failing(0)
+
+    def _failed(self, exc: OSError, count: int) -> None:
+        code = exc.errno or errno.EIO
+        if not self.failing_errno:
+            log.error(
+                "cannot write the %s log under %s: %s; dropping lines until it works again", self.stem, self.root, exc
+            )
+        self.write_errors += 1
+        self.dropped += count
+        if self._metrics is not None:
+            self._metrics[0].inc()
+        if self._on_drop is not None:
+            self._on_drop(count)
+        self._set_failing(code)
+
+    def _set_failing(self, code: int) -> None:
+        self.failing_errno = code
+        if self._metrics is not None:
+            self._metrics[1].set(code)
 
     def _run(self) -> None:
         try:
             while not self._stop.wait(self.flush_interval):
-                self._drain()
-            self._drain()
+                self._drain_safely()
+            self._drain_safely()
         finally:
-            for handle in self._files.values():
-                handle.close()
-            self._files.clear()
+            self._close_files()
+
+    def _drain_safely(self) -> None:
+        try:
+            self._drain()
+        except Exception:  # never let the writer thread die: the next cycle tries again
+            log.exception("%s log writer cycle failed", self.stem)
 
 
 class PredictionLogFormat:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ml_platform.ml.safe_load import ModelRefused
 from serving.registry import ModelBundle, ModelRef, ModelResolutionError, RegistryClient, load_bundle_spec, redact_uri
 from serving.schema import RequestSchema
 from serving.state import RuntimeLayout, publish_desired_model
@@ -25,6 +26,23 @@ from serving.state import RuntimeLayout, publish_desired_model
 log = logging.getLogger(__name__)
 
 BACKOFF_CAP_FLOOR = 30.0
+
+
+class IncompatibleModel(ModelResolutionError):
+    """A newer version whose request schema differs from the served one (the message is safe to show)."""
+
+
+def public_reason(exc: BaseException, ref: ModelRef, reachable: bool) -> str:
+    """What ``/health`` tells anyone about a failed refresh: the platform's own refusal reasons verbatim,
+    otherwise a category (raw errors can hold SQL text, hostnames or paths; they go to the log, and to
+    ``/health`` only for a caller with the admin token)."""
+    if isinstance(exc, IncompatibleModel) or isinstance(exc.__cause__, ModelRefused):
+        return str(exc)
+    if not reachable:
+        return f"cannot reach the MLflow registry to resolve {ref.uri} (details in the server log)"
+    if isinstance(exc, ModelResolutionError):
+        return f"cannot resolve {ref.uri} to a servable version (details in the server log)"
+    return f"the refresh of {ref.uri} failed ({type(exc).__name__}; details in the server log)"
 
 
 @dataclass(frozen=True)
@@ -68,7 +86,8 @@ class ModelRefresher:
         self.reachable: bool = True
         self.server_version: str | None = None
         self.last_refresh_at: float | None = None
-        self.last_refresh_error: str | None = None
+        self.last_refresh_error: str | None = None  # raw: the log and admin callers only
+        self.last_refresh_public: str | None = None  # safe for anyone (see public_reason)
         self.failures = 0
         self.on_reachability: Callable[[bool], None] | None = None  # set by the serving context
         self._lock = threading.Lock()
@@ -87,18 +106,19 @@ class ModelRefresher:
                 if bundle.version != previous:
                     reason = self.schema.incompatibility(load_bundle_spec(bundle))
                     if reason:
-                        raise ModelResolutionError(f"{bundle.uri} is not served: {reason}")
+                        raise IncompatibleModel(f"{bundle.uri} is not served: {reason}")
                     publish_desired_model(self.layout, bundle)
                     self.current, self.resolved_at = bundle, time.time()
                     log.info("model %s now resolves to version %s (was %s)", self.ref.uri, bundle.version, previous)
                 self.server_version = self.probe_server_version()
                 self._set_reachable(True)
-                self.last_refresh_error, self.failures = None, 0
+                self.last_refresh_error, self.last_refresh_public, self.failures = None, None, 0
                 return RefreshOutcome(previous, self.current.version, None)
             except Exception as exc:
                 self.failures += 1
                 self.last_refresh_error = str(exc)[:500]
                 self._set_reachable(self.registry.ping())
+                self.last_refresh_public = public_reason(exc, self.ref, self.reachable)[:500]
                 log.warning("model refresh failed (%d in a row): %s", self.failures, self.last_refresh_error)
                 return RefreshOutcome(previous, previous, self.last_refresh_error)
 
@@ -147,17 +167,17 @@ class ModelRefresher:
     def healthy(self) -> bool:
         return self.reachable and self.last_refresh_error is None
 
-    def snapshot(self) -> dict[str, Any]:
-        """The ``mlflow`` block of ``/health``."""
+    def snapshot(self, detailed: bool = False) -> dict[str, Any]:
+        """The ``mlflow`` block of ``/health`` (raw refresh errors only when ``detailed``)."""
         return {
-            "tracking_uri": redact_uri(self.registry.tracking_uri),
+            "tracking_uri": redact_uri(self.registry.tracking_uri) if detailed else None,  # paths, hostnames
             "reachable": self.reachable,
             "server_version": self.server_version,
             "model_uri": self.ref.uri,
             "resolved_version": self.current.version,
             "loaded_at": _iso(self.resolved_at),
             "last_refresh_at": _iso(self.last_refresh_at),
-            "last_refresh_error": self.last_refresh_error,
+            "last_refresh_error": self.last_refresh_error if detailed else self.last_refresh_public,
             "consecutive_failures": self.failures,
             "auto_refresh_seconds": self.interval,
         }

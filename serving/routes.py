@@ -76,6 +76,19 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {JSON: {"schema": schema}}}
 
 
+def _is_admin(request: Request, token: str | None) -> bool:
+    """True when the request carries the admin token (``Authorization: Bearer`` or ``X-Admin-Token``)."""
+    if not token:
+        return False
+    offered = request.headers.get("x-admin-token")
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials:
+        offered = credentials.strip()
+    if not offered:
+        return False
+    return hmac.compare_digest(offered.encode(), token.encode())
+
+
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(dumps(payload), status_code=status, media_type=JSON)
 
@@ -142,8 +155,8 @@ def register_routes(app: FastAPI, ctx: ServingContext) -> None:
         except RequestError as exc:
             return json_error(exc.status, exc.error, exc.detail)
 
-    async def health() -> Response:
-        status, body = ctx.health()
+    async def health(request: Request) -> Response:
+        status, body = ctx.health(detailed=_is_admin(request, ctx.config.admin_api_token))
         return _json(body, status)
 
     async def metrics_endpoint() -> Response:
@@ -154,11 +167,7 @@ def register_routes(app: FastAPI, ctx: ServingContext) -> None:
         token = ctx.config.admin_api_token
         if not token:
             return json_error(403, "admin API disabled", "set ADMIN_API_TOKEN to enable /admin/reload")
-        offered = request.headers.get("x-admin-token")
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and credentials:
-            offered = credentials.strip()
-        if not offered or not hmac.compare_digest(offered.encode(), token.encode()):
+        if not _is_admin(request, token):
             return json_error(
                 401, "unauthorized", "send Authorization: Bearer <ADMIN_API_TOKEN>", {"WWW-Authenticate": "Bearer"}
             )

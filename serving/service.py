@@ -7,6 +7,7 @@ bookkeeping that needs to see every worker's answers lives here.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -24,23 +25,24 @@ from serving.refresher import ModelRefresher
 from serving.schema import FeedbackRequest, RequestError, RequestSchema
 from serving.state import RuntimeLayout, read_worker_statuses
 
-BODY_OVERHEAD_BYTES = 4096  # the JSON around the rows: keys, brackets, a request id
-NUMBER_BYTES = 32  # the longest float64 JSON number is 24 characters; the rest is room for whitespace
+BODY_OVERHEAD_BYTES = 4096  # the JSON around the rows: keys, brackets, a request id, a receipt
+NUMBER_BYTES = 24  # the longest float64 JSON number, e.g. -1.2345678901234567e-300
+LAYOUT_BYTES = 24  # per value: ": ", ",\n" and pretty-printing indentation
 
 
 def derived_body_limit(schema: RequestSchema) -> int:
     """The largest ``/predict`` or ``/feedback`` body that ``MAX_BATCH_ROWS`` rows can need, in bytes.
 
-    Sized for the larger ``records`` form (every row repeats the feature
-    names), with the longest number or category at every position and room
-    for pretty-printing: anything larger cannot be a valid request, so it is
-    refused from ``Content-Length`` before a byte of it is read or parsed.
+    Sized for the wordier ``records`` form (every row repeats the feature
+    names), with the longest number or category at every position, pretty
+    printed: anything larger cannot be a valid request, so it is refused from
+    ``Content-Length`` before a byte of it is read or parsed.
     """
-    row = 8  # braces, comma, indentation
+    row = LAYOUT_BYTES  # braces and indentation of the row itself
     for feature in schema.spec.features:
-        value = NUMBER_BYTES if feature.type != "category" else max(len(json.dumps(c)) for c in feature.categories) + 8
-        row += len(json.dumps(feature.name)) + 4 + value
-    label = max(len(json.dumps(v)) for v in [*schema.class_values, *schema.class_labels]) + 8
+        value = NUMBER_BYTES if feature.type != "category" else max(len(json.dumps(c)) for c in feature.categories)
+        row += len(json.dumps(feature.name)) + LAYOUT_BYTES + value
+    label = max(len(json.dumps(v)) for v in [*schema.class_values, *schema.class_labels]) + LAYOUT_BYTES
     return BODY_OVERHEAD_BYTES + schema.max_rows * max(row, label)
 
 
@@ -167,8 +169,12 @@ class ServingContext:
 
     # -- health -----------------------------------------------------------------------------
 
-    def health(self) -> tuple[int, dict[str, Any]]:
-        """``(HTTP status, body)``: 200 ok/degraded while a model serves, 503 unavailable otherwise."""
+    def health(self, detailed: bool = False) -> tuple[int, dict[str, Any]]:
+        """``(HTTP status, body)``: 200 ok/degraded while a model serves, 503 unavailable otherwise.
+
+        Raw error texts (refresh exceptions, worker load errors) only when
+        ``detailed`` (a caller with the admin token); otherwise safe summaries.
+        """
         workers = read_worker_statuses(self.layout)
         ready = self.workers_ready()
         desired = self.refresher.current
@@ -184,7 +190,10 @@ class ServingContext:
                 problems.append("the MLflow registry is unreachable; serving the loaded model")
             elif self.refresher.last_refresh_error:
                 problems.append("the last model refresh failed; serving the loaded model")
-            problems += [f"worker {w['worker_id']}: {w['error']}" for w in workers if w.get("error")]
+            problems += [f"worker {w['worker_id']}: {_worker_error(w, detailed)}" for w in workers if w.get("error")]
+            for event, code in sorted(metrics.failing_log_writers(self.track).items()):
+                name = errno.errorcode.get(code, str(code))
+                problems.append(f"the {event} log cannot be written ({name}); its lines are dropped and counted")
             if problems:
                 status = "degraded"
         body = {
@@ -209,11 +218,18 @@ class ServingContext:
                         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(w["loaded_at"]))
                         if w.get("loaded_at")
                         else None,
-                        "error": w.get("error"),
+                        "error": _worker_error(w, detailed) if w.get("error") else None,
                     }
                     for w in workers
                 ],
             },
-            "mlflow": self.refresher.snapshot(),
+            "mlflow": self.refresher.snapshot(detailed),
         }
         return (503 if status == "unavailable" else 200), body
+
+
+def _worker_error(status: dict[str, Any], detailed: bool) -> str:
+    """A worker's load error: raw for admin callers, a summary otherwise (paths and exception texts stay in the log)."""
+    if detailed:
+        return str(status["error"])
+    return "could not load the desired model version; still serving the loaded one (details in the server log)"

@@ -121,7 +121,9 @@ def test_health_reports_model_and_registry(main_server: ServingProcess, mlflow_s
     assert {w["model_version"] for w in model["workers"]} == {mlflow_store.onnx_version}
     assert model["swap_in_progress"] is False
     registry = body["mlflow"]
-    assert registry["tracking_uri"] == mlflow_store.tracking_uri
+    assert registry["tracking_uri"] is None  # the store's location only for the admin:
+    admin = httpx.get(f"{main_server.url}/health", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    assert admin["mlflow"]["tracking_uri"] == mlflow_store.tracking_uri
     assert registry["reachable"] is True
     assert registry["server_version"] is None  # a sqlite store has no server
     assert registry["model_uri"] == f"models:/{MODEL_NAME}/{mlflow_store.onnx_version}"

@@ -190,7 +190,7 @@ def remote_server(
 def test_mlflow_outage_degrades_health_but_predictions_continue(remote_server: ServingProcess, tracking_server: dict):
     health = httpx.get(f"{remote_server.url}/health").json()
     assert health["status"] == "ok"
-    assert health["mlflow"]["tracking_uri"] == tracking_server["url"]
+    assert health["mlflow"]["tracking_uri"] is None  # shown only with the admin token (serving/refresher.py)
     assert health["mlflow"]["reachable"] is True
     assert health["mlflow"]["server_version"]  # GET <uri>/version of the real server
 
