@@ -116,9 +116,11 @@ class ModelRefresher:
                 return RefreshOutcome(previous, self.current.version, None)
             except Exception as exc:
                 self.failures += 1
+                reachable = self.registry.ping()
+                # the public reason first: /health reads these without the lock
+                self.last_refresh_public = public_reason(exc, self.ref, reachable)[:500]
                 self.last_refresh_error = str(exc)[:500]
-                self._set_reachable(self.registry.ping())
-                self.last_refresh_public = public_reason(exc, self.ref, self.reachable)[:500]
+                self._set_reachable(reachable)
                 log.warning("model refresh failed (%d in a row): %s", self.failures, self.last_refresh_error)
                 return RefreshOutcome(previous, previous, self.last_refresh_error)
 
