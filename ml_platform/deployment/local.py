@@ -229,7 +229,25 @@ class LocalBackend:
         if serving != version:
             stop_supervised(pid)
             raise DeploymentError(f"{track} process resolved {model_uri} to version {serving}, expected {version}")
+        self._wait_supervised(record, timeout)
         return record
+
+    def _wait_supervised(self, record: ProcessRecord, timeout: float) -> None:
+        """Return once the supervisor has seen the track ready, so a crash from now on is restarted.
+
+        ``/health`` can answer before the supervisor's next probe; a crash in that gap would look to
+        the supervisor like a failed first start, which it does not restart.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.supervisor_status(record)
+            if status is not None and status.state == "running":
+                return
+            if not pid_alive(record.pid):
+                break
+            time.sleep(0.05)
+        stop_supervised(record.pid)
+        raise DeploymentError(f"{record.track} supervisor {record.pid} never reported the process running")
 
     def _stop(self, record: ProcessRecord | None) -> None:
         if record is None:
