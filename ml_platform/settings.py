@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOME_DIRNAME = ".ml_platform"
-DEFAULT_DATASET = "iris"
 
 
 def _env(name: str) -> str | None:
@@ -65,12 +64,26 @@ class PlatformPaths:
         return self.home / "reports"
 
     @property
-    def prediction_log_dir(self) -> Path:
+    def prediction_log_root(self) -> Path:
         return self.home / "logs" / "predictions"
 
+    def prediction_log_dir(self, model: str) -> Path:
+        """One model's prediction and feedback logs."""
+        return self.prediction_log_root / model
+
     @property
-    def deployments_dir(self) -> Path:
+    def deployments_root(self) -> Path:
         return self.home / "deployments"
+
+    def deployment_dir(self, model: str) -> Path:
+        """One model's local deployment: state, lock, router, processes, feedback key."""
+        return self.deployments_root / model
+
+    def model_snapshots_dir(self, model: str) -> Path:
+        return self.snapshots_dir / model
+
+    def model_reports_dir(self, model: str) -> Path:
+        return self.reports_dir / model
 
 
 def platform_home() -> Path:
@@ -110,11 +123,6 @@ def mlflow_artifact_location() -> str | None:
     if mlflow_tracking_uri().startswith(("http://", "https://", "databricks")):
         return None
     return platform_paths().mlflow_artifacts.as_uri()
-
-
-def dataset_name() -> str:
-    """The active dataset spec (``ML_PLATFORM_DATASET``, default iris)."""
-    return _env("ML_PLATFORM_DATASET") or DEFAULT_DATASET
 
 
 def ensure_local_dirs() -> PlatformPaths:

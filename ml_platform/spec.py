@@ -17,9 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ml_platform.settings import dataset_name
 
-SPECS_DIR = Path(__file__).parent / "specs"
 BUNDLED_DATA_DIR = Path(__file__).parent / "data"
 # Estimators are public scikit-learn classes from these modules only; the class itself is checked
 # (a classifier, a BaseEstimator) by ml_platform.ml.training.resolve_estimator_class before it is built.
@@ -164,9 +162,11 @@ class DatasetSpec:
     def bootstrap_path(self) -> Path | None:
         if not self.bootstrap_file:
             return None
-        base = self.source_path.parent if self.source_path else SPECS_DIR
-        candidate = (base / self.bootstrap_file).resolve()
-        return candidate if candidate.exists() else (BUNDLED_DATA_DIR / self.bootstrap_file)
+        if self.source_path is not None:
+            candidate = (self.source_path.parent / self.bootstrap_file).resolve()
+            if candidate.exists():
+                return candidate
+        return BUNDLED_DATA_DIR / self.bootstrap_file
 
 
 def _require(mapping: dict[str, Any], key: str, where: str) -> Any:
@@ -281,25 +281,27 @@ def parse_spec(raw: dict[str, Any], source_path: Path | None = None) -> DatasetS
     )
 
 
-def spec_path(name: str) -> Path:
-    """Resolve a spec by name (bundled) or by path to a YAML file."""
-    candidate = Path(name)
-    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
-        return candidate.resolve()
-    bundled = SPECS_DIR / f"{name}.yaml"
-    if bundled.exists():
-        return bundled
-    available = sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))
-    raise SpecError(f"no dataset spec named {name!r}; bundled specs: {available}")
+def load_spec_file(path: Path) -> DatasetSpec:
+    """Parse and validate one spec file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_spec(raw, source_path=path.resolve())
 
 
 def load_spec(name: str | None = None) -> DatasetSpec:
-    """Load the named spec, or the active one (``ML_PLATFORM_SPEC`` path or ``ML_PLATFORM_DATASET``)."""
-    if name is None:
-        name = os.environ.get("ML_PLATFORM_SPEC", "").strip() or dataset_name()
-    path = spec_path(name)
+    """The spec of a model of the catalog (default: ``ML_PLATFORM_MODEL`` or the default model).
+
+    ``name`` may also be a path to a spec YAML file (tests and one-off checks).
+    """
+    if name is not None and Path(name).suffix in (".yaml", ".yml"):
+        return load_spec_file(Path(name))
+    from ml_platform.catalog import CatalogError, get_model
+
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_spec(raw, source_path=path)
+        return get_model(name).spec
+    except CatalogError as exc:
+        raise SpecError(str(exc)) from exc
