@@ -54,15 +54,22 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
         log.error("cannot start: %s", exc)
         return 1
     publish_desired_model(layout, bundle)
-    log.info("serving %s (resolved from %s, ONNX %s)", bundle.uri, ref.uri, "yes" if bundle.onnx_verified else "no")
+    log.info(
+        "serving %s as model %r (resolved from %s, ONNX %s)",
+        bundle.uri,
+        config.model_name,
+        ref.uri,
+        "yes" if bundle.onnx_verified else "no",
+    )
 
-    log_dir = config.prediction_log_dir or platform_paths().prediction_log_dir
+    log_dir = config.prediction_log_dir or platform_paths().prediction_log_dir(config.model_name)
     refresher = ModelRefresher(ref, registry, layout, schema, bundle, config.model_auto_refresh_seconds)
     refresher.server_version = refresher.probe_server_version()
     context = ServingContext(config, layout, schema, refresher, Path(log_dir))
     api = ModelAPI(
         runtime_root=str(layout.root),
         track=config.track,
+        model=config.model_name,
         prediction_log_dir=str(log_dir),
         runtime_preference=config.runtime,
         max_batch_size=config.max_batch_size,

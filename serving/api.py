@@ -80,6 +80,7 @@ class ActiveModel:
     runtime: ModelRuntime
     loaded_at: float
     track: str
+    model: str  # the platform model name (constant per process)
     signer: FeedbackSigner = field(repr=False)
     log_format: PredictionLogFormat = field(init=False)
     prediction_json: list[bytes] = field(init=False)
@@ -92,7 +93,7 @@ class ActiveModel:
         spec = self.runtime.spec
         classes = list(spec.target.classes)
         self.label_names = [class_label(spec, c) for c in classes]
-        self.log_format = PredictionLogFormat(spec.feature_names, classes, self.label_names)
+        self.log_format = PredictionLogFormat(self.model, spec.feature_names, classes, self.label_names)
         self.prediction_json = [dumps(c) for c in classes]
         self.label_json = [json_key(label) for label in self.label_names]
         self.header = (
@@ -105,7 +106,7 @@ class ActiveModel:
             + b',"runtime":'
             + dumps(self.runtime.kind)
         )
-        self.receipt_prefix = self.signer.prefix(self.bundle.name, self.bundle.version, self.track)
+        self.receipt_prefix = self.signer.prefix(self.model, self.bundle.name, self.bundle.version, self.track)
 
     @property
     def bundle(self) -> ModelBundle:
@@ -156,6 +157,7 @@ class ModelAPI(ls.LitAPI):
         *,
         runtime_root: str,
         track: str,
+        model: str,
         prediction_log_dir: str,
         runtime_preference: str = "auto",
         max_batch_size: int = 32,
@@ -167,6 +169,7 @@ class ModelAPI(ls.LitAPI):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=ServingLoop())
         self.runtime_root = runtime_root
         self.track = track
+        self.model = model
         self.prediction_log_dir = prediction_log_dir
         self.runtime_preference = runtime_preference
         self.batch_row_limit = batch_row_limit
@@ -196,7 +199,8 @@ class ModelAPI(ls.LitAPI):
             Path(self.prediction_log_dir),
             "predictions",
             self.track,
-            on_drop=metrics.LOG_DROPPED.labels("prediction", self.track).inc,
+            model=self.model,
+            on_drop=metrics.LOG_DROPPED.labels(self.model, "prediction", self.track).inc,
         ).start()
         self._publish(self.active)
         self._report()
@@ -237,8 +241,8 @@ class ModelAPI(ls.LitAPI):
         duration = time.perf_counter() - started
         done_at = time.time()
         version, kind = active.bundle.version, active.runtime.kind
-        self._metrics.INFERENCE_DURATION.labels(version, self.track, kind).observe(duration)
-        self._metrics.BATCH_REQUESTS.labels(self.track).observe(len(payloads))
+        self._metrics.INFERENCE_DURATION.labels(self.model, version, self.track, kind).observe(duration)
+        self._metrics.BATCH_REQUESTS.labels(self.model, self.track).observe(len(payloads))
 
         results = []
         for payload, prediction in zip(payloads, predictions, strict=True):
@@ -249,7 +253,7 @@ class ModelAPI(ls.LitAPI):
                     WorkerResult(422, error_body("the model rejected the input", detail), None, version, kind)
                 )
                 continue
-            self._metrics.INFERENCE_ROWS.labels(version, self.track, kind).inc(len(prediction.class_index))
+            self._metrics.INFERENCE_ROWS.labels(self.model, version, self.track, kind).inc(len(prediction.class_index))
             body = active.body(payload.request_id, prediction)
             results.append(WorkerResult(200, body, prediction.class_index, version, kind))
             self.log_writer.submit(
@@ -274,7 +278,7 @@ class ModelAPI(ls.LitAPI):
         spec = load_bundle_spec(bundle)
         runtime = load_runtime(bundle, spec, self.runtime_preference)
         log.info("worker %s loaded %s (%s runtime)", self.worker_id, bundle.uri, runtime.kind)
-        return ActiveModel(runtime, time.time(), self.track, self.signer)
+        return ActiveModel(runtime, time.time(), self.track, self.model, self.signer)
 
     def _load_in_background(self, bundle: ModelBundle) -> None:
         try:
@@ -313,8 +317,11 @@ class ModelAPI(ls.LitAPI):
     def _publish(self, active: ActiveModel, previous: ActiveModel | None = None) -> None:
         info = self._metrics.MODEL_INFO
         if previous is not None:
-            info.labels(previous.bundle.name, previous.bundle.version, self.track, previous.runtime.kind).set(0)
-        info.labels(active.bundle.name, active.bundle.version, self.track, active.runtime.kind).set(1)
+            previous_bundle = previous.bundle
+            info.labels(
+                self.model, previous_bundle.name, previous_bundle.version, self.track, previous.runtime.kind
+            ).set(0)
+        info.labels(self.model, active.bundle.name, active.bundle.version, self.track, active.runtime.kind).set(1)
 
     def _report(self) -> None:
         write_worker_status(

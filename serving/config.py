@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ml_platform.catalog import MODEL_NAME_PATTERN, CatalogError, list_models
 from serving.registry import ModelResolutionError, parse_model_uri
 
 ALLOWED_HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe accepts
@@ -33,6 +34,7 @@ class ServingConfig:
     """Everything ``python -m serving`` needs to start, already validated."""
 
     model_uri: str
+    model_name: str = ""  # the platform's model name (catalog instance, e.g. iris): logs, metrics, /health
     host: str = "127.0.0.1"
     port: int = 8000
     track: str = "stable"
@@ -57,7 +59,7 @@ class ServingConfig:
     feedback_signing_key: bytes = field(default=b"", repr=False)  # empty: generated at start (load_config)
     feedback_key_source: str = "generated"
     prometheus_multiproc_dir: Path | None = None
-    prediction_log_dir: Path | None = None
+    prediction_log_dir: Path | None = None  # None: <platform home>/logs/predictions/<model_name>
     platform_home: Path | None = None
     tracking_uri: str | None = None
 
@@ -124,6 +126,28 @@ def _model_uri(raw: str) -> str:
         raise ValueError("must look like models:/<name>@<alias> or models:/<name>/<version>") from None
 
 
+def _model_name(raw: str) -> str:
+    if not MODEL_NAME_PATTERN.match(raw):
+        raise ValueError("must be 1-40 characters: lower-case letters, digits and '_', starting with a letter")
+    return raw
+
+
+def default_model_name(model_uri: str, models_dir: Path | None = None) -> str:
+    """The platform model whose catalog entry registers the URI's MLflow model (the ``MODEL_NAME`` default).
+
+    Raises:
+        ConfigError: no catalog entry (or no readable catalog) registers that name: set ``--model-name``.
+    """
+    registered = parse_model_uri(model_uri).name
+    try:
+        matches = [e.name for e in list_models(models_dir) if e.spec.model.name == registered]
+    except CatalogError as exc:
+        raise ConfigError(f"--model-name / MODEL_NAME is required: the model catalog cannot be read ({exc})") from None
+    if len(matches) != 1:  # the catalog refuses two entries registering one name, so this means none
+        raise ConfigError(f"--model-name / MODEL_NAME is required: no model of the catalog registers {registered!r}")
+    return matches[0]
+
+
 def _runtime(raw: str) -> str:
     if raw not in RUNTIMES:
         raise ValueError(f"must be one of {', '.join(RUNTIMES)}")
@@ -139,6 +163,13 @@ def _log_level(raw: str) -> str:
 
 OPTIONS: tuple[_Option, ...] = (
     _Option("model_uri", "MODEL_URI", _model_uri, "registry URI: models:/<name>@<alias> or models:/<name>/<version>"),
+    _Option(
+        "model_name",
+        "MODEL_NAME",
+        _model_name,
+        "platform model name (e.g. iris): names the log folder, log lines, metric labels and /health "
+        "(default: the catalog model that registers MODEL_URI's model)",
+    ),
     _Option("host", "HOST", _host, "interface to bind (0.0.0.0 in the container image)", "127.0.0.1"),
     _Option("port", "PORT", _port, "TCP port", 8000),
     _Option("track", "TRACK", _track, "deployment track label, e.g. stable or canary", "stable"),
@@ -169,9 +200,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("max_header_bytes", "MAX_HEADER_BYTES", _positive_int, "largest accepted request head", 32 * 1024),
     _Option("header_timeout", "HEADER_TIMEOUT", _positive_float, "seconds to receive a request's headers", 10.0),
     _Option("body_timeout", "BODY_TIMEOUT", _positive_float, "seconds to receive a request's body (then 408)", 30.0),
-    _Option(
-        "keep_alive_timeout", "KEEP_ALIVE_TIMEOUT", _positive_float, "seconds an idle connection stays open", 5.0
-    ),
+    _Option("keep_alive_timeout", "KEEP_ALIVE_TIMEOUT", _positive_float, "seconds an idle connection stays open", 5.0),
     _Option(
         "drain_timeout",
         "DRAIN_TIMEOUT",
@@ -191,7 +220,12 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("feedback_cache_size", "FEEDBACK_CACHE_SIZE", _positive_int, "recent requests kept for /feedback", 100_000),
     _Option("log_level", "LOG_LEVEL", _log_level, "log verbosity", "info"),
     _Option("prometheus_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR", Path, "metric files shared by all processes"),
-    _Option("prediction_log_dir", "PREDICTION_LOG_DIR", Path, "prediction/feedback log root"),
+    _Option(
+        "prediction_log_dir",
+        "PREDICTION_LOG_DIR",
+        Path,
+        "this model's prediction/feedback log folder (default <platform home>/logs/predictions/<model name>)",
+    ),
     _Option("platform_home", "ML_PLATFORM_HOME", Path, "platform home (default .ml_platform/)"),
     _Option("tracking_uri", "MLFLOW_TRACKING_URI", str, "MLflow tracking URI (default sqlite in the platform home)"),
 )
@@ -233,6 +267,8 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
             raise ConfigError(f"{source}={raw!r}: {exc}") from exc
     if "model_uri" not in values:
         raise ConfigError("a model URI is required: --model-uri or MODEL_URI")
+    if "model_name" not in values:
+        values["model_name"] = default_model_name(values["model_uri"])
     token = (env.get("ADMIN_API_TOKEN") or "").strip() or None
     key, key_source = _feedback_signing_key(env)
     return ServingConfig(**values, admin_api_token=token, feedback_signing_key=key, feedback_key_source=key_source)

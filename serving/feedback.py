@@ -11,8 +11,8 @@ Memory is bounded twice: at most ``max_requests`` request ids and at most
 
 Feedback is authenticated by a **receipt**: every ``/predict`` answer carries
 ``feedback_token`` = ``v1.`` + base64url(HMAC-SHA256(key, message))[:128 bits],
-where the message binds the model name, version, track, request id and the
-predicted class indices (see :meth:`FeedbackSigner.message`). Workers sign
+where the message binds the platform model name, the registered model name,
+version, track, request id and the predicted class indices (see :meth:`FeedbackSigner.message`). Workers sign
 (they build the body); the API process verifies against the prediction it
 recorded, so a receipt labels exactly one prediction, and only rows not yet
 labelled count (a replay is 409). Nothing per request is stored for it: the
@@ -55,15 +55,18 @@ class FeedbackSigner:
         return "FeedbackSigner(key=<hidden>)"
 
     @staticmethod
-    def prefix(model_name: str, model_version: str, track: str) -> bytes:
-        """The fixed part of every message of one served version (precomputed once per version)."""
+    def prefix(model: str, model_name: str, model_version: str, track: str) -> bytes:
+        """The fixed part of every message of one served version (precomputed once per version).
+
+        ``model`` is the platform model name (``MODEL_NAME``), ``model_name`` the registered one.
+        """
         return _SEPARATOR.join(
-            (TOKEN_VERSION.encode(), model_name.encode(), model_version.encode(), track.encode(), b"")
+            (TOKEN_VERSION.encode(), model.encode(), model_name.encode(), model_version.encode(), track.encode(), b"")
         )
 
     @staticmethod
     def message(prefix: bytes, request_id: str, class_index: np.ndarray) -> bytes:
-        """``v1 NUL name NUL version NUL track NUL request_id NUL`` + class indices as little-endian uint16."""
+        """``v1 NUL model NUL name NUL version NUL track NUL request_id NUL`` + class indices as LE uint16."""
         return b"".join((prefix, request_id.encode(), _SEPARATOR, np.asarray(class_index, dtype="<u2").tobytes()))
 
     def sign(self, prefix: bytes, request_id: str, class_index: np.ndarray) -> bytes:

@@ -1,7 +1,9 @@
 """Prometheus metrics, aggregated across the API process and every inference worker.
 
 Names and labels are a contract with deploy/ (alert rules) and the canary
-analysis; see docs/serving.md. Inference runs in spawned worker processes, so
+analysis; see docs/serving.md. Every series carries ``model``, the platform
+model name (``MODEL_NAME``, e.g. ``iris``; constant per server), so series of
+several models served side by side never add up. Inference runs in spawned worker processes, so
 every metric uses prometheus_client's multiprocess mode: each process writes
 its own memory-mapped files under ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics``
 merges them. :func:`serving.state.prepare_multiproc_dir` must run (it sets the variable)
@@ -31,50 +33,50 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 REQUESTS = Counter(
     "ml_serving_requests_total",
     "HTTP requests by endpoint and status code (4xx and 5xx included).",
-    ["endpoint", "status", "model_version", "track"],
+    ["model", "endpoint", "status", "model_version", "track"],
 )
 REQUEST_DURATION = Histogram(
     "ml_serving_request_duration_seconds",
     "HTTP request duration inside the server.",
-    ["endpoint", "model_version", "track"],
+    ["model", "endpoint", "model_version", "track"],
     buckets=LATENCY_BUCKETS,
 )
 PREDICTIONS = Counter(
     "ml_serving_predictions_total",
     "Predicted rows by class.",
-    ["predicted_class", "model_version", "track"],
+    ["model", "predicted_class", "model_version", "track"],
 )
 FEEDBACK = Counter(
     "ml_serving_feedback_total",
     "Ground-truth labels received, by whether the prediction was correct.",
-    ["outcome", "model_version", "track"],
+    ["model", "outcome", "model_version", "track"],
 )
 LIVE_ACCURACY = Gauge(
     "ml_serving_live_accuracy",
     "Share of labelled predictions that were correct since start-up (per model version).",
-    ["model_version", "track"],
+    ["model", "model_version", "track"],
     multiprocess_mode="max",
 )
 REGISTRY_UP = Gauge(
     "ml_serving_registry_up",
     "1 when the last MLflow registry check succeeded, else 0.",
-    ["track"],
+    ["model", "track"],
     multiprocess_mode="max",
 )
 LOG_DROPPED = Counter(
     "ml_serving_log_dropped_total",
     "Prediction/feedback log submissions (one per request) dropped: the writer could not keep up or not write.",
-    ["event", "track"],
+    ["model", "event", "track"],
 )
 LOG_WRITE_ERRORS = Counter(
     "ml_serving_log_write_errors_total",
     "Failed prediction/feedback log writes (disk full, I/O error, ...); the writer keeps retrying.",
-    ["event", "track"],
+    ["model", "event", "track"],
 )
 LOG_WRITER_FAILING = Gauge(
     "ml_serving_log_writer_failing",
     "errno of a log writer's last failed write (e.g. 28 = ENOSPC); 0 once a write succeeds.",
-    ["event", "track"],
+    ["model", "event", "track"],
     multiprocess_mode="max",
 )
 
@@ -82,29 +84,29 @@ LOG_WRITER_FAILING = Gauge(
 MODEL_INFO = Gauge(
     "ml_serving_model_info",
     "1 for the model version and runtime a worker serves.",
-    ["model_name", "model_version", "track", "runtime"],
+    ["model", "model_name", "model_version", "track", "runtime"],
     multiprocess_mode="max",
 )
 INFERENCE_ROWS = Counter(
     "ml_serving_inference_rows_total",
     "Rows run through the model by the inference workers.",
-    ["model_version", "track", "runtime"],
+    ["model", "model_version", "track", "runtime"],
 )
 INFERENCE_DURATION = Histogram(
     "ml_serving_inference_duration_seconds",
     "Model call duration per batch in a worker.",
-    ["model_version", "track", "runtime"],
+    ["model", "model_version", "track", "runtime"],
     buckets=LATENCY_BUCKETS,
 )
 BATCH_REQUESTS = Histogram(
     "ml_serving_batch_requests",
     "Requests merged into one model call by dynamic batching.",
-    ["track"],
+    ["model", "track"],
     buckets=BATCH_BUCKETS,
 )
 
 
-def failing_log_writers(track: str) -> dict[str, int]:
+def failing_log_writers(model: str, track: str) -> dict[str, int]:
     """``{event: errno}`` for the log writers of any process whose last write failed (read from the metric files)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
@@ -117,8 +119,9 @@ def failing_log_writers(track: str) -> dict[str, int]:
         if family.name != "ml_serving_log_writer_failing":
             continue
         for sample in family.samples:
-            if sample.value and sample.labels.get("track") == track:
-                failing[sample.labels["event"]] = int(sample.value)
+            labels = sample.labels
+            if sample.value and labels.get("track") == track and labels.get("model") == model:
+                failing[labels["event"]] = int(sample.value)
     return failing
 
 

@@ -101,6 +101,7 @@ class ServingMiddleware:
         app: ASGIApp,
         *,
         track: str,
+        model: str,
         max_body_bytes: int,
         current_version: Callable[[], str],
         body_timeout: float = 30.0,
@@ -108,6 +109,7 @@ class ServingMiddleware:
     ) -> None:
         self.app = app
         self.track = track
+        self.model = model
         self.max_body_bytes = max_body_bytes
         self.current_version = current_version
         self.body_timeout = body_timeout
@@ -161,8 +163,9 @@ class ServingMiddleware:
             path = scope["path"]
             endpoint = path if path in KNOWN_ENDPOINTS else "other"
             version = state.get("model_version") or self.current_version()
-            metrics.REQUESTS.labels(endpoint, str(status), version, self.track).inc()
-            metrics.REQUEST_DURATION.labels(endpoint, version, self.track).observe(time.perf_counter() - started)
+            model = self.model
+            metrics.REQUESTS.labels(model, endpoint, str(status), version, self.track).inc()
+            metrics.REQUEST_DURATION.labels(model, endpoint, version, self.track).observe(time.perf_counter() - started)
 
     async def _read_json_body(self, scope: Scope, receive: Receive, state: dict[str, Any]) -> bytes | None:
         content_type = _header(scope, b"content-type")

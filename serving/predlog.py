@@ -5,6 +5,11 @@ Layout (documented in docs/serving.md; the drift and canary code reads it)::
     <PREDICTION_LOG_DIR>/date=YYYY-MM-DD/predictions-<track>-<pid>.jsonl
     <PREDICTION_LOG_DIR>/date=YYYY-MM-DD/feedback-<track>-<pid>.jsonl
 
+``PREDICTION_LOG_DIR`` is one model's folder (default
+``<platform home>/logs/predictions/<model>``), and every line names its
+platform model (``"model": "iris"``), so readers can refuse lines of another
+model even when folders get mixed up.
+
 Each process appends only to its own files (the pid is in the name), so no
 locking is needed. Requests hand a zero-argument render callable to a bounded
 queue (if the disk cannot keep up, submissions are dropped and counted,
@@ -53,6 +58,9 @@ EVENTS = {"predictions": "prediction"}  # file stem -> metric label (the feedbac
 class JsonlWriter:
     """Appends rendered JSON lines to ``date=<day>/<stem>-<track>-<pid>.jsonl`` from a background thread.
 
+    ``model`` (the platform model name) only labels the writer's metrics; the
+    lines name their model themselves.
+
     ``submit`` only appends a render callable to a deque (no lock, no thread
     wake-up on the request path); the thread wakes every ``flush_interval``
     seconds, renders everything pending and writes it.
@@ -64,6 +72,7 @@ class JsonlWriter:
         stem: str,
         track: str,
         *,
+        model: str,
         max_pending: int = 10_000,
         flush_interval: float = 0.25,
         on_drop: Callable[..., object] | None = None,
@@ -71,6 +80,7 @@ class JsonlWriter:
         self.root = root
         self.stem = stem
         self.track = track
+        self.model = model
         self.max_pending = max_pending
         self.flush_interval = flush_interval
         self._pending: deque[RenderFn] = deque()
@@ -93,8 +103,8 @@ class JsonlWriter:
         self._pid = os.getpid()
         event = EVENTS.get(self.stem, self.stem)
         self._metrics = (
-            metrics.LOG_WRITE_ERRORS.labels(event, self.track),
-            metrics.LOG_WRITER_FAILING.labels(event, self.track),
+            metrics.LOG_WRITE_ERRORS.labels(self.model, event, self.track),
+            metrics.LOG_WRITER_FAILING.labels(self.model, event, self.track),
         )
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"{self.stem}-log-writer", daemon=True)
@@ -216,7 +226,10 @@ class PredictionLogFormat:
     :mod:`ml_platform.monitoring.logs`).
     """
 
-    def __init__(self, feature_names: Sequence[str], class_values: Sequence[Any], class_labels: Sequence[str]) -> None:
+    def __init__(
+        self, model: str, feature_names: Sequence[str], class_values: Sequence[Any], class_labels: Sequence[str]
+    ) -> None:
+        self.model = model  # the platform model name, constant per process
         self.feature_names = list(feature_names)
         self.class_labels = list(class_labels)
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in class_values)
@@ -258,6 +271,7 @@ class PredictionLogFormat:
         day, stamp = utc_timestamp(received_at)
         record = {
             "event": "prediction",
+            "model": self.model,
             "request_id": request_id,
             "timestamp": stamp,
             "model_name": model_name,
@@ -274,6 +288,7 @@ class PredictionLogFormat:
 
 def render_feedback(
     *,
+    model: str,
     request_id: str,
     rows: Sequence[int],
     labels: Sequence[Any],
@@ -282,12 +297,13 @@ def render_feedback(
     track: str,
     at: float,
 ) -> tuple[str, bytes]:
-    """Feedback events, one JSON line per labelled row."""
+    """Feedback events, one JSON line per labelled row, each naming its platform ``model``."""
     day, stamp = utc_timestamp(at)
     lines = [
         orjson.dumps(
             {
                 "event": "feedback",
+                "model": model,
                 "request_id": request_id,
                 "row": row,
                 "timestamp": stamp,

@@ -144,7 +144,7 @@ def register_routes(app: FastAPI, ctx: ServingContext) -> None:
             parsed = ctx.schema.parse_feedback(await request.body())  # 401 without a receipt, 403 malformed
             entry = ctx.cache.get(parsed.request_id)
             if entry is not None:  # unknown ids: apply_feedback answers 404
-                prefix = signer.prefix(ctx.refresher.current.name, entry.model_version, ctx.track)
+                prefix = signer.prefix(ctx.model, ctx.refresher.current.name, entry.model_version, ctx.track)
                 if not signer.verify(parsed.token, prefix, parsed.request_id, entry.class_index):
                     raise RequestError(
                         403,

@@ -91,6 +91,7 @@ class ServingServer(ls.LitServer):
         self.app.add_middleware(
             ServingMiddleware,
             track=config.track,
+            model=config.model_name,
             max_body_bytes=context.max_body_bytes,
             current_version=context.current_version,
             body_timeout=config.body_timeout,

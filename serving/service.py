@@ -59,6 +59,7 @@ class ServingContext:
     ) -> None:
         self.config = config
         self.track = config.track
+        self.model = config.model_name
         self.max_body_bytes = config.max_body_bytes or derived_body_limit(schema)
         self.layout = layout
         self.schema = schema
@@ -70,7 +71,8 @@ class ServingContext:
             prediction_log_dir,
             "feedback",
             config.track,
-            on_drop=metrics.LOG_DROPPED.labels("feedback", config.track).inc,
+            model=self.model,
+            on_drop=metrics.LOG_DROPPED.labels(self.model, "feedback", config.track).inc,
         )
         self.workers_ready: Callable[[], bool] = lambda: False
         self._class_labels = schema.class_labels
@@ -79,7 +81,7 @@ class ServingContext:
     # -- lifecycle (API process) ------------------------------------------------------------
 
     def start(self) -> None:
-        metrics.REGISTRY_UP.labels(self.track).set(1 if self.refresher.reachable else 0)
+        metrics.REGISTRY_UP.labels(self.model, self.track).set(1 if self.refresher.reachable else 0)
         self.feedback_log.start()
         self.refresher.start()
 
@@ -91,7 +93,7 @@ class ServingContext:
         return self.refresher.current.version
 
     def on_reachability(self, reachable: bool) -> None:
-        metrics.REGISTRY_UP.labels(self.track).set(1 if reachable else 0)
+        metrics.REGISTRY_UP.labels(self.model, self.track).set(1 if reachable else 0)
 
     # -- predictions ------------------------------------------------------------------------
 
@@ -104,7 +106,7 @@ class ServingContext:
             counts = enumerate(np.bincount(class_index, minlength=len(self._class_labels)).tolist())
         for index, count in counts:
             if count:
-                metrics.PREDICTIONS.labels(self._class_labels[index], model_version, self.track).inc(count)
+                metrics.PREDICTIONS.labels(self.model, self._class_labels[index], model_version, self.track).inc(count)
 
     # -- feedback ---------------------------------------------------------------------------
 
@@ -141,15 +143,16 @@ class ServingContext:
         total = len(rows)
         version = entry.model_version
         if correct:
-            metrics.FEEDBACK.labels("correct", version, self.track).inc(correct)
+            metrics.FEEDBACK.labels(self.model, "correct", version, self.track).inc(correct)
         if total - correct:
-            metrics.FEEDBACK.labels("incorrect", version, self.track).inc(total - correct)
+            metrics.FEEDBACK.labels(self.model, "incorrect", version, self.track).inc(total - correct)
         accuracy = self.accuracy.record(version, correct, total)
-        metrics.LIVE_ACCURACY.labels(version, self.track).set(accuracy)
+        metrics.LIVE_ACCURACY.labels(self.model, version, self.track).set(accuracy)
         values = self._class_values
         self.feedback_log.submit(
             partial(
                 render_feedback,
+                model=self.model,
                 request_id=feedback.request_id,
                 rows=rows.tolist(),
                 labels=[values[i] for i in labels.tolist()],
@@ -191,7 +194,7 @@ class ServingContext:
             elif self.refresher.last_refresh_error:
                 problems.append("the last model refresh failed; serving the loaded model")
             problems += [f"worker {w['worker_id']}: {_worker_error(w, detailed)}" for w in workers if w.get("error")]
-            for event, code in sorted(metrics.failing_log_writers(self.track).items()):
+            for event, code in sorted(metrics.failing_log_writers(self.model, self.track).items()):
                 name = errno.errorcode.get(code, str(code))
                 problems.append(f"the {event} log cannot be written ({name}); its lines are dropped and counted")
             if problems:
@@ -199,6 +202,7 @@ class ServingContext:
         body = {
             "status": status,
             "problems": problems,
+            "platform_model": self.model,
             "track": self.track,
             "model": {
                 "name": desired.name,
