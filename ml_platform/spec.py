@@ -1,24 +1,41 @@
-"""The declarative dataset spec: one YAML file per dataset drives everything.
+"""The declarative dataset spec: one YAML file per model drives everything.
 
 From a spec come the GX expectation suite, the training columns, the MLflow
 signature, the serving request schema and the drift column mapping. Adding a
-tabular classification dataset means writing a spec, not code.
+tabular classification model means writing a spec, not code.
 
-Loading a spec needs only PyYAML; nothing heavy is imported here.
+The spec is a set of frozen pydantic dataclasses: one source for validation, defaults and
+documentation. Every key's description and default live on its ``Field``; the JSON Schema
+published in ``docs/spec.schema.json`` (``python -m ml_platform.spec --schema``) is generated
+from them, and editors validate ``spec.yaml`` against it. They are dataclasses (not
+``BaseModel``) so ``dataclasses.replace`` and positional construction keep working; every
+construction, ``replace`` included, is validated.
+
+A spec that fails validation raises one :class:`SpecError` naming the file, the key path of
+every problem (``features[2].min``) and what is allowed there.
+
+Loading a spec needs only PyYAML and pydantic; nothing heavy is imported here.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import dataclass, field
+import sys
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic.json_schema import SkipJsonSchema
 
+from ml_platform.numeric_limits import FLOAT32_MAX
 
 BUNDLED_DATA_DIR = Path(__file__).parent / "data"
+SCHEMA_ID = "https://github.com/ml-platform/ml_platform/docs/spec.schema.json"
 # Estimators are public scikit-learn classes from these modules only; the class itself is checked
 # (a classifier, a BaseEstimator) by ml_platform.ml.training.resolve_estimator_class before it is built.
 ALLOWED_ESTIMATOR_MODULES = (
@@ -33,98 +50,311 @@ ALLOWED_ESTIMATOR_MODULES = (
     "svm",
     "tree",
 )
-_ESTIMATOR_PATTERN = re.compile(rf"^sklearn\.({'|'.join(ALLOWED_ESTIMATOR_MODULES)})\.[A-Z][A-Za-z0-9]*$")
+ESTIMATOR_PATTERN = rf"^sklearn\.({'|'.join(ALLOWED_ESTIMATOR_MODULES)})\.[A-Z][A-Za-z0-9]*$"
+_ESTIMATOR_PATTERN = re.compile(ESTIMATOR_PATTERN)
+# The dataset name reaches folder names and report paths; the registered model name reaches
+# models:/ URIs, deployment state and generated configs (the local deployer accepts the same set).
+DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+REGISTERED_MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+BOOTSTRAP_FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.csv$"
 
 FeatureType = Literal["float", "int", "category"]
 
+_CONFIG = ConfigDict(extra="forbid", defer_build=True)
+_YAML_BOOL_HINT = 'YAML reads unquoted yes/no/true/false/on/off as booleans: quote them ("yes") to mean the strings'
+
 
 class SpecError(ValueError):
-    """A dataset spec is missing, malformed or inconsistent."""
+    """A dataset spec is missing, malformed or inconsistent.
+
+    ``problems`` holds one ``(key path, message)`` pair per problem; ``source`` the file, if any.
+    """
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None, source: Path | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+        self.source = source
 
 
-@dataclass(frozen=True)
+def _strings(value: Any, what: str) -> Any:
+    """Category and label values are strings; numbers are taken as their text, booleans refused."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        return value  # pydantic reports the wrong type
+    out = []
+    for item in value:
+        if isinstance(item, bool):
+            raise ValueError(f"must be strings, got the boolean {item!r}; {_YAML_BOOL_HINT}")
+        out.append(str(item) if isinstance(item, int | float) else item)
+    return tuple(out)
+
+
+def _finite_float32(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        raise ValueError(
+            f"must be a finite number within the float32 range (|x| <= {FLOAT32_MAX:.8g}): the ONNX "
+            f"fast path computes in float32; got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class FeatureSpec:
     """One input column: its type and what values are valid."""
 
-    name: str
-    type: FeatureType
-    min: float | None = None
-    max: float | None = None
-    categories: tuple[str, ...] = ()
-    description: str = ""
+    name: str = Field(min_length=1, description="Column name, as in the CSV header and the serving request.")
+    type: FeatureType = Field(
+        default="float",
+        description="`float` or `int` (numeric, checked against min/max) or `category` (one of `categories`).",
+    )
+    min: float | None = Field(
+        default=None,
+        description="Smallest valid value (numeric features). Unset: only the float32 range bounds it.",
+    )
+    max: float | None = Field(
+        default=None,
+        description="Largest valid value (numeric features). Unset: only the float32 range bounds it.",
+    )
+    categories: tuple[str, ...] = Field(
+        default=(),
+        description="The valid values of a `category` feature (required for it, not allowed on numeric ones). "
+        "Training one-hot encodes them; a value outside the set fails the batch gate and is refused by serving.",
+    )
+    description: str = Field(default="", description="Free text shown in docs and the serving schema.")
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _categories_are_strings(cls, value: Any) -> Any:
+        return _strings(value, "categories")
+
+    @field_validator("min", "max", mode="after")
+    @classmethod
+    def _bounds_fit_float32(cls, value: float | None) -> float | None:
+        return _finite_float32(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureSpec:
+        if self.type == "category":
+            if not self.categories:
+                raise ValueError("categories: a category feature needs a non-empty 'categories' list")
+            if self.min is not None or self.max is not None:
+                raise ValueError("min/max: only numeric (float, int) features take a range")
+        elif self.categories:
+            raise ValueError(f"categories: only 'category' features take categories (this one is {self.type!r})")
+        if len(set(self.categories)) != len(self.categories):
+            raise ValueError(f"categories: duplicate values in {list(self.categories)}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min: min {self.min:g} is greater than max {self.max:g}")
+        return self
 
     @property
     def is_numeric(self) -> bool:
         return self.type in ("float", "int")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class TargetSpec:
     """The label column and its class set."""
 
-    name: str
-    classes: tuple[Any, ...]
-    labels: tuple[str, ...] = ()
+    name: str = Field(min_length=1, description="The label column of the CSV.")
+    classes: tuple[int | str, ...] = Field(
+        min_length=2,
+        description="Every class value, as it appears in the CSV (integers or strings). At least two.",
+    )
+    labels: tuple[str, ...] = Field(
+        default=(),
+        description="Readable names of the classes, in the same order (metrics and reports use them). "
+        "Optional; defaults to the class values.",
+    )
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes_are_ints_or_strings(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            for item in value:
+                if isinstance(item, bool):
+                    raise ValueError(f"must be integers or strings, got the boolean {item!r}; {_YAML_BOOL_HINT}")
+                if isinstance(item, float):
+                    raise ValueError(f"must be integers or strings, got the float {item!r}")
+        return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_are_strings(cls, value: Any) -> Any:
+        return _strings(value, "labels")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetSpec:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes: duplicate class values in {list(self.classes)}")
+        if self.labels and len(self.labels) != len(self.classes):
+            raise ValueError(
+                f"labels: give one label per class ({len(self.classes)}), got {len(self.labels)}; or leave it out"
+            )
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ModelSpec:
     """Which estimator to train and under which registry name."""
 
-    name: str
-    estimator: str
-    params: dict[str, Any] = field(default_factory=dict)
-    test_size: float = 0.2
-    random_state: int = 42
+    name: str = Field(
+        pattern=REGISTERED_MODEL_NAME_PATTERN,
+        description="Registered model name in MLflow (`models:/<name>@champion`). Letters, digits, `.`, `_`, `-`.",
+    )
+    estimator: str = Field(
+        json_schema_extra={"pattern": ESTIMATOR_PATTERN},
+        description="Public scikit-learn classifier class, `sklearn.<module>.<Class>` with <module> one of "
+        + ", ".join(ALLOWED_ESTIMATOR_MODULES)
+        + " (e.g. `sklearn.ensemble.RandomForestClassifier`).",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the estimator's constructor."
+    )
+    test_size: float = Field(
+        default=0.2, gt=0.0, lt=1.0, description="Share of the training dataset held out for the metric gates."
+    )
+    random_state: int = Field(default=42, ge=0, description="Seed of the train/test split.")
+
+    @field_validator("estimator", mode="after")
+    @classmethod
+    def _allowlisted(cls, value: str) -> str:
+        if not _ESTIMATOR_PATTERN.match(value):
+            raise ValueError(
+                "must be a public scikit-learn classifier path sklearn.<module>.<Class> with <module> one of "
+                f"{', '.join(ALLOWED_ESTIMATOR_MODULES)}; got {value!r}"
+            )
+        return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class Thresholds:
     """Offline quality gates for a candidate model."""
 
-    min_accuracy: float = 0.70
-    min_macro_f1: float | None = None
-    regression_tolerance: float = 0.02
+    min_accuracy: float = Field(
+        default=0.70, ge=0.0, le=1.0, description="Accuracy gate; the `MODEL_MIN_ACCURACY` environment overrides."
+    )
+    min_macro_f1: float | None = Field(default=None, ge=0.0, le=1.0, description="Macro F1 gate; unset: not checked.")
+    regression_tolerance: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="How much accuracy the candidate may trail the champion by, on the same evaluation rows.",
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ValidationSpec:
     """Batch-level rules beyond the per-column ones."""
 
-    min_rows: int = 1
-    max_rows: int = 10_000_000
-    allow_extra_columns: bool = False
-    min_classes: int = 2  # a batch must hold at least this many distinct classes
-    min_rows_per_class: int = 1  # and at least this many rows of every class it holds
+    min_rows: int = Field(default=1, ge=1, description="A landed file needs at least this many rows.")
+    max_rows: int = Field(default=10_000_000, ge=1, description="A landed file may hold at most this many rows.")
+    allow_extra_columns: bool = Field(
+        default=False, description="Accept files with columns the spec does not name (they are ignored)."
+    )
+    min_classes: int = Field(
+        default=2,
+        ge=1,
+        description="A batch must hold at least this many distinct classes (at most the number of classes).",
+    )
+    min_rows_per_class: int = Field(
+        default=1, ge=1, description="Every class present in a batch needs at least this many rows."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ValidationSpec:
+        if self.min_rows > self.max_rows:
+            raise ValueError(f"min_rows: {self.min_rows} is greater than max_rows {self.max_rows}")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
+class ReferenceSpec:
+    """The reference snapshot written for every registered version."""
+
+    max_rows: int = Field(
+        default=100_000, ge=1, description="Row cap of the snapshot; `REFERENCE_DATASET_MAX_ROWS` overrides."
+    )
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class DriftSpec:
     """Thresholds for the drift checks (conventional PSI bands by default)."""
 
-    drift_share_threshold: float = 0.5
-    psi_warn: float = 0.1
-    psi_alert: float = 0.25
-    min_window_rows: int = 30
-    severity: Literal["WARN", "ERROR"] = "WARN"
-    min_live_accuracy: float = 0.70
+    drift_share_threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Share of drifted columns at which the dataset counts as drifted."
+    )
+    psi_warn: float = Field(default=0.1, ge=0.0, description="Prediction PSI from which the check warns.")
+    psi_alert: float = Field(default=0.25, ge=0.0, description="Prediction PSI from which the check fails.")
+    min_window_rows: int = Field(
+        default=30, ge=1, description="A production window with fewer rows is skipped, not judged."
+    )
+    severity: Literal["WARN", "ERROR"] = Field(
+        default="WARN", description="`WARN` alerts, `ERROR` gates (`DRIFT_CHECK_SEVERITY` overrides)."
+    )
+    min_live_accuracy: float = Field(
+        default=0.70, ge=0.0, le=1.0, description="Accuracy on labelled feedback below which the live check fails."
+    )
+
+    @field_validator("severity", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _bands(self) -> DriftSpec:
+        if self.psi_warn > self.psi_alert:
+            raise ValueError(f"psi_warn: {self.psi_warn} is greater than psi_alert {self.psi_alert}")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class DatasetSpec:
-    """Everything the platform needs to know about one dataset."""
+    """Everything the platform needs to know about one model's dataset: a `spec.yaml`."""
 
-    name: str
-    features: tuple[FeatureSpec, ...]
-    target: TargetSpec
-    model: ModelSpec
-    thresholds: Thresholds
-    validation: ValidationSpec
-    drift: DriftSpec
-    bootstrap_file: str | None = None
-    description: str = ""
-    reference_max_rows: int = 100_000
-    source_path: Path | None = None
+    name: str = Field(
+        pattern=DATASET_NAME_PATTERN,
+        description="Dataset name (folders, report paths, the `dataset` tag): lowercase letters, digits, `_`.",
+    )
+    features: tuple[FeatureSpec, ...] = Field(
+        min_length=1, description="The input columns, in the order the model sees them."
+    )
+    target: TargetSpec = Field(description="The label column and its classes.")
+    model: ModelSpec = Field(description="The estimator and its registered name.")
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="Offline model gates.")
+    validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Batch gate rules.")
+    drift: DriftSpec = Field(default_factory=DriftSpec, description="Drift and live-accuracy checks.")
+    reference: ReferenceSpec = Field(default_factory=ReferenceSpec, description="Reference snapshot settings.")
+    bootstrap_file: str | None = Field(
+        default=None,
+        pattern=BOOTSTRAP_FILE_PATTERN,
+        description="CSV landed on a fresh platform home: a file name beside the spec, else in ml_platform/data/. "
+        "Optional.",
+    )
+    description: str = Field(default="", description="Free text shown in the UI and docs.")
+    source_path: SkipJsonSchema[Path | None] = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        names = [f.name for f in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"features: duplicate feature names {duplicates}")
+        if self.target.name in names:
+            raise ValueError(f"target.name: {self.target.name!r} is also listed as a feature")
+        if not 1 <= self.validation.min_classes <= len(self.target.classes):
+            raise ValueError(
+                f"validation.min_classes: must be between 1 and {len(self.target.classes)} (the number of "
+                f"target classes), got {self.validation.min_classes}"
+            )
+        return self
+
+    @property
+    def reference_max_rows(self) -> int:
+        return self.reference.max_rows
 
     @property
     def feature_names(self) -> list[str]:
@@ -169,116 +399,135 @@ class DatasetSpec:
         return BUNDLED_DATA_DIR / self.bootstrap_file
 
 
-def _require(mapping: dict[str, Any], key: str, where: str) -> Any:
-    if key not in mapping or mapping[key] is None:
-        raise SpecError(f"{where}: missing required key {key!r}")
-    return mapping[key]
+@cache
+def _adapter() -> TypeAdapter[DatasetSpec]:
+    return TypeAdapter(DatasetSpec)
 
 
-def _parse_feature(raw: dict[str, Any], index: int) -> FeatureSpec:
-    where = f"features[{index}]"
-    name = str(_require(raw, "name", where))
-    ftype = str(raw.get("type", "float"))
-    if ftype not in ("float", "int", "category"):
-        raise SpecError(f"{where} ({name}): type must be float, int or category, got {ftype!r}")
-    categories = tuple(str(c) for c in raw.get("categories") or ())
-    if ftype == "category" and not categories:
-        raise SpecError(f"{where} ({name}): a category feature needs a 'categories' list")
-    low, high = raw.get("min"), raw.get("max")
-    if low is not None and high is not None and float(low) > float(high):
-        raise SpecError(f"{where} ({name}): min {low} is greater than max {high}")
-    return FeatureSpec(
-        name=name,
-        type=ftype,  # type: ignore[arg-type]
-        min=None if low is None else float(low),
-        max=None if high is None else float(high),
-        categories=categories,
-        description=str(raw.get("description", "")),
-    )
+@cache
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a ``spec.yaml`` (published as ``docs/spec.schema.json``)."""
+    schema = _adapter().json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "ml_platform dataset spec (spec.yaml)",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _schema_node(loc: tuple[int | str, ...]) -> dict[str, Any] | None:
+    """The JSON Schema object at ``loc`` (to list the keys allowed there)."""
+    schema = json_schema()
+    defs = schema.get("$defs", {})
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        while True:
+            if "$ref" in node:
+                node = defs[node["$ref"].rsplit("/", 1)[-1]]
+            elif "anyOf" in node:
+                node = next((n for n in node["anyOf"] if n.get("type") != "null"), node["anyOf"][0])
+            else:
+                return node
+
+    node = resolve(schema)
+    for part in loc:
+        if isinstance(part, int):
+            items = node.get("items")
+            if not isinstance(items, dict):
+                return None
+            node = resolve(items)
+        else:
+            props = node.get("properties", {})
+            if part not in props:
+                return None
+            node = resolve(props[part])
+    return node
+
+
+def _describe(error: Any, raw: Any) -> tuple[str, str]:
+    """One pydantic error as ``(key path, readable message with what is allowed)``."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    message = str(error["msg"])
+    given = error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind == "value_error":
+        message = str(ctx.get("error", message))
+        # cross-field validators start their message with the key they judge, relative to loc
+        head = re.match(r"^([a-z_][a-z0-9_.]*): (.*)$", message, re.DOTALL)
+        if head and _schema_node((*loc, *head.group(1).split("."))) is not None:
+            loc = (*loc, *head.group(1).split("."))
+            message = head.group(2)
+    elif kind == "missing":
+        parent = _schema_node(loc[:-1])
+        what = (parent or {}).get("properties", {}).get(str(loc[-1]), {}).get("description", "")
+        message = "missing required key" + (f" ({what})" if what else "")
+    elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        parent = _schema_node(loc[:-1])
+        allowed = sorted((parent or {}).get("properties", {}))
+        message = "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+    elif kind == "literal_error":
+        message = f"must be one of {ctx.get('expected', '')}; got {given!r}"
+    elif kind == "string_pattern_mismatch":
+        message = f"must match {ctx.get('pattern')}; got {given!r}"
+    elif kind in ("too_short", "too_long"):
+        if loc == ("target", "classes"):
+            message = f"a classification target needs at least two classes; got {list(given or [])}"
+        else:
+            message = f"{message}; got {given!r}"
+    elif kind == "dataclass_type" or kind.endswith("_type") or kind.endswith("_parsing"):
+        message = f"{message}; got {given!r}"
+    else:
+        message = f"{message}; got {given!r}" if given is not None and not isinstance(given, dict) else message
+    path = _key_path(loc) or "(top level)"
+    feature_name = _feature_name(loc, raw)
+    if feature_name:
+        path = f"{path} (feature {feature_name!r})"
+    return path, message
+
+
+def _feature_name(loc: tuple[int | str, ...], raw: Any) -> str | None:
+    if len(loc) >= 2 and loc[0] == "features" and isinstance(loc[1], int) and isinstance(raw, dict):
+        features = raw.get("features")
+        if isinstance(features, list) and 0 <= loc[1] < len(features) and isinstance(features[loc[1]], dict):
+            name = features[loc[1]].get("name")
+            return str(name) if name is not None else None
+    return None
+
+
+def spec_error(exc: ValidationError, raw: Any, source_path: Path | None) -> SpecError:
+    """One readable :class:`SpecError` for every problem pydantic found."""
+    problems = [_describe(error, raw) for error in exc.errors(include_url=False)]
+    where = str(source_path) if source_path is not None else "spec"
+    if len(problems) == 1:
+        path, message = problems[0]
+        text = f"{where}: {path}: {message}"
+    else:
+        lines = "\n".join(f"  - {path}: {message}" for path, message in problems)
+        text = f"{where}: {len(problems)} problems:\n{lines}"
+    return SpecError(text, problems, source_path)
 
 
 def parse_spec(raw: dict[str, Any], source_path: Path | None = None) -> DatasetSpec:
     """Build a :class:`DatasetSpec` from the parsed YAML mapping, validating it."""
+    where = str(source_path) if source_path is not None else "spec"
     if not isinstance(raw, dict):
-        raise SpecError("a dataset spec must be a YAML mapping")
-    name = str(_require(raw, "name", "spec"))
-    raw_features = _require(raw, "features", "spec")
-    if not isinstance(raw_features, list) or not raw_features:
-        raise SpecError("spec: 'features' must be a non-empty list")
-    features = tuple(_parse_feature(f, i) for i, f in enumerate(raw_features))
-    names = [f.name for f in features]
-    if len(set(names)) != len(names):
-        raise SpecError(f"spec: duplicate feature names in {names}")
-
-    raw_target = _require(raw, "target", "spec")
-    classes = tuple(_require(raw_target, "classes", "target"))
-    if len(classes) < 2:
-        raise SpecError("target: a classification target needs at least two classes")
-    target = TargetSpec(
-        name=str(_require(raw_target, "name", "target")),
-        classes=classes,
-        labels=tuple(str(label) for label in raw_target.get("labels") or ()),
-    )
-    if target.name in names:
-        raise SpecError(f"target {target.name!r} is also listed as a feature")
-
-    raw_model = _require(raw, "model", "spec")
-    estimator = str(_require(raw_model, "estimator", "model"))
-    if not _ESTIMATOR_PATTERN.match(estimator):
-        raise SpecError(
-            f"model.estimator must be a public scikit-learn classifier path sklearn.<module>.<Class> with "
-            f"<module> one of {', '.join(ALLOWED_ESTIMATOR_MODULES)}; got {estimator!r}"
-        )
-    model = ModelSpec(
-        name=str(_require(raw_model, "name", "model")),
-        estimator=estimator,
-        params=dict(raw_model.get("params") or {}),
-        test_size=float(raw_model.get("test_size", 0.2)),
-        random_state=int(raw_model.get("random_state", 42)),
-    )
-    raw_thresholds = raw.get("thresholds") or {}
-    thresholds = Thresholds(
-        min_accuracy=float(raw_thresholds.get("min_accuracy", 0.70)),
-        min_macro_f1=(None if raw_thresholds.get("min_macro_f1") is None else float(raw_thresholds["min_macro_f1"])),
-        regression_tolerance=float(raw_thresholds.get("regression_tolerance", 0.02)),
-    )
-    raw_validation = raw.get("validation") or {}
-    validation = ValidationSpec(
-        min_rows=int(raw_validation.get("min_rows", 1)),
-        max_rows=int(raw_validation.get("max_rows", 10_000_000)),
-        allow_extra_columns=bool(raw_validation.get("allow_extra_columns", False)),
-        min_classes=int(raw_validation.get("min_classes", 2)),
-        min_rows_per_class=int(raw_validation.get("min_rows_per_class", 1)),
-    )
-    if not 1 <= validation.min_classes <= len(classes):
-        raise SpecError(f"validation.min_classes must be between 1 and {len(classes)}, got {validation.min_classes}")
-    if validation.min_rows_per_class < 1:
-        raise SpecError(f"validation.min_rows_per_class must be at least 1, got {validation.min_rows_per_class}")
-    raw_drift = raw.get("drift") or {}
-    severity = str(raw_drift.get("severity", "WARN")).upper()
-    if severity not in ("WARN", "ERROR"):
-        raise SpecError(f"drift.severity must be WARN or ERROR, got {severity!r}")
-    drift = DriftSpec(
-        drift_share_threshold=float(raw_drift.get("drift_share_threshold", 0.5)),
-        psi_warn=float(raw_drift.get("psi_warn", 0.1)),
-        psi_alert=float(raw_drift.get("psi_alert", 0.25)),
-        min_window_rows=int(raw_drift.get("min_window_rows", 30)),
-        severity=severity,  # type: ignore[arg-type]
-        min_live_accuracy=float(raw_drift.get("min_live_accuracy", 0.70)),
-    )
-    return DatasetSpec(
-        name=name,
-        features=features,
-        target=target,
-        model=model,
-        thresholds=thresholds,
-        validation=validation,
-        drift=drift,
-        bootstrap_file=raw.get("bootstrap_file"),
-        description=str(raw.get("description", "")),
-        reference_max_rows=int((raw.get("reference") or {}).get("max_rows", 100_000)),
-        source_path=source_path,
-    )
+        raise SpecError(f"{where}: a dataset spec must be a YAML mapping, got {type(raw).__name__}", source=source_path)
+    if "source_path" in raw:
+        allowed = ", ".join(sorted(json_schema()["properties"]))
+        raise SpecError(f"{where}: source_path: unknown key; allowed here: {allowed}", source=source_path)
+    try:
+        return _adapter().validate_python({**raw, "source_path": source_path})
+    except ValidationError as exc:
+        raise spec_error(exc, raw, source_path) from None
 
 
 def load_spec_file(path: Path) -> DatasetSpec:
@@ -286,9 +535,9 @@ def load_spec_file(path: Path) -> DatasetSpec:
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read the spec: {exc}") from exc
+        raise SpecError(f"{path}: cannot read the spec: {exc}", source=path) from exc
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+        raise SpecError(f"{path}: not valid YAML: {exc}", source=path) from exc
     return parse_spec(raw, source_path=path.resolve())
 
 
@@ -305,3 +554,37 @@ def load_spec(name: str | None = None) -> DatasetSpec:
         return get_model(name).spec
     except CatalogError as exc:
         raise SpecError(str(exc)) from exc
+
+
+def schema_text() -> str:
+    """The JSON Schema as committed in ``docs/spec.schema.json``."""
+    import json
+
+    return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ml_platform.spec --schema`` prints the JSON Schema; ``... FILE...`` validates spec files."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ml_platform.spec", description=main.__doc__)
+    parser.add_argument("--schema", action="store_true", help="print the JSON Schema of spec.yaml")
+    parser.add_argument("files", nargs="*", type=Path, help="spec files to validate")
+    args = parser.parse_args(argv)
+    if args.schema:
+        sys.stdout.write(schema_text())
+        return 0
+    failed = 0
+    for path in args.files:
+        try:
+            spec = load_spec_file(path)
+        except SpecError as exc:
+            failed += 1
+            print(exc, file=sys.stderr)
+        else:
+            print(f"{path}: ok ({spec.name}: {len(spec.features)} features, model {spec.model.name})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

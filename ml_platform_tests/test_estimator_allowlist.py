@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ml_platform.spec import SPECS_DIR, SpecError, load_spec, parse_spec
+from ml_platform.catalog import MODELS_DIR
+from ml_platform.spec import SpecError, load_spec, parse_spec
 from ml_platform_tests.conftest import free_port
 
 
 def _spec_with(estimator: str, params: dict) -> dict:
-    raw = yaml.safe_load((SPECS_DIR / "iris.yaml").read_text())
+    raw = yaml.safe_load((MODELS_DIR / "iris" / "spec.yaml").read_text())
     raw["model"].update(estimator=estimator, params=params)
     return raw
 

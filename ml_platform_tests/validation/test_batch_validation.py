@@ -117,12 +117,13 @@ def test_minimum_classes_and_rows_per_class_come_from_the_spec(tmp_path: Path) -
     import pandas as pd
     import yaml
 
-    from ml_platform.spec import SPECS_DIR, SpecError, parse_spec
+    from ml_platform.catalog import MODELS_DIR
+    from ml_platform.spec import BUNDLED_DATA_DIR, SpecError, parse_spec
 
-    raw = yaml.safe_load((SPECS_DIR / "iris.yaml").read_text())
+    raw = yaml.safe_load((MODELS_DIR / "iris" / "spec.yaml").read_text())
     raw["validation"] = {"min_rows": 1, "min_classes": 3, "min_rows_per_class": 10}
     strict = parse_spec(raw)
-    frame = pd.read_csv(strict.bootstrap_path() if strict.bootstrap_file else SPECS_DIR.parent / "data/iris.csv")
+    frame = pd.read_csv(strict.bootstrap_path() if strict.bootstrap_file else BUNDLED_DATA_DIR / "iris.csv")
     path = tmp_path / "uneven.csv"
     pd.concat([frame[frame.target == 0], frame[frame.target == 1].head(4)]).to_csv(path, index=False)
     report = validate_batch(read_batch(path, strict), strict)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ml_platform.spec import SPECS_DIR, parse_spec
+from ml_platform.catalog import MODELS_DIR
+from ml_platform.spec import parse_spec
 from ml_platform.validation.expectations import validate_batch
 from ml_platform.validation.reader import read_batch
 from ml_platform_tests.validation.bad_files import GOOD_ROWS, HEADER
@@ -20,11 +21,11 @@ from ml_platform_tests.validation.bad_files import GOOD_ROWS, HEADER
 
 @pytest.mark.parametrize("value", ["1e300", "-3.5e38", "inf"])
 def test_values_beyond_float32_are_rejected_without_a_spec_range(tmp_path: Path, value: str) -> None:
-    raw = yaml.safe_load((SPECS_DIR / "iris.yaml").read_text())
+    raw = yaml.safe_load((MODELS_DIR / "iris" / "spec.yaml").read_text())
     for feature in raw["features"]:
         feature.pop("min", None)
         feature.pop("max", None)
-    spec = parse_spec(raw, source_path=SPECS_DIR / "iris.yaml")
+    spec = parse_spec(raw, source_path=MODELS_DIR / "iris" / "spec.yaml")
     good = tmp_path / "good.csv"
     good.write_text("\n".join([HEADER, *GOOD_ROWS, "3.4e38,3.4,1.5,0.2,0"]) + "\n")
     assert validate_batch(read_batch(good, spec), spec).success  # the float32 maximum itself is fine
