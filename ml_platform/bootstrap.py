@@ -1,8 +1,8 @@
 """Prepare a platform home: folders, a Dagster instance config, and the first batch.
 
-``python -m ml_platform.bootstrap`` is idempotent: on a fresh home it lands the
-active spec's bundled data (iris by default) in incoming/; on an existing home
-it changes nothing.
+``python -m ml_platform.bootstrap`` is idempotent: on a fresh home it lands each
+model's bundled data in its ``data/<model>/incoming/`` (every model of the catalog, or
+``--model <name>``); a model that has data already is left alone.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from ml_platform import settings
-from ml_platform.resources.landing_zone import LandingZone
-from ml_platform.spec import load_spec
+from ml_platform.catalog import get_model, list_models
+from ml_platform.validation.landing_zone import LandingZone
 
 DAGSTER_YAML = """\
 # Written by ml_platform.bootstrap: local sqlite storage under the platform home.
@@ -37,22 +37,27 @@ def ensure_dagster_home() -> Path:
     return home
 
 
-def bootstrap(dataset: str | None = None) -> Path | None:
-    """Create the home folders and land the bundled data if nothing has landed yet."""
+def bootstrap(model: str | None = None) -> list[Path]:
+    """Create the home folders and land each model's bundled data where nothing has landed yet."""
     settings.ensure_local_dirs()
     ensure_dagster_home()
-    spec = load_spec(dataset)
-    return LandingZone(dataset=spec.name).bootstrap(spec)
+    entries = [get_model(model)] if model else list_models()
+    zone = LandingZone()
+    landed = [zone.for_model(e.name).bootstrap(e.spec) for e in entries]
+    return [path for path in landed if path is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", help="dataset spec name or path (default: ML_PLATFORM_DATASET or iris)")
+    parser.add_argument("--model", help="one model of the catalog (default: every model)")
     args = parser.parse_args(argv)
-    landed = bootstrap(args.dataset)
+    landed = bootstrap(args.model)
     home = settings.platform_home()
     print(f"platform home: {home}")
-    print(f"landed bundled data: {landed}" if landed else "data already present: nothing landed")
+    for path in landed:
+        print(f"landed bundled data: {path}")
+    if not landed:
+        print("data already present: nothing landed")
     return 0
 
 

@@ -69,9 +69,9 @@ def _refuse(command: str, exc: DeploymentBusy) -> int:
 
 
 def _client() -> Any:
-    from ml_platform.resources.mlflow_resources import MlflowRegistry
+    from ml_platform.ml.mlflow_store import MlflowStore
 
-    return MlflowRegistry().client()
+    return MlflowStore().client()
 
 
 def _aliases(client: Any, name: str) -> dict[str, str | None]:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-import dagster as dg
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ml_platform.deployment.backend import DeploymentBackend
 
 DEFAULT_PUBLIC_PORT = 8080
 
 
-class Deployer(dg.ConfigurableResource):
+class Deployer(BaseModel):
     """Deploys model versions to the stable and canary tracks and moves traffic between them."""
 
     backend: Literal["local", "kubernetes"] = Field(default="local", description="local (nginx) or kubernetes")

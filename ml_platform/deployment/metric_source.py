@@ -20,9 +20,8 @@ import time
 from collections.abc import Iterable
 from typing import Literal
 
-import dagster as dg
 import httpx
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ml_platform.deployment.measurements import TrackReading
 
@@ -95,7 +94,7 @@ def promql_queries(track: str, model_version: str | None, extra_selector: str = 
     }
 
 
-class MetricSource(dg.ConfigurableResource):
+class MetricSource(BaseModel):
     """Where the canary analysis reads serving metrics: ``scrape`` (default) or ``prometheus``."""
 
     backend: Literal["scrape", "prometheus"] = Field(

@@ -7,11 +7,12 @@
   writes them, with feedback, in serving's prediction-log format for any date,
   which is how past days are filled for a backfill demo.
 
-Command line (writes into ``PREDICTION_LOG_DIR`` or ``<home>/logs/predictions``)::
+Command line (writes one model's logs into ``<PREDICTION_LOG_ROOT or home/logs/predictions>/<model>``;
+``--model`` defaults to ``ML_PLATFORM_MODEL``, else the default model)::
 
-    python -m ml_platform.monitoring.generate --date 2026-11-20 --days 3 --rows 500
-    python -m ml_platform.monitoring.generate --date 2026-11-23 --rows 500 --shift 2 \\
-        --features petal_length,petal_width
+    python -m ml_platform.monitoring.generate --model iris --date 2026-11-20 --days 3 --rows 500
+    python -m ml_platform.monitoring.generate --model wine --date 2026-11-23 --rows 500 --shift 2 \\
+        --features alcohol,flavanoids
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml_platform.spec import DatasetSpec, load_spec
+from ml_platform.spec import DatasetSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,8 +112,8 @@ def _resolve_model(spec: DatasetSpec, model_uri: str | None) -> tuple[str, str, 
     """``(model_uri, model_name, version)``: the given URI, else champion, else challenger, else newest."""
     from mlflow import MlflowClient
 
+    from ml_platform.ml.mlflow_store import configure_mlflow
     from ml_platform.ml.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, alias_version
-    from ml_platform.resources.mlflow_resources import configure_mlflow
 
     client = MlflowClient(tracking_uri=configure_mlflow())
     name = spec.model.name
@@ -142,6 +143,7 @@ def write_prediction_log(
     rows: int,
     shift: float = 0.0,
     *,
+    model: str,
     features: Sequence[str] | None = None,
     model_uri: str | None = None,
     log_dir: str | Path | None = None,
@@ -153,8 +155,11 @@ def write_prediction_log(
 
     One single-row request per row, spread over the day in time order; a share
     ``feedback`` of them gets a feedback event with the true label a few
-    seconds later. Files are ``date=<day>/predictions-<track>-<pid>.jsonl`` and
-    ``feedback-<track>-<pid>.jsonl`` (appended to if they exist).
+    seconds later. Every line names the platform ``model``. Files are
+    ``<log_dir>/date=<day>/predictions-<track>-<pid>.jsonl`` and
+    ``feedback-<track>-<pid>.jsonl`` (appended to if they exist); ``log_dir``
+    is the model's log folder, by default ``<PREDICTION_LOG_ROOT or
+    home/logs/predictions>/<model>``.
 
     Returns:
         Paths written, row counts, the model version and the live accuracy of the generated rows.
@@ -164,14 +169,14 @@ def write_prediction_log(
     import orjson
 
     from ml_platform.ml.training import class_label, feature_frame
-    from ml_platform.monitoring.paths import prediction_log_root
+    from ml_platform.monitoring.paths import prediction_log_dir
 
     if not 0.0 <= feedback <= 1.0:
         raise ValueError(f"feedback must be a share in [0, 1], got {feedback}")
     start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=UTC)
     uri, name, version = _resolve_model(spec, model_uri)
+    from ml_platform.ml.mlflow_store import configure_mlflow
     from ml_platform.ml.safe_load import load_verified_version
-    from ml_platform.resources.mlflow_resources import configure_mlflow
 
     # the safe loader (hashes checked, skops with the fixed allowlist, never pickle); any version may be chosen here
     client = mlflow.MlflowClient(tracking_uri=configure_mlflow())
@@ -185,7 +190,7 @@ def write_prediction_log(
     rng = np.random.default_rng(seed + 1)
     offsets = np.sort(rng.uniform(0, 86_399.0, size=rows))
     gets_feedback = rng.random(rows) < feedback
-    folder = Path(log_dir or prediction_log_root()) / f"date={day}"
+    folder = Path(log_dir or prediction_log_dir(model)) / f"date={day}"
     folder.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
     pred_path = folder / f"predictions-{track}-{pid}.jsonl"
@@ -211,6 +216,7 @@ def write_prediction_log(
                 orjson.dumps(
                     {
                         "event": "prediction",
+                        "model": model,
                         "request_id": request_id,
                         "timestamp": stamp(offsets[i]),
                         "model_name": name,
@@ -234,6 +240,7 @@ def write_prediction_log(
                     orjson.dumps(
                         {
                             "event": "feedback",
+                            "model": model,
                             "request_id": request_id,
                             "row": 0,
                             "timestamp": stamp(offsets[i] + 5.0),
@@ -247,6 +254,7 @@ def write_prediction_log(
                     + b"\n"
                 )
     return {
+        "model": model,
         "date": day,
         "rows": rows,
         "shift": shift,
@@ -278,10 +286,14 @@ def _parser() -> argparse.ArgumentParser:
         help="models:/<name>/<version> or @alias (default: champion, else challenger, else the newest version)",
     )
     parser.add_argument(
-        "--log-dir", default=None, help="log folder (default PREDICTION_LOG_DIR or <home>/logs/predictions)"
+        "--log-dir",
+        default=None,
+        help="the model's log folder (default <PREDICTION_LOG_ROOT or <home>/logs/predictions>/<model>)",
     )
     parser.add_argument("--track", default=DEFAULT_TRACK, help="track named in the log (default stable)")
-    parser.add_argument("--dataset", default=None, help="dataset spec (default ML_PLATFORM_DATASET / iris)")
+    parser.add_argument(
+        "--model", default=None, help="platform model name, e.g. iris (default ML_PLATFORM_MODEL, else the default)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return parser
 
@@ -294,7 +306,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         print(f"--date must be YYYY-MM-DD, got {args.date!r}", file=sys.stderr)
         return 2
-    spec = load_spec(args.dataset)
+    from ml_platform.catalog import CatalogError, get_model
+
+    try:
+        entry = get_model(args.model)
+    except CatalogError as exc:
+        print(f"--model: {exc}", file=sys.stderr)
+        return 2
+    spec = entry.spec
     features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
     for offset in range(max(1, args.days)):
         day = (first + timedelta(days=offset)).isoformat()
@@ -303,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             day,
             args.rows,
             args.shift,
+            model=entry.name,
             features=features,
             model_uri=args.model_uri,
             log_dir=args.log_dir,

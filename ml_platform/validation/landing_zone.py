@@ -1,12 +1,12 @@
-"""The landing zone resource: incoming, accepted and quarantined data files of a dataset.
+"""The landing zone of every model: incoming, accepted and quarantined data files, per model.
 
-A thin Dagster wrapper over :class:`ml_platform.validation.landing.LandingFolders`.
-Files land in ``incoming/``. The batch gate copies each one into ``staging/``
-(never following a link), validates the copy and moves it to ``accepted/`` or
-to ``quarantine/`` (with a JSON and a markdown report beside it), stored as
-``<stem>@<sha256><suffix>`` so a second file with the same name never
-overwrites the first. Partition keys are ``<name>@<sha256>`` and are
-validated before any path is built from them.
+Plain Python (the Dagster resource in ``ml_platform.defs.resources`` is a thin wrapper).
+:class:`LandingZone` knows the platform home; :meth:`LandingZone.for_model` gives the
+:class:`ModelLandingZone` of one model, whose folders live under ``<home>/data/<model>/``.
+Files land in ``incoming/``. The batch gate copies each one into ``staging/`` (never
+following a link), validates the copy and moves it to ``accepted/`` or ``quarantine/`` (with
+a JSON and a markdown report beside it), stored as ``<stem>@<sha256><suffix>``. Partition keys
+are ``<name>@<sha256>`` and are validated before any path is built from them.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import dagster as dg
-from pydantic import Field
-
 from ml_platform import settings
-from ml_platform.spec import DatasetSpec, load_spec
+from ml_platform.spec import DatasetSpec
 from ml_platform.validation.landing import LandedFile, LandingFolders, is_ignored_name
 from ml_platform.validation.names import (
     PARTITION_SEPARATOR,
@@ -35,32 +33,27 @@ __all__ = [
     "InvalidKeyError",
     "LandedFile",
     "LandingZone",
+    "ModelLandingZone",
     "partition_key_for",
     "split_partition_key",
     "stored_name",
 ]
 
+DEFAULT_SETTLE_SECONDS = 2.0
 
-class LandingZone(dg.ConfigurableResource):
-    """Local folders under the platform home holding one dataset's data files."""
 
-    home: str | None = Field(default=None, description="Platform home; default ML_PLATFORM_HOME or .ml_platform/")
-    dataset: str | None = Field(default=None, description="Dataset name; default ML_PLATFORM_DATASET or iris")
-    settle_seconds: float = Field(
-        default=2.0, description="Ignore incoming files modified more recently than this (still being written)"
-    )
+@dataclass(frozen=True)
+class ModelLandingZone:
+    """One model's landing folders (``<home>/data/<model>/``)."""
 
-    def _paths(self) -> settings.PlatformPaths:
-        return settings.PlatformPaths(Path(self.home).resolve()) if self.home else settings.platform_paths()
-
-    @property
-    def dataset_name(self) -> str:
-        return self.dataset or load_spec().name
+    model: str
+    data_dir: Path
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
 
     @property
     def folders(self) -> LandingFolders:
-        """The plain landing-zone implementation behind this resource."""
-        return LandingFolders(self._paths().data_dir(self.dataset_name), self.settle_seconds)
+        """The folder logic of the batch gate (pending, locate, stage, store)."""
+        return LandingFolders(self.data_dir, self.settle_seconds)
 
     @property
     def incoming_dir(self) -> Path:
@@ -76,7 +69,8 @@ class LandingZone(dg.ConfigurableResource):
 
     @property
     def datasets_dir(self) -> Path:
-        path = self._paths().data_dir(self.dataset_name) / "training_datasets"
+        """Where combined training datasets (Parquet, named by content hash) are written."""
+        path = self.data_dir / "training_datasets"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -93,7 +87,7 @@ class LandingZone(dg.ConfigurableResource):
         return self.folders.accepted_files()
 
     def is_empty(self) -> bool:
-        """True when nothing has ever landed for this dataset."""
+        """True when nothing has ever landed for this model."""
         folders = self.folders
         return not any(
             any(not is_ignored_name(name) for name in os.listdir(folder))
@@ -101,7 +95,7 @@ class LandingZone(dg.ConfigurableResource):
         )
 
     def bootstrap(self, spec: DatasetSpec) -> Path | None:
-        """On a fresh home, land the spec's bundled data as the first batch."""
+        """On a fresh home, land the spec's bundled data as the model's first batch."""
         source = spec.bootstrap_path()
         if source is None or not source.exists() or not self.is_empty():
             return None
@@ -110,3 +104,18 @@ class LandingZone(dg.ConfigurableResource):
         old = time.time() - max(self.settle_seconds, 0) - 1
         os.utime(target, (old, old))  # a bundled file is complete: no need to wait for it to settle
         return target
+
+
+@dataclass(frozen=True)
+class LandingZone:
+    """The landing zones of all models under one platform home."""
+
+    home: Path | None = None
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
+
+    def paths(self) -> settings.PlatformPaths:
+        return settings.PlatformPaths(self.home.resolve()) if self.home else settings.platform_paths()
+
+    def for_model(self, model: str) -> ModelLandingZone:
+        """The landing folders of ``model`` (a catalog model name)."""
+        return ModelLandingZone(model, self.paths().data_dir(model), self.settle_seconds)

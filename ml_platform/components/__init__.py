@@ -1,0 +1,5 @@
+"""Dagster components of ml_platform: ``ModelPipeline``, one instance per model."""
+
+from ml_platform.components.model_pipeline import ModelPipeline
+
+__all__ = ["ModelPipeline"]

@@ -1,0 +1,254 @@
+"""Deployment of one model: ``<model>/canary_deployment`` (one model version per partition) and the
+model-version sensor that requests it.
+
+The materialization records the whole rollout: the decision and its reason, the policy, the smoke
+test, one markdown table per traffic step (health, error rate, p95 latency, live accuracy, with
+samples and source, and stable's numbers beside them), and the time from validation to decision.
+The same decision is written as MLflow model-version tags. The ``canary_verdict`` check fails when
+the version was rejected. The asset depends on ``<model>/candidate_model``, so the lineage graph
+draws the whole lifecycle.
+
+``<model>_model_version_sensor`` requests one canary run per validated version of *this* model's
+registered name: a version is *waiting* when it passed the training gates (tag
+``validation_status=passed``), is newer than the ``champion`` and has no ``deployment_status`` yet.
+While a deployment run of this model is queued or running nothing is requested (one rollout at a
+time per model; other models roll out independently); otherwise the newest waiting version newer
+than the cursor is requested (run key ``<registered name>:<version>``) and older waiting versions are
+tagged ``deployment_status=superseded``.
+"""
+
+import time
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from ml_platform.defs.model_context import ModelContext
+from ml_platform.defs.resources import DeployerResource, MetricSourceResource, MlflowRegistryResource
+from ml_platform.deployment.deployer import Deployer
+from ml_platform.deployment.metric_source import MetricSource
+
+VALIDATED_AT_RUN_TAG = "ml_platform/validated_at"
+REQUESTED_AT_RUN_TAG = "ml_platform/requested_at"
+MODEL_VERSION_RUN_TAG = "ml_platform/model_version"
+PIPELINE_TAG = "ml_platform/pipeline"
+
+
+class CanaryConfig(dg.Config):
+    """Per-run overrides of the rollout policy (unset: the spec's ``rollout:`` section, then defaults)."""
+
+    steps: list[int] | None = Field(default=None, description="canary traffic weights (%), e.g. [10, 25, 50]")
+    step_pause_seconds: float | None = Field(default=None, description="minimum time on each step")
+    analysis_interval_seconds: float | None = Field(default=None, description="time between analyses")
+    window_seconds: float | None = Field(default=None, description="sliding window of error rate and latency")
+    min_live_accuracy: float | None = Field(default=None, description="live accuracy threshold (feedback)")
+    min_feedback_samples: int | None = Field(default=None, description="feedback needed to judge accuracy")
+    max_error_rate: float | None = Field(default=None, description="5xx share of /predict allowed")
+    max_p95_latency_ms: float | None = Field(default=None, description="p95 /predict latency allowed")
+    min_requests: int | None = Field(default=None, description="requests per window needed to judge")
+    failure_limit: int | None = Field(default=None, description="failed analyses before a rollback")
+    inconclusive_limit: int | None = Field(default=None, description="held analyses before a rollback")
+    startup_timeout_seconds: float | None = Field(default=None, description="serving start/swap timeout")
+
+
+def _tag_time(tags: dict[str, str], key: str) -> dict[str, float]:
+    try:
+        return {key.split("/")[-1]: float(tags[key])} if tags.get(key) else {}
+    except ValueError:
+        return {}
+
+
+def _metadata(result: Any, deployer: Deployer, metric_source: MetricSource, link: str | None) -> dict[str, Any]:
+    durations = result.durations()
+    metadata: dict[str, Any] = {
+        "decision": result.decision,
+        "reason": result.reason,
+        "model_name": result.model_name,
+        "model_version": dg.MetadataValue.int(int(result.version)),
+        "champion_before": result.champion_before or "none",
+        "champion_after": result.champion_after or "none",
+        "deployer": deployer.describe(),
+        "metric_source": metric_source.describe(),
+        "policy": dg.MetadataValue.md(result.policy.markdown()),
+        "steps_run": dg.MetadataValue.int(len(result.steps)),
+        "analyses": dg.MetadataValue.int(sum(len(s.analyses) for s in result.steps)),
+    }
+    if result.smoke is not None:
+        metadata["smoke_test"] = f"{'passed' if result.smoke.passed else 'FAILED'}: {result.smoke.detail}"
+    for name, table in result.step_tables().items():
+        metadata[name] = dg.MetadataValue.md(table)
+    for name, seconds in durations.items():
+        metadata[name] = dg.MetadataValue.float(round(seconds, 3))
+    if link:
+        metadata["mlflow_model_version"] = dg.MetadataValue.url(link)
+    return metadata
+
+
+DEFAULT_INTERVAL_SECONDS = 30
+ACTIVE_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _validated_at(context: dg.SensorEvaluationContext, model: ModelContext, model_version: Any) -> float:
+    """Best known time the version became validated: its tag, its snapshot's materialization, its creation."""
+    from ml_platform.deployment.registry_ops import validated_at
+
+    tagged = validated_at(model_version)
+    if tagged is not None:
+        return tagged
+    event = context.instance.get_latest_materialization_event(model.key("reference_snapshot"))
+    if event is not None and event.asset_materialization is not None:
+        entry = event.asset_materialization.metadata.get("model_version")
+        if entry is not None and str(entry.value) == str(model_version.version):
+            return float(event.timestamp)
+    return float(model_version.creation_timestamp) / 1000.0
+
+
+def build_deployment_defs(model: ModelContext) -> dg.Definitions:
+    """``<model>/canary_deployment`` and ``<model>_model_version_sensor``."""
+    spec = model.spec
+    job_name = model.job_name("canary_deployment_job")
+
+    @dg.asset(
+        **model.asset_kwargs("canary_deployment"),
+        partitions_def=model.model_versions,
+        deps=[model.key("candidate_model")],
+        kinds={"nginx", "kubernetes", "mlflow"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                "canary_verdict",
+                asset=model.key("canary_deployment"),
+                description="Fails when the canary of this version was rolled back (the version is tagged rejected).",
+            )
+        ],
+        description=(
+            f"Rolls one validated `{model.registered_name}` version out (partition = version): smoke test before "
+            "traffic, canary traffic steps with pauses and live analysis (error rate, p95 latency, live accuracy "
+            "from feedback), then promotion (`champion` moves, the old one becomes `previous_champion`) or "
+            "rollback (the version is tagged rejected). With no champion yet, the version goes straight to "
+            "stable. Metadata: one markdown table per step, the decision and the validation-to-decision time."
+        ),
+    )
+    def canary_deployment(
+        context: dg.AssetExecutionContext,
+        config: CanaryConfig,
+        deployer: DeployerResource,
+        metric_source: MetricSourceResource,
+        mlflow_registry: MlflowRegistryResource,
+    ) -> dg.MaterializeResult:
+        """Run the canary rollout of the partition's model version and record the decision."""
+        from ml_platform.deployment.policy import load_policy
+        from ml_platform.deployment.rollout import REJECTED, CanaryRollout
+
+        version = context.partition_key
+        client = mlflow_registry.client()
+        policy = load_policy(spec, config.model_dump())
+        tags = dict(context.run.tags)
+        timings = {
+            **_tag_time(tags, VALIDATED_AT_RUN_TAG),
+            **_tag_time(tags, REQUESTED_AT_RUN_TAG),
+        }
+        if "validated_at" not in timings:
+            from ml_platform.deployment.registry_ops import validated_at
+
+            found = validated_at(client.get_model_version(spec.model.name, version))
+            if found is not None:
+                timings["validated_at"] = found
+        context.log.info(
+            f"{model.name}: rolling out {spec.model.name} v{version} with {deployer.describe()}; "
+            f"policy {policy.as_dict()}"
+        )
+        rollout = CanaryRollout(
+            spec=spec,
+            version=version,
+            backend=deployer.backend_for(spec.model.name),
+            metric_source=metric_source,
+            client=client,
+            policy=policy,
+            run_id=context.run_id,
+            log=context.log.info,
+            timings=timings,
+        )
+        started = time.monotonic()
+        result = rollout.run()
+        context.log.info(f"{result.decision} after {time.monotonic() - started:.1f}s: {result.reason}")
+        link = mlflow_registry.ui_link(model=spec.model.name, version=version)
+        return dg.MaterializeResult(
+            metadata=_metadata(result, deployer, metric_source, link),
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="canary_verdict",
+                    passed=result.decision != REJECTED,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=f"{result.decision}: {result.reason}",
+                    metadata={"decision": result.decision},
+                )
+            ],
+        )
+
+    @dg.sensor(
+        name=model.sensor_name("model_version_sensor"),
+        job_name=job_name,
+        minimum_interval_seconds=DEFAULT_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Watches the MLflow registry for versions of `{model.registered_name}` that passed the training "
+            "gates (validation_status=passed, including versions registered outside Dagster) and requests one "
+            f"`{job_name}` run per version (run key <model>:<version>). Waits while a deployment of this model "
+            "runs; of several waiting versions only the newest is deployed, the others are tagged superseded."
+        ),
+    )
+    def model_version_sensor(
+        context: dg.SensorEvaluationContext, mlflow_registry: MlflowRegistryResource
+    ) -> dg.SensorResult:
+        """Request a canary deployment of the newest validated, undeployed model version."""
+        from ml_platform.deployment.registry_ops import DEPLOYMENT_STATUS_TAG, set_tags, waiting_versions
+
+        name = model.registered_name
+        active = context.instance.get_runs(
+            filters=dg.RunsFilter(tags={**model.tags, PIPELINE_TAG: "deployment"}, statuses=ACTIVE_STATUSES), limit=1
+        )
+        if active:
+            return dg.SensorResult(
+                skip_reason=f"deployment run {active[0].run_id} is still active", cursor=context.cursor
+            )
+        client = mlflow_registry.client()
+        cursor = context.cursor or ""
+        requested_up_to = int(cursor) if cursor.isdigit() else 0
+        waiting = [v for v in waiting_versions(client, name) if int(v.version) > requested_up_to]
+        if not waiting:
+            return dg.SensorResult(skip_reason=f"no validated, undeployed version of {name}", cursor=context.cursor)
+        newest, older = waiting[-1], waiting[:-1]
+        version = str(newest.version)
+        for skipped in older:
+            set_tags(
+                client,
+                name,
+                skipped.version,
+                {DEPLOYMENT_STATUS_TAG: "superseded", "deployment.superseded_by": version},
+            )
+        if older:
+            context.log.info(f"superseded by v{version}: {[str(v.version) for v in older]}")
+        context.log.info(f"requesting {job_name}: the canary deployment of {name} v{version}")
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"{name}:{version}",
+                    partition_key=version,
+                    tags={
+                        VALIDATED_AT_RUN_TAG: f"{_validated_at(context, model, newest):.3f}",
+                        REQUESTED_AT_RUN_TAG: f"{time.time():.3f}",
+                        **model.tags,
+                        MODEL_VERSION_RUN_TAG: version,
+                    },
+                )
+            ],
+            dynamic_partitions_requests=[model.model_versions.build_add_request([version])],
+            cursor=version,
+        )
+
+    return dg.Definitions(assets=[canary_deployment], sensors=[model_version_sensor])
