@@ -180,12 +180,12 @@ def write_prediction_log(
 
     # the safe loader (hashes checked, skops with the fixed allowlist, never pickle); any version may be chosen here
     client = mlflow.MlflowClient(tracking_uri=configure_mlflow())
-    model = load_verified_version(client, name, version, require_gates=False).model
+    estimator = load_verified_version(client, name, version, require_gates=False).model
     frame = drifted_rows(spec, rows, shift, features=features, seed=seed)
     inputs = feature_frame(frame, spec)
-    predictions = model.predict(inputs) if rows else np.array([])
-    probabilities = model.predict_proba(inputs) if rows and hasattr(model, "predict_proba") else None
-    proba_order = [class_label(spec, c) for c in getattr(model, "classes_", spec.target.classes)]
+    predictions = estimator.predict(inputs) if rows else np.array([])
+    probabilities = estimator.predict_proba(inputs) if rows and hasattr(estimator, "predict_proba") else None
+    proba_order = [class_label(spec, c) for c in getattr(estimator, "classes_", spec.target.classes)]
 
     rng = np.random.default_rng(seed + 1)
     offsets = np.sort(rng.uniform(0, 86_399.0, size=rows))

@@ -15,8 +15,10 @@ from ml_platform.spec import DatasetSpec
 if TYPE_CHECKING:
     import pyarrow as pa
 
-ROW_KEYS = ("request_id", "row", "timestamp", "model_name", "model_version", "track")
-REQUEST_KEYS = ("request_id", "timestamp", "model_name", "model_version", "track")
+# "model" is the platform model (iris, wine); "model_name" the registered MLflow model. Lines written before
+# logs were namespaced by model have no "model" (null when read).
+ROW_KEYS = ("model", "request_id", "row", "timestamp", "model_name", "model_version", "track")
+REQUEST_KEYS = ("model", "request_id", "timestamp", "model_name", "model_version", "track")
 
 
 def class_labels(spec: DatasetSpec) -> list[str]:
@@ -86,6 +88,7 @@ def feedback_schema(spec: DatasetSpec) -> pa.Schema:
     return pa.schema(
         [
             ("event", pa.string()),
+            ("model", pa.string()),
             ("request_id", pa.string()),
             ("row", pa.int64()),
             ("timestamp", pa.string()),

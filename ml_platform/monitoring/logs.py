@@ -1,9 +1,19 @@
-"""Read one day of the serving prediction log and join it with the day's feedback.
+"""Read one day of one model's serving prediction log and join it with the day's feedback.
 
 The log format is serving's (see docs/serving.md and :mod:`serving.predlog`)::
 
-    <root>/date=YYYY-MM-DD/predictions-<track>-<pid>.jsonl   one JSON object per request, rows as columns
-    <root>/date=YYYY-MM-DD/feedback-<track>-<pid>.jsonl      one JSON object per labelled row
+    <root>/<model>/date=YYYY-MM-DD/predictions-<track>-<pid>.jsonl   one JSON object per request, rows as columns
+    <root>/<model>/date=YYYY-MM-DD/feedback-<track>-<pid>.jsonl      one JSON object per labelled row
+
+Reading is namespaced by model twice: only the model's own folder is listed,
+and every line names its platform model (``"model": "iris"``), so a line of
+another model that ends up in the folder is ignored and counted
+(``other_model_lines``), never mixed in. Lines written before logs carried a
+model (no ``model`` field) are accepted only for the default model and counted
+(``legacy_lines``); for any other model they are ignored and counted
+(``unattributed_lines``). The default model also reads the single-model
+layout of earlier versions, ``<root>/date=YYYY-MM-DD/``, so an existing
+platform home keeps its history.
 
 Reading a day lists only that day's ``date=YYYY-MM-DD/`` folder, so the cost of
 a window does not grow with the history kept. Files are parsed with pyarrow's
@@ -58,14 +68,19 @@ class ReadStats:
     rows: int = 0
     skipped_lines: int = 0
     partial_tail_bytes: int = 0
+    other_model_lines: int = 0  # lines naming another model: ignored
+    legacy_lines: int = 0  # lines without a model (older format), accepted: this is the default model
+    unattributed_lines: int = 0  # lines without a model, ignored: this is not the default model
 
 
 @dataclass
 class DayLog:
-    """One day's predictions and feedback, as flat frames."""
+    """One model's predictions and feedback of one day, as flat frames."""
 
     day: str
     root: str
+    model: str
+    folder: str  # the model's folder of that day
     predictions: pd.DataFrame
     feedback: pd.DataFrame
     prediction_stats: ReadStats
@@ -93,6 +108,49 @@ def _read_fast(data: bytes, schema: pa.Schema) -> pa.Table:
 
 ParseFn = Callable[[bytes], tuple["pa.Table", int]]  # a whole file -> (table, lines skipped)
 RecordsFn = Callable[[Any], "list[dict[str, Any]] | None"]  # one parsed line -> its records, None when unusable
+
+
+class _ModelGate:
+    """Keeps the lines of one model (and model-less legacy lines only when it is the default), counting the rest."""
+
+    def __init__(self, model: str, accept_legacy: bool, stats: ReadStats) -> None:
+        self.model = model
+        self.accept_legacy = accept_legacy
+        self.stats = stats
+
+    def _count(self, other: int, legacy: int) -> None:
+        self.stats.other_model_lines += other
+        if self.accept_legacy:
+            self.stats.legacy_lines += legacy
+        else:
+            self.stats.unattributed_lines += legacy
+
+    def table(self, table: pa.Table) -> pa.Table:
+        """The rows of ``table`` (one per line) this model reads."""
+        import pyarrow.compute as pc
+
+        column = table.column("model")
+        unnamed = pc.is_null(column)
+        mine = pc.fill_null(pc.equal(column, self.model), False)
+        legacy = int(pc.sum(unnamed).as_py() or 0)
+        other = len(table) - legacy - int(pc.sum(mine).as_py() or 0)
+        self._count(other, legacy)
+        if other == 0 and (legacy == 0 or self.accept_legacy):
+            return table
+        return table.filter(pc.or_(mine, unnamed) if self.accept_legacy else mine)
+
+    def line(self, obj: Any) -> bool:
+        """True when this parsed line is the model's (non-objects pass: the parser refuses them itself)."""
+        if not isinstance(obj, dict):
+            return True
+        named = obj.get("model")
+        if named is None:
+            self._count(0, 1)
+            return self.accept_legacy
+        if named != self.model:
+            self._count(1, 0)
+            return False
+        return True
 
 
 def _read_lines(data: bytes, schema: pa.Schema, records_of: RecordsFn) -> tuple[pa.Table, int]:
@@ -123,11 +181,10 @@ def _feedback_record(obj: Any, schema: pa.Schema, required: Sequence[str]) -> li
     return [{f.name: coerce(obj.get(f.name), f.type) for f in schema}]
 
 
-def _read_feedback_fast(data: bytes, schema: pa.Schema, required: Sequence[str]) -> tuple[pa.Table, int]:
-    """pyarrow's parse; rows missing a key field (absent fields come back null) are unusable."""
+def _read_feedback_fast(table: pa.Table, required: Sequence[str]) -> tuple[pa.Table, int]:
+    """Feedback lines parsed by pyarrow; rows missing a key field (absent fields come back null) are unusable."""
     import pyarrow.compute as pc
 
-    table = _read_fast(data, schema)
     mask = None
     for name in required:
         valid = table.column(name).is_valid()
@@ -152,9 +209,11 @@ def _read_files(
         stats.partial_tail_bytes += cut
         if not data.strip():
             continue
+        counted = (stats.other_model_lines, stats.legacy_lines, stats.unattributed_lines)
         try:
             table, skipped = fast(data)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
+            stats.other_model_lines, stats.legacy_lines, stats.unattributed_lines = counted  # counted again below
             table, skipped = _read_lines(data, schema, records_of)
         stats.skipped_lines += skipped
         tables.append(table)
@@ -169,32 +228,55 @@ def _list_files(folder: Any, pattern: str) -> list[Any]:
     return sorted((p for p in folder.glob(pattern) if p.is_file()), key=str)
 
 
-def read_day(root: str, day: str, spec: DatasetSpec) -> DayLog:
-    """Read the predictions and feedback logged on ``day`` (UTC), and nothing else.
-
-    Args:
-        root: The prediction-log folder (local path or fsspec URI).
-        day: ``YYYY-MM-DD``.
-        spec: The dataset spec (feature names and types, classes).
-    """
+def _day_files(root: str, model: str, day: str, pattern: str, legacy_layout: bool) -> list[Any]:
+    """The model's files of the day; for the default model also those of the single-model layout."""
     from upath import UPath
 
-    folder = UPath(root) / day_folder_name(day)
+    files = _list_files(UPath(model_folder(root, model, day)), pattern)
+    if legacy_layout:
+        files += _list_files(UPath(root) / day_folder_name(day), pattern)
+    return files
+
+
+def model_folder(root: str, model: str, day: str) -> str:
+    """``<root>/<model>/date=<day>``: one model's log folder of one day."""
+    from ml_platform.monitoring.paths import per_model
+
+    return f"{per_model(root, model)}/{day_folder_name(day)}"
+
+
+def read_day(root: str, day: str, spec: DatasetSpec, *, model: str, accept_legacy: bool | None = None) -> DayLog:
+    """Read one model's predictions and feedback logged on ``day`` (UTC), and nothing else.
+
+    Args:
+        root: The folder of every model's log (local path or fsspec URI): ``<root>/<model>/date=<day>/``.
+        day: ``YYYY-MM-DD``.
+        spec: The model's dataset spec (feature names and types, classes).
+        model: The platform model name (``iris``): its folder is read, and lines naming another model are
+            ignored and counted.
+        accept_legacy: Whether lines without a model field (and the single-model layout ``<root>/date=<day>/``)
+            count as this model's; default: only for the catalog's default model.
+    """
+    if accept_legacy is None:
+        from ml_platform.catalog import default_model_name
+
+        accept_legacy = model == default_model_name()
     pred_stats, fb_stats = ReadStats(), ReadStats()
+    pred_gate, fb_gate = _ModelGate(model, accept_legacy, pred_stats), _ModelGate(model, accept_legacy, fb_stats)
     requests, rows = request_schema(spec), prediction_schema(spec)
     predictions = _read_files(
-        _list_files(folder, PREDICTION_GLOB),
-        lambda data: explode_requests(_read_fast(data, requests), spec, rows),
-        lambda obj: rows_from_line(obj, spec, rows),
+        _day_files(root, model, day, PREDICTION_GLOB, accept_legacy),
+        lambda data: explode_requests(pred_gate.table(_read_fast(data, requests)), spec, rows),
+        lambda obj: rows_from_line(obj, spec, rows) if pred_gate.line(obj) else [],
         rows,
         pred_stats,
     )
     feedback_rows = feedback_schema(spec)
     required = ["request_id", "row", "model_version"]
     feedback = _read_files(
-        _list_files(folder, FEEDBACK_GLOB),
-        lambda data: _read_feedback_fast(data, feedback_rows, required),
-        lambda obj: _feedback_record(obj, feedback_rows, required),
+        _day_files(root, model, day, FEEDBACK_GLOB, accept_legacy),
+        lambda data: _read_feedback_fast(fb_gate.table(_read_fast(data, feedback_rows)), required),
+        lambda obj: _feedback_record(obj, feedback_rows, required) if fb_gate.line(obj) else [],
         feedback_rows,
         fb_stats,
     )
@@ -203,7 +285,16 @@ def read_day(root: str, day: str, spec: DatasetSpec) -> DayLog:
     if "event" in fb_frame:
         fb_frame = fb_frame[fb_frame["event"].isna() | (fb_frame["event"] == "feedback")]
     pred_stats.rows, fb_stats.rows = len(pred_frame), len(fb_frame)
-    return DayLog(day, str(root), pred_frame, fb_frame.reset_index(drop=True), pred_stats, fb_stats)
+    return DayLog(
+        day,
+        str(root),
+        model,
+        model_folder(root, model, day),
+        pred_frame,
+        fb_frame.reset_index(drop=True),
+        pred_stats,
+        fb_stats,
+    )
 
 
 def _predictions_frame(table: pa.Table, spec: DatasetSpec) -> pd.DataFrame:
@@ -211,7 +302,7 @@ def _predictions_frame(table: pa.Table, spec: DatasetSpec) -> pd.DataFrame:
     import pyarrow as pa
 
     columns = [
-        column.dictionary_encode() if name in ("model_name", "model_version", "track") else column
+        column.dictionary_encode() if name in ("model", "model_name", "model_version", "track") else column
         for name, column in zip(table.column_names, table.columns, strict=True)
     ]
     frame = pa.table(columns, names=table.column_names).to_pandas()

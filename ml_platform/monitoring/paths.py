@@ -1,8 +1,14 @@
-"""Where monitoring reads the prediction log and writes windows and reports.
+"""Where monitoring reads the prediction log and writes windows and reports, per model.
 
 Every location is a folder URI: a local path (default, under the platform
 home) or an fsspec URI such as ``s3://bucket/prefix``, read and written through
-universal-pathlib. Nothing heavy is imported here.
+universal-pathlib. Every per-model location ends in the platform model name
+(``iris``, ``wine``), so no two models share a folder. Nothing heavy is
+imported here.
+
+``PREDICTION_LOG_ROOT`` is the folder holding every model's log folder
+(``<root>/<model>/date=YYYY-MM-DD/``); serving's ``PREDICTION_LOG_DIR`` is one
+model's folder (what the deployer passes to one model's servers).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import os
 
 from ml_platform import settings
 
-PREDICTION_LOG_DIR_ENV = "PREDICTION_LOG_DIR"
+PREDICTION_LOG_ROOT_ENV = "PREDICTION_LOG_ROOT"
 PRODUCTION_WINDOWS_URI_ENV = "PRODUCTION_WINDOWS_URI"
 DRIFT_REPORTS_URI_ENV = "DRIFT_REPORTS_URI"
 WINDOW_FILENAME = "window.parquet"
@@ -23,8 +29,20 @@ def _env(name: str) -> str | None:
 
 
 def prediction_log_root() -> str:
-    """The prediction-log folder: ``PREDICTION_LOG_DIR``, else ``<home>/logs/predictions`` (as serving uses)."""
-    return _env(PREDICTION_LOG_DIR_ENV) or str(settings.platform_paths().prediction_log_dir)
+    """The folder of every model's prediction log: ``PREDICTION_LOG_ROOT``, else ``<home>/logs/predictions``."""
+    return _env(PREDICTION_LOG_ROOT_ENV) or str(settings.platform_paths().prediction_log_root)
+
+
+def per_model(root: str, model: str) -> str:
+    """One model's log folder below a log root (the model name is checked: it becomes a path segment)."""
+    from ml_platform.catalog import check_model_name
+
+    return f"{root.rstrip('/')}/{check_model_name(model)}"
+
+
+def prediction_log_dir(model: str) -> str:
+    """One model's prediction-log folder, ``<root>/<model>`` (what serving writes by default)."""
+    return per_model(prediction_log_root(), model)
 
 
 def windows_base_uri() -> str:
@@ -37,14 +55,14 @@ def reports_base_uri() -> str:
     return _env(DRIFT_REPORTS_URI_ENV) or str(settings.platform_paths().reports_dir / "drift")
 
 
-def window_uri(dataset: str, day: str) -> str:
-    """The joined production window of one day, as Parquet."""
-    return f"{windows_base_uri().rstrip('/')}/{dataset}/date={day}/{WINDOW_FILENAME}"
+def window_uri(model: str, day: str) -> str:
+    """One model's joined production window of one day, as Parquet."""
+    return f"{per_model(windows_base_uri(), model)}/date={day}/{WINDOW_FILENAME}"
 
 
-def report_folder_uri(dataset: str, day: str) -> str:
-    """The folder holding one day's drift reports (HTML per model version, JSON summary)."""
-    return f"{reports_base_uri().rstrip('/')}/{dataset}/date={day}"
+def report_folder_uri(model: str, day: str) -> str:
+    """The folder holding one model's drift reports of one day (HTML per model version, JSON summary)."""
+    return f"{per_model(reports_base_uri(), model)}/date={day}"
 
 
 def is_remote(uri: str) -> bool:

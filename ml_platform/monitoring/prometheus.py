@@ -3,24 +3,26 @@
 A batch job cannot be scraped, so the drift job pushes its gauges to a
 Pushgateway (``PROMETHEUS_PUSHGATEWAY_URL``) that Prometheus scrapes with
 ``honor_labels`` (see deploy/monitoring/). Contract with the alert rules in
-deploy/monitoring/rules/drift.rules.yml, all pushed with ``job="ml_platform_drift"``:
+deploy/monitoring/rules/drift.rules.yml, all pushed with ``job="ml_platform_drift"``
+and labelled with ``model``, the platform model name (``iris``), and its ``dataset``:
 
-==========================================================================  ===========================
-metric                                                                      value
-==========================================================================  ===========================
-``ml_platform_drift_share{dataset, model_version}``                         share of drifted features
-``ml_platform_prediction_psi{dataset, model_version}``                      PSI of predicted classes
-``ml_platform_feature_drift_score{dataset, model_version, feature}``        p-value or distance
-``ml_platform_drift_detected{dataset, model_version}``                      0 or 1
-``ml_platform_live_accuracy{dataset, model_version}``                       feedback accuracy
-==========================================================================  ===========================
+=================================================================================  ===========================
+metric                                                                             value
+=================================================================================  ===========================
+``ml_platform_drift_share{model, dataset, model_version}``                         share of drifted features
+``ml_platform_prediction_psi{model, dataset, model_version}``                      PSI of predicted classes
+``ml_platform_feature_drift_score{model, dataset, model_version, feature}``        p-value or distance
+``ml_platform_drift_detected{model, dataset, model_version}``                      0 or 1
+``ml_platform_live_accuracy{model, dataset, model_version}``                       feedback accuracy
+=================================================================================  ===========================
 
-Also pushed: ``ml_platform_feature_drifted{dataset, model_version, feature}``
+Also pushed: ``ml_platform_feature_drifted{model, dataset, model_version, feature}``
 (0/1; the score's direction depends on the method), ``ml_platform_drift_window_rows``
-and ``ml_platform_feedback_rows{dataset, model_version}``.
+and ``ml_platform_feedback_rows{model, dataset, model_version}``.
 
-One push replaces the whole group ``{job="ml_platform_drift", dataset=...}``
-(HTTP PUT), so versions that left the window stop being reported. Scores are
+Each model has its own Pushgateway group ``{job="ml_platform_drift", model=...}``:
+one push replaces that model's group whole (HTTP PUT), so versions that left
+the window stop being reported, and the groups of other models are untouched. Scores are
 pushed only for judged versions: a window too small to judge pushes its row
 counts alone, so no alert fires or resolves on it. ``live_accuracy`` is pushed
 when the version had feedback (``feedback_rows`` says how much).
@@ -49,7 +51,7 @@ def build_registry(report: dict[str, Any]) -> CollectorRegistry:
     from prometheus_client import CollectorRegistry, Gauge
 
     registry = CollectorRegistry()
-    labels = ["dataset", "model_version"]
+    labels = ["model", "dataset", "model_version"]
 
     def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
         return Gauge(name, doc, [*labels, *extra], registry=registry)
@@ -67,9 +69,9 @@ def build_registry(report: dict[str, Any]) -> CollectorRegistry:
     rows = gauge("ml_platform_drift_window_rows", "Prediction rows of the model version in the window")
     feedback_rows = gauge("ml_platform_feedback_rows", "Feedback rows of the model version in the window")
 
-    dataset = report["dataset"]
+    model, dataset = report["model"], report["dataset"]
     for version, result in report["versions"].items():
-        key = {"dataset": dataset, "model_version": str(version)}
+        key = {"model": model, "dataset": dataset, "model_version": str(version)}
         rows.labels(**key).set(result["rows"])
         feedback_rows.labels(**key).set(result["feedback_rows"])
         if result.get("live_accuracy") is not None:
@@ -85,14 +87,19 @@ def build_registry(report: dict[str, Any]) -> CollectorRegistry:
     return registry
 
 
+def grouping_key(model: str) -> dict[str, str]:
+    """The Pushgateway group of one model's drift gauges (besides ``job``)."""
+    return {"model": model}
+
+
 def push_report(url: str, report: dict[str, Any], *, job: str = PUSH_JOB, timeout: float = 10.0) -> None:
-    """Replace the dataset's group on the Pushgateway with this report's gauges (raises on failure)."""
+    """Replace the report's model's group on the Pushgateway with this report's gauges (raises on failure)."""
     from prometheus_client import push_to_gateway
 
     push_to_gateway(
         url,
         job=job,
         registry=build_registry(report),
-        grouping_key={"dataset": report["dataset"]},
+        grouping_key=grouping_key(report["model"]),
         timeout=timeout,
     )

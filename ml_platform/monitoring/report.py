@@ -67,7 +67,7 @@ def resolve_reference(client_factory: Callable[[], Any] | None, model_name: str,
     """The ``reference_snapshot_uri`` tag of the version (else the default location) and its run accuracy."""
     from upath import UPath
 
-    from ml_platform.assets.reference import reference_uri
+    from ml_platform.ml.reference import reference_uri
 
     uri: str | None = None
     accuracy: float | None = None
@@ -150,6 +150,7 @@ def analyse_version(
     reference_info: ReferenceInfo,
     thresholds: DriftThresholds,
     *,
+    model: str,
     render_html: bool = True,
     max_rows: int = DEFAULT_EVIDENTLY_MAX_ROWS,
 ) -> dict[str, Any]:
@@ -221,7 +222,7 @@ def analyse_version(
         }
     )
     if render_html:
-        target = f"{report_folder_uri(spec.name, day)}/{html_filename(version)}"
+        target = f"{report_folder_uri(model, day)}/{html_filename(version)}"
         result["evidently"] = _evidently_html(
             reference, current, spec, target, max_rows, thresholds.drift_share_threshold
         )
@@ -241,15 +242,19 @@ def build_report(
     feedback_counts: dict[str, tuple[int, int]],
     thresholds: DriftThresholds,
     *,
+    model: str,
     client_factory: Callable[[], Any] | None,
     render_html: bool = True,
     max_rows: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The day's report: per-version results, the headline version, and the report-level flags.
+    """One model's report of one day: per-version results, the headline version, and the report-level flags.
 
-    Writes the Evidently HTML of every judged version to the day's report
-    folder; :func:`write_summary` saves the returned dict next to it.
+    ``model`` is the platform model name (``iris``): it names the report folder
+    (``<reports>/<model>/date=<day>/``) and the report's ``model`` field, which
+    labels and groups the pushed gauges. Writes the Evidently HTML of every
+    judged version to the day's report folder; :func:`write_summary` saves the
+    returned dict next to it.
     """
     max_rows = max_rows or evidently_max_rows()
     by_version = {str(v): g for v, g in window.groupby(window["model_version"].astype(str), sort=False)}
@@ -270,13 +275,15 @@ def build_report(
             feedback_counts.get(version),
             info,
             thresholds,
+            model=model,
             render_html=render_html,
             max_rows=max_rows,
         )
 
     headline = max(results.values(), key=lambda r: (r["rows"], _version_key(r["model_version"])), default=None)
-    folder = report_folder_uri(spec.name, day)
+    folder = report_folder_uri(model, day)
     report: dict[str, Any] = {
+        "model": model,
         "dataset": spec.name,
         "model_name": spec.model.name,
         "date": day,
