@@ -55,9 +55,9 @@ def test_rule_files_define_the_contracted_rules():
     for alert in rules_of("alert"):
         assert alert["labels"]["severity"] in {"warning", "critical"}, alert["alert"]
         assert alert["annotations"]["summary"] and alert["annotations"]["description"], alert["alert"]
-    # Recording rules aggregate per track and model version.
+    # Recording rules aggregate per model, track and model version.
     for rule in rules_of("record"):
-        assert re.search(r"by \((le, )?track, model_version\)", rule["expr"]), rule["record"]
+        assert re.search(r"by \((le, )?model, track, model_version\)", rule["expr"]), rule["record"]
     expressions = " ".join(r["expr"] for r in rules_of("record") + rules_of("alert"))
     for metric in CONTRACT_METRICS:
         assert metric in expressions, metric
