@@ -171,7 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop_cmd = commands.add_parser("stop", help="stop the local deployment (nginx and serving processes)")
     stop_cmd.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the deployment lock")
     stop_cmd.add_argument("--force", action="store_true", help="break the deployment lock (stop a rollout's processes)")
+    new_model = commands.add_parser("scaffold-model", help="write defs/models/<name>/ templates (docs/models.md)")
+    new_model.add_argument("name", help="model name: lowercase letters, digits, _ (starting with a letter)")
     args = parser.parse_args(argv)
+    if args.command == "scaffold-model":  # onboarding (ml_platform.onboarding); needs no deployer
+        from ml_platform.onboarding import run
+
+        return run("scaffold", None, name=args.name)
     deployer = Deployer.from_env()
     name = load_spec().model.name
     if args.command == "status":
