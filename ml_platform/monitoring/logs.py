@@ -185,6 +185,8 @@ def _read_feedback_fast(table: pa.Table, required: Sequence[str]) -> tuple[pa.Ta
     """Feedback lines parsed by pyarrow; rows missing a key field (absent fields come back null) are unusable."""
     import pyarrow.compute as pc
 
+    if len(table) == 0:  # e.g. every line was another model's
+        return table, 0
     mask = None
     for name in required:
         valid = table.column(name).is_valid()

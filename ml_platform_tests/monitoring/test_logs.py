@@ -1,4 +1,4 @@
-"""Reading one day of the prediction log, joining feedback, and per-version reports (no servers needed)."""
+"""Reading one day of a model's prediction log, joining feedback, and per-version reports (no servers needed)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,17 @@ PROBABILITIES = {"setosa": 0.9, "versicolor": 0.1, "virginica": 0.0}
 
 
 def _request(
-    request_id: str, rows: int = 1, version: str = "1", model: str = "iris-random-forest", **features: Any
+    request_id: str,
+    rows: int = 1,
+    version: str = "1",
+    model: str = "iris-random-forest",
+    platform: str | None = "iris",
+    **features: Any,
 ) -> dict:
-    """A prediction line as serving writes it: one request, its rows as columns."""
+    """A prediction line as serving writes it: one request, its rows as columns (``platform`` None: no model field)."""
     columns = {name: [value] * rows for name, value in IRIS.items()} | features
-    return {
+    named = {"model": platform} if platform is not None else {}
+    return named | {
         "event": "prediction",
         "request_id": request_id,
         "timestamp": f"{DAY}T10:00:00.000000Z",
@@ -59,8 +65,11 @@ def _legacy_row(request_id: str, row: int) -> dict:
     }
 
 
-def _feedback(request_id: str, row: int, label: int, prediction: int = 0, version: str = "1") -> dict:
-    return {
+def _feedback(
+    request_id: str, row: int, label: int, prediction: int = 0, version: str = "1", platform: str | None = "iris"
+) -> dict:
+    named = {"model": platform} if platform is not None else {}
+    return named | {
         "event": "feedback",
         "request_id": request_id,
         "row": row,
@@ -79,20 +88,24 @@ def _write(path: Path, rows: list[dict], tail: bytes = b"") -> None:
 
 
 def test_reading_a_day_reads_only_that_days_folder(tmp_path: Path) -> None:
-    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", [_request("a", rows=3)])
-    _write(tmp_path / f"date={DAY}" / "predictions-canary-2.jsonl", [_request("b", version="2")])
-    _write(tmp_path / f"date={DAY}" / "feedback-stable-1.jsonl", [_feedback("a", 0, 0)])
+    _write(tmp_path / "iris" / f"date={DAY}" / "predictions-stable-1.jsonl", [_request("a", rows=3)])
+    _write(tmp_path / "iris" / f"date={DAY}" / "predictions-canary-2.jsonl", [_request("b", version="2")])
+    _write(tmp_path / "iris" / f"date={DAY}" / "feedback-stable-1.jsonl", [_feedback("a", 0, 0)])
     for other in ("2026-03-13", "2026-03-15"):
-        _write(tmp_path / f"date={other}" / "predictions-stable-1.jsonl", [_request(f"x{i}", 5) for i in range(10)])
-        _write(tmp_path / f"date={other}" / "feedback-stable-1.jsonl", [_feedback("x0", 0, 1)])
+        _write(
+            tmp_path / "iris" / f"date={other}" / "predictions-stable-1.jsonl",
+            [_request(f"x{i}", 5) for i in range(10)],
+        )
+        _write(tmp_path / "iris" / f"date={other}" / "feedback-stable-1.jsonl", [_feedback("x0", 0, 1)])
 
-    day = read_day(str(tmp_path), DAY, SPEC)
+    day = read_day(str(tmp_path), DAY, SPEC, model="iris")
 
     read = day.prediction_stats.files + day.feedback_stats.files
     assert read and all(f"/date={DAY}/" in path for path in read)
     assert len(day.predictions) == 4 and len(day.feedback) == 1
     assert rows_by_version(day.predictions) == {"1": 3, "2": 1}
-    assert list(day.predictions.columns[:6]) == [
+    assert list(day.predictions.columns[:7]) == [
+        "model",
         "request_id",
         "row",
         "timestamp",
@@ -110,9 +123,9 @@ def test_requests_explode_into_numbered_rows(tmp_path: Path) -> None:
     first["predictions"] = [0, 1, 2]
     first["probabilities"] = {"setosa": [0.8, 0.1, 0.0], "versicolor": [0.2, 0.9, 0.3], "virginica": [0.0, 0.0, 0.7]}
     second = _request("b", rows=2, version="2") | {"probabilities": None, "latency_ms": 4.0}
-    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", [first, second])
+    _write(tmp_path / "iris" / f"date={DAY}" / "predictions-stable-1.jsonl", [first, second])
 
-    day = read_day(str(tmp_path), DAY, SPEC)
+    day = read_day(str(tmp_path), DAY, SPEC, model="iris")
 
     frame = day.predictions
     assert day.prediction_stats.skipped_lines == 0
@@ -132,7 +145,7 @@ def test_requests_explode_into_numbered_rows(tmp_path: Path) -> None:
 
 
 def test_a_missing_day_is_an_empty_window(tmp_path: Path) -> None:
-    day = read_day(str(tmp_path), DAY, SPEC)
+    day = read_day(str(tmp_path), DAY, SPEC, model="iris")
     window = join_window(day, SPEC)
     assert window.frame.empty and window.feedback.empty
     assert day.prediction_stats.files == []
@@ -144,9 +157,9 @@ def test_requests_whose_columns_disagree_with_their_row_count_are_skipped(tmp_pa
     no_id = _request("x", rows=2) | {"request_id": None}
     other_event = {"event": "heartbeat", "request_id": "h"}
     lines = [_request("a", rows=2), short_feature, short_predictions, no_id, other_event, _request("b", rows=3)]
-    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", lines)
+    _write(tmp_path / "iris" / f"date={DAY}" / "predictions-stable-1.jsonl", lines)
 
-    day = read_day(str(tmp_path), DAY, SPEC)
+    day = read_day(str(tmp_path), DAY, SPEC, model="iris")
 
     assert sorted(set(day.predictions["request_id"])) == ["a", "b"] and len(day.predictions) == 5
     assert day.prediction_stats.skipped_lines == 3, "other events are left out without counting as bad"
@@ -154,14 +167,14 @@ def test_requests_whose_columns_disagree_with_their_row_count_are_skipped(tmp_pa
 
 def test_bad_lines_are_skipped_and_a_line_being_written_is_ignored(tmp_path: Path) -> None:
     good = [_request("a", rows=2), _request("b", rows=2), _request("c", rows=2, petal_width=[0.1])]
-    path = tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl"
+    path = tmp_path / "iris" / f"date={DAY}" / "predictions-stable-1.jsonl"
     path.parent.mkdir(parents=True)
     lines = [json.dumps(r).encode() for r in good]
     lines.insert(1, b'{"event": "prediction", "request_id": ')  # torn line from a crash
     lines.insert(2, b"[1, 2, 3]")
     path.write_bytes(b"\n".join(lines) + b"\n" + b'{"event": "prediction", "request_id": "late"')
 
-    day = read_day(str(tmp_path), DAY, SPEC)
+    day = read_day(str(tmp_path), DAY, SPEC, model="iris")
 
     assert day.predictions["request_id"].tolist() == ["a", "a", "b", "b"]
     assert day.prediction_stats.skipped_lines == 3
@@ -169,11 +182,11 @@ def test_bad_lines_are_skipped_and_a_line_being_written_is_ignored(tmp_path: Pat
 
 
 def test_lines_of_the_earlier_one_line_per_row_format_are_still_read(tmp_path: Path) -> None:
-    folder = tmp_path / f"date={DAY}"
+    folder = tmp_path / "iris" / f"date={DAY}"
     _write(folder / "predictions-stable-1.jsonl", [_legacy_row("old", 0), _legacy_row("old", 1)])
     _write(folder / "predictions-stable-2.jsonl", [_request("new", rows=2)])
 
-    day = read_day(str(tmp_path), DAY, SPEC)
+    day = read_day(str(tmp_path), DAY, SPEC, model="iris")
 
     frame = day.predictions.sort_values(["request_id", "row"])
     assert list(zip(frame["request_id"], frame["row"], strict=True)) == [("new", 0), ("new", 1), ("old", 0), ("old", 1)]
@@ -181,13 +194,16 @@ def test_lines_of_the_earlier_one_line_per_row_format_are_still_read(tmp_path: P
 
 
 def test_integer_and_string_values_are_read_with_the_spec_types(tmp_path: Path) -> None:
-    _write(tmp_path / f"date={DAY}" / "predictions-stable-1.jsonl", [_request("a", rows=2, petal_length=[5, "4.5"])])
-    day = read_day(str(tmp_path), DAY, SPEC)
+    _write(
+        tmp_path / "iris" / f"date={DAY}" / "predictions-stable-1.jsonl",
+        [_request("a", rows=2, petal_length=[5, "4.5"])],
+    )
+    day = read_day(str(tmp_path), DAY, SPEC, model="iris")
     assert day.predictions["petal_length"].tolist() == [5.0, 4.5]
 
 
 def test_feedback_joins_on_request_and_row(tmp_path: Path) -> None:
-    folder = tmp_path / f"date={DAY}"
+    folder = tmp_path / "iris" / f"date={DAY}"
     _write(
         folder / "predictions-stable-1.jsonl",
         [_request("a", rows=2), _request("b", version="2"), _request("o", model="other")],
@@ -201,7 +217,7 @@ def test_feedback_joins_on_request_and_row(tmp_path: Path) -> None:
             _feedback("yesterday", 3, 0),  # its prediction was logged on another day
         ],
     )
-    window = join_window(read_day(str(tmp_path), DAY, SPEC), SPEC)
+    window = join_window(read_day(str(tmp_path), DAY, SPEC, model="iris"), SPEC)
 
     frame = window.frame.set_index(["request_id", "row"])
     assert len(frame) == 3 and window.other_model_rows == 1
@@ -253,11 +269,11 @@ def test_each_version_is_judged_against_its_own_snapshot_on_object_storage(monke
     )
     thresholds = DriftThresholds.from_spec(SPEC)
     report = drift_report_module.build_report(
-        SPEC, DAY, window, {"1": (110, 120)}, thresholds, client_factory=None, max_rows=5000
+        SPEC, DAY, window, {"1": (110, 120)}, thresholds, model="iris", client_factory=None, max_rows=5000
     )
 
     versions = report["versions"]
-    assert report["headline_version"] == "1" and report["status"] == JUDGED
+    assert report["model"] == "iris" and report["headline_version"] == "1" and report["status"] == JUDGED
     assert [versions[v]["status"] for v in "1234"] == [JUDGED, JUDGED, INSUFFICIENT_DATA, NO_REFERENCE]
     assert versions["1"]["drift_detected"] is False and versions["2"]["drift_detected"] is True
     assert report["drift_detected"] is True, "any judged version drifting flags the report"

@@ -1,8 +1,12 @@
-"""Session fixtures: one real MLflow store with three versions, and real serving processes.
+"""Session fixtures: one real MLflow store with three iris versions and a wine one, and real serving processes.
 
 Serving processes are shared: ``main`` (ONNX, two workers, admin token) serves
 most tests; ``fallback`` serves the sklearn-only version (no admin token);
-``hotswap`` follows an alias with a one-second refresh. They start
+``hotswap`` follows an alias with a one-second refresh; ``wine`` serves the
+wine model from the same platform home as ``main`` (one worker). ``main`` and
+``wine`` get neither ``MODEL_NAME`` nor ``PREDICTION_LOG_DIR``: their platform
+model names come from the catalog and they log to
+``<home>/logs/predictions/<model>``, as the deployer's defaults do. They start
 concurrently once per session, and are stopped with SIGTERM at the end.
 """
 
@@ -17,7 +21,7 @@ import pytest
 
 from ml_platform_tests.conftest import reset_mlflow_globals
 from ml_platform_tests.registry_helpers import hash_tags, pass_gates
-from ml_platform_tests.serving.helpers import MODEL_NAME, MlflowStore, ServingProcess, running
+from ml_platform_tests.serving.helpers import MODEL_NAME, WINE_MODEL_NAME, MlflowStore, ServingProcess, running
 
 ADMIN_TOKEN = "test-admin-token-3f1c"
 # main and fallback are one "deployment" sharing a receipt key; hotswap generates its own at start
@@ -44,7 +48,7 @@ def _register_without_onnx(version: str, root: Path) -> str:
 
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> MlflowStore:
-    """Iris forests registered in a sqlite store: v1 ONNX, v2 another ONNX forest, v3 = v1 without ONNX."""
+    """Iris forests registered in a sqlite store: v1 ONNX, v2 another ONNX forest, v3 = v1 without ONNX; wine v1."""
     import mlflow
     import pandas as pd
 
@@ -79,6 +83,21 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> MlflowStore:
             pass_gates(mlflow.MlflowClient(), MODEL_NAME, registered.version)
             versions.append(registered.version)
         versions.append(_register_without_onnx(versions[0], root))
+        wine = load_spec("wine")
+        wine_split = split_dataset(pd.read_csv(wine.bootstrap_path()), wine)
+        wine_model = fit_model(wine_split, wine)
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            registered, _ = log_and_register_model(
+                wine_model,
+                wine,
+                wine_split.x_train,
+                run_id=run.info.run_id,
+                data_version="test-data",
+                metrics=evaluate_model(wine_model, wine_split, wine).flat_metrics(),
+                extra_tags={},
+            )
+        pass_gates(mlflow.MlflowClient(), WINE_MODEL_NAME, registered.version)
+        versions.append(registered.version)
     finally:
         reset_mlflow_globals()  # everything below names this store explicitly; other tests must not see it
     return MlflowStore(root, tracking_uri, *versions)
@@ -115,6 +134,15 @@ def fleet(mlflow_store: MlflowStore, tmp_path_factory: pytest.TempPathFactory) -
                 "MAX_BATCH_ROWS": str(MAIN_MAX_BATCH_ROWS),
                 "MAX_BODY_BYTES": str(MAIN_MAX_BODY_BYTES),
             },
+            default_log_dir=True,
+        ),
+        "wine": ServingProcess(
+            "wine",
+            base / "wine",
+            {**common, "MODEL_URI": f"models:/{WINE_MODEL_NAME}/{mlflow_store.wine_version}", "WORKERS": "1"},
+            home=base / "main" / "home",
+            model="wine",
+            default_log_dir=True,
         ),
         "fallback": ServingProcess(
             "fallback",
@@ -151,6 +179,12 @@ def main_server(fleet: dict[str, ServingProcess]) -> ServingProcess:
 @pytest.fixture(scope="session")
 def fallback_server(fleet: dict[str, ServingProcess]) -> ServingProcess:
     return fleet["fallback"]
+
+
+@pytest.fixture(scope="session")
+def wine_server(fleet: dict[str, ServingProcess]) -> ServingProcess:
+    """The wine model, served from ``main``'s platform home."""
+    return fleet["wine"]
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import httpx
 from ml_platform_tests.conftest import REPO_ROOT, free_port
 
 MODEL_NAME = "iris-random-forest"
+WINE_MODEL_NAME = "wine-gradient-boosting"
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 START_TIMEOUT = 180.0
 
@@ -32,6 +33,7 @@ class MlflowStore:
     onnx_version: str  # iris random forest, verified ONNX graph
     other_version: str  # a different forest, verified ONNX graph
     sklearn_version: str  # the onnx_version's model, registered without the ONNX graph
+    wine_version: str  # a wine model (another platform model, served side by side with iris)
 
 
 def read_jsonl(folder: Path, pattern: str) -> list[dict[str, Any]]:
@@ -62,21 +64,34 @@ def metric_sum(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], nam
 class ServingProcess:
     """``python -m serving`` in a subprocess on a free port of 127.0.0.1."""
 
-    def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        env: dict[str, str],
+        *,
+        home: Path | None = None,
+        model: str = "iris",
+        default_log_dir: bool = False,
+    ) -> None:
+        """``default_log_dir``: set no PREDICTION_LOG_DIR, so serving logs to ``<home>/logs/predictions/<model>``."""
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
-        self.log_dir = workdir / "predictions"
+        self.home = home or workdir / "home"
+        self.model = model
+        self.log_dir = self.home / "logs" / "predictions" / model if default_log_dir else workdir / "predictions"
         self.output = workdir / f"{name}.out"
         workdir.mkdir(parents=True, exist_ok=True)
+        inherited = {k: v for k, v in os.environ.items() if k not in ("PREDICTION_LOG_DIR", "MODEL_NAME")}
         self.env = {
-            **os.environ,
+            **inherited,
             "PYTHONPATH": str(REPO_ROOT),
             "PORT": str(self.port),
             "HOST": "127.0.0.1",
-            "PREDICTION_LOG_DIR": str(self.log_dir),
-            "ML_PLATFORM_HOME": str(workdir / "home"),
+            **({} if default_log_dir else {"PREDICTION_LOG_DIR": str(self.log_dir)}),
+            "ML_PLATFORM_HOME": str(self.home),
             "MODEL_AUTO_REFRESH_SECONDS": "0",
             "LOG_LEVEL": "warning",
             **env,

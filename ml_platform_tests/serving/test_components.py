@@ -27,8 +27,8 @@ from serving.transport import PipeTransport, RequestChannel
 
 
 def test_flags_win_over_environment_which_wins_over_defaults():
-    env = {"MODEL_URI": "models:/m@champion", "PORT": "9001", "WORKERS": "3", "ADMIN_API_TOKEN": " s3cret "}
-    config = load_config(["--port", "9002"], env)
+    env = {"MODEL_URI": "models:/m@champion", "MODEL_NAME": "m", "PORT": "9001", "WORKERS": "3"}
+    config = load_config(["--port", "9002"], env | {"ADMIN_API_TOKEN": " s3cret "})
 
     assert (config.model_uri, config.port, config.workers, config.host) == ("models:/m@champion", 9002, 3, "127.0.0.1")
     assert config.admin_api_token == "s3cret"
@@ -107,7 +107,7 @@ def test_backoff_grows_exponentially_and_is_capped(tmp_path: Path):
 
 def test_health_is_unavailable_until_workers_are_ready_then_degraded_when_the_registry_is_down(tmp_path: Path):
     refresher = _refresher(tmp_path, interval=0)
-    config = load_config([], {"MODEL_URI": "models:/m@a"})
+    config = load_config([], {"MODEL_URI": "models:/m@a", "MODEL_NAME": "m"})
     context = ServingContext(config, refresher.layout, refresher.schema, refresher, tmp_path)
 
     status, body = context.health()
@@ -116,7 +116,7 @@ def test_health_is_unavailable_until_workers_are_ready_then_degraded_when_the_re
     context.workers_ready = lambda: True
     write_worker_status(refresher.layout, 0, {"model_version": "1", "runtime": "onnx", "loaded_at": 0, "error": None})
     status, body = context.health()
-    assert (status, body["status"], body["problems"]) == (200, "ok", [])
+    assert (status, body["status"], body["problems"], body["platform_model"]) == (200, "ok", [], "m")
 
     refresher.reachable = False
     status, body = context.health()
@@ -153,8 +153,8 @@ def test_request_channel_and_pipe_transport_carry_large_messages_and_batches():
 
 
 def test_log_writer_renders_one_line_per_request_and_flushes_on_close(tmp_path: Path):
-    writer = JsonlWriter(tmp_path, "predictions", "stable", flush_interval=60).start()
-    log_format = PredictionLogFormat(["a", "b"], [0, 1], ["no", "yes"])
+    writer = JsonlWriter(tmp_path, "predictions", "stable", model="iris", flush_interval=60).start()
+    log_format = PredictionLogFormat("iris", ["a", "b"], [0, 1], ["no", "yes"])
     request = {
         "request_id": "r",
         "received_at": 0.0,
@@ -177,10 +177,11 @@ def test_log_writer_renders_one_line_per_request_and_flushes_on_close(tmp_path: 
     ]
     assert lines[0]["probabilities"] == {"no": [0.25, 1.0], "yes": [0.75, 0.0]} and lines[1]["probabilities"] is None
     assert lines[0]["timestamp"] == "1970-01-01T00:00:00.000000Z"
+    assert [r["model"] for r in lines] == ["iris", "iris"], "every line names its platform model"
 
 
 def test_log_format_keeps_category_values_and_string_classes():
-    log_format = PredictionLogFormat(["colour", "size"], ["small", "large"], ["small", "large"])
+    log_format = PredictionLogFormat("churn", ["colour", "size"], ["small", "large"], ["small", "large"])
     day, line = log_format.render(
         request_id="r",
         received_at=86_400.5,
@@ -196,6 +197,7 @@ def test_log_format_keeps_category_values_and_string_classes():
     assert day == "1970-01-02" and line.endswith(b"\n")
     assert record["features"] == {"colour": ["red", "blue"], "size": [1.5, 2.0]}
     assert record["predictions"] == ["large", "large"] and record["track"] == "canary"
+    assert record["model"] == "churn" and record["model_name"] == "m"
 
 
 def _refresher(tmp_path: Path, interval: float) -> ModelRefresher:

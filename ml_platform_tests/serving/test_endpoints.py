@@ -112,6 +112,7 @@ def test_health_reports_model_and_registry(main_server: ServingProcess, mlflow_s
     body = response.json()
     assert body["status"] == "ok"
     assert body["problems"] == []
+    assert body["platform_model"] == "iris", "derived from the catalog: iris registers iris-random-forest"
     model = body["model"]
     assert model["name"] == MODEL_NAME
     assert model["version"] == mlflow_store.onnx_version
@@ -142,7 +143,7 @@ def test_metrics_expose_the_contract_names(main_server: ServingProcess, mlflow_s
     assert response.headers["content-type"].startswith("text/plain")
     samples = main_server.metrics()
     version = mlflow_store.onnx_version
-    common = {"model_version": version, "track": "stable"}
+    common = {"model": "iris", "model_version": version, "track": "stable"}
     assert metric_sum(samples, "ml_serving_requests_total", endpoint="/predict", status="200", **common) >= 1
     assert metric_sum(samples, "ml_serving_requests_total", endpoint="/predict", status="422", **common) >= 1
     assert metric_sum(samples, "ml_serving_request_duration_seconds_count", endpoint="/predict", **common) >= 2

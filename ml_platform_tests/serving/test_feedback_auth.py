@@ -37,7 +37,8 @@ VIRGINICA = [6.7, 3.0, 5.2, 2.3]
 
 def expected_token(key: bytes, version: str, track: str, request_id: str, classes: list[int]) -> str:
     """The documented receipt format, computed independently of the server's code."""
-    message = b"\x00".join([b"v1", MODEL_NAME.encode(), version.encode(), track.encode(), request_id.encode(), b""])
+    parts = [b"v1", b"iris", MODEL_NAME.encode(), version.encode(), track.encode(), request_id.encode(), b""]
+    message = b"\x00".join(parts)  # platform model, registered model, version, track, request id
     message += np.asarray(classes, dtype="<u2").tobytes()
     mac = hmac.new(key, message, hashlib.sha256).digest()[:16]
     return "v1." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()

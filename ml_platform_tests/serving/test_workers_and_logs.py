@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 PREDICTION_FIELDS = {
     "event",
+    "model",
     "request_id",
     "timestamp",
     "model_name",
@@ -38,6 +39,7 @@ PREDICTION_FIELDS = {
 }
 FEEDBACK_FIELDS = {
     "event",
+    "model",
     "request_id",
     "row",
     "timestamp",
@@ -109,7 +111,7 @@ def test_prediction_log_lines_have_the_documented_fields(main_server: ServingPro
 
     assert set(line) == PREDICTION_FIELDS
     assert line["event"] == "prediction" and line["rows"] == 3
-    assert line["model_name"] == MODEL_NAME
+    assert line["model"] == "iris" and line["model_name"] == MODEL_NAME
     assert line["model_version"] == mlflow_store.onnx_version
     assert line["track"] == "stable"
     assert line["features"] == {name: [float(row[i]) for row in rows] for i, name in enumerate(IRIS_FEATURES)}
@@ -137,6 +139,7 @@ def test_feedback_log_rows_have_the_documented_fields(main_server: ServingProces
     logged = wait_for_rows(main_server, "date=*/feedback-stable-*.jsonl", request_id, 2)
 
     assert [set(line) for line in logged] == [FEEDBACK_FIELDS] * 2
+    assert {line["model"] for line in logged} == {"iris"}
     assert [(r["row"], r["label"], r["prediction"], r["correct"]) for r in logged] == [
         (0, 0, 0, True),
         (1, 1, 2, False),
