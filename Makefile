@@ -72,6 +72,7 @@ test: install-dev system-deps tools
 lint: install-dev
 	$(BIN)/ruff check ml_platform serving ml_platform_tests benchmarks
 	$(BIN)/mypy ml_platform serving
+	$(BIN)/lint-imports
 
 benchmarks: install-dev
 	$(BIN)/python benchmarks/load_time.py

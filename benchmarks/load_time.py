@@ -1,4 +1,4 @@
-"""Code-location load time: ``import ml_platform; ml_platform.defs`` vs a bare ``import dagster``.
+"""Code-location load time (every model of the catalog): ``import ml_platform; ml_platform.defs`` vs ``import dagster``.
 
 Each measurement is a fresh interpreter (what `dagster dev`, every run worker and
 `dagster job execute` pay). Runs are interleaved so machine noise hits both alike;
@@ -57,6 +57,10 @@ def main() -> int:
         median = statistics.median(values)
         print(f"| `{label}` | {median:.3f} | {min(values):.3f} | {max(values):.3f} | {median / baseline:.2f}x |")
     print(f"\nheavy modules imported by loading the code location: {heavy_modules_loaded() or 'none'}")
+    sys.path.insert(0, str(REPO_ROOT))
+    from ml_platform.catalog import model_names
+
+    print(f"models: {', '.join(model_names())}")
     print(f"repeats: {args.repeats}, python {sys.version.split()[0]}, {os.cpu_count()} cores")
     return 0
 

@@ -1,16 +1,27 @@
-"""Loading the code location must not import heavy libraries (they load inside steps)."""
+"""Loading the code location must not import heavy libraries (they load inside steps), with every model."""
 
 import json
 import os
 import subprocess
 import sys
 
+from ml_platform.catalog import model_names
 from ml_platform_tests.conftest import REPO_ROOT
 
 HEAVY = ["great_expectations", "evidently", "mlflow", "sklearn", "onnxruntime", "skl2onnx", "dagster_mlflow", "scipy"]
+LIFECYCLE = [
+    "raw_batch",
+    "landing_report",
+    "training_dataset",
+    "candidate_model",
+    "reference_snapshot",
+    "canary_deployment",
+    "production_window",
+    "drift_report",
+]
 
 
-def test_loading_definitions_imports_no_heavy_library() -> None:
+def test_loading_definitions_imports_no_heavy_library_and_yields_every_model() -> None:
     code = (
         "import json, sys, ml_platform\n"
         "defs = ml_platform.defs\n"
@@ -27,4 +38,6 @@ def test_loading_definitions_imports_no_heavy_library() -> None:
     )
     payload = json.loads(out.stdout.strip().splitlines()[-1])
     assert payload["loaded"] == []
-    assert {"raw_batch", "training_dataset", "candidate_model", "reference_snapshot"} <= set(payload["assets"])
+    models = model_names()
+    assert len(models) >= 2
+    assert set(payload["assets"]) == {f"{model}/{asset}" for model in models for asset in LIFECYCLE}

@@ -87,8 +87,8 @@ def build_training_defs(model: ModelContext) -> dg.Definitions:
 
         frame = pd.read_parquet(training_dataset["path"])
         split = split_dataset(frame, spec)
-        model = fit_model(split, spec)
-        evaluation = evaluate_model(model, split, spec)
+        estimator = fit_model(split, spec)
+        evaluation = evaluate_model(estimator, split, spec)
         metrics = evaluation.flat_metrics()
 
         mlflow = context.resources.mlflow
@@ -97,7 +97,7 @@ def build_training_defs(model: ModelContext) -> dg.Definitions:
             mlflow.set_tags(
                 {
                     "dataset": spec.name,
-                    "ml_platform_model": model.name,
+                    "ml_platform/model": model.name,
                     "data_version": training_dataset["data_version"],
                     "code_version": code_version(),
                     "git_commit": git_commit(),
@@ -120,13 +120,13 @@ def build_training_defs(model: ModelContext) -> dg.Definitions:
             )
             mlflow.log_text(confusion_matrix_markdown(evaluation), "evaluation/confusion_matrix.md")
             registered, onnx_export = log_and_register_model(
-                model,
+                estimator,
                 spec,
                 split.x_train,
                 run_id=run_id,
                 data_version=training_dataset["data_version"],
                 metrics=metrics,
-                extra_tags={"dagster_run_id": context.run_id},
+                extra_tags={"dagster_run_id": context.run_id, "ml_platform/model": model.name},
             )
         except Exception:
             mlflow.end_run(status="FAILED")

@@ -4,19 +4,48 @@ from __future__ import annotations
 
 import os
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from ml_platform.definitions import build_defs
-from ml_platform.resources.landing_zone import LandingZone
-from ml_platform.resources.mlflow_resources import MlflowRegistry
+from ml_platform.catalog import ModelEntry, get_model
+from ml_platform.defs.model_context import ModelContext
+from ml_platform.defs.pipeline import build_model_defs
+from ml_platform.defs.resources import LandingZoneResource, platform_resources
+from ml_platform.ml.mlflow_store import MlflowStore
+from ml_platform.validation.landing_zone import ModelLandingZone
+
+DEFAULT_MODEL = "iris"
 
 
-def run_training(instance: dg.DagsterInstance, partition_key: str | None = None) -> dg.ExecuteInProcessResult:
-    """Execute ``training_job`` in process (optionally for one landed-file partition)."""
-    job = build_defs().resolve_job_def("training_job")
+@cache
+def code_location() -> dg.Definitions:
+    """The code location as ``dagster`` loads it (every model of the catalog)."""
+    from ml_platform.definitions import build_defs
+
+    return build_defs()
+
+
+def defs_for_entry(entry: ModelEntry) -> dg.Definitions:
+    """One model's definitions with the platform resources, e.g. for a spec written by a test."""
+    return dg.Definitions.merge(
+        build_model_defs(ModelContext(entry)),
+        dg.Definitions(resources=platform_resources(), executor=dg.in_process_executor),
+    )
+
+
+def run_training(
+    instance: dg.DagsterInstance,
+    partition_key: str | None = None,
+    *,
+    model: str | None = None,
+    defs: dg.Definitions | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Execute a training job in process: ``training_job`` (the default model) or ``<model>_training_job``."""
+    job_name = f"{model}_training_job" if model else "training_job"
+    job = (defs or code_location()).resolve_job_def(job_name)
     return job.execute_in_process(instance=instance, partition_key=partition_key, raise_on_error=False)
 
 
@@ -25,13 +54,15 @@ def check_outcomes(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
-    """Asset keys materialized by the run."""
-    return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+def materialized(result: dg.ExecuteInProcessResult, model: str = DEFAULT_MODEL) -> set[str]:
+    """Names of ``model``'s assets materialized by the run (and nothing of another model was)."""
+    keys = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert all(k.path[0] == model for k in keys), f"assets of another model materialized: {keys}"
+    return {k.path[-1] for k in keys}
 
 
 def registry_client() -> Any:
-    return MlflowRegistry().client()
+    return MlflowStore().client()
 
 
 def model_versions(name: str) -> list[Any]:
@@ -39,8 +70,22 @@ def model_versions(name: str) -> list[Any]:
     return sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
 
 
-def landing_zone() -> LandingZone:
-    return LandingZone(settle_seconds=0)
+def landing_resource(settle_seconds: float = 0) -> LandingZoneResource:
+    """The ``landing_zone`` resource (every model) for sensor contexts and jobs."""
+    return LandingZoneResource(settle_seconds=settle_seconds)
+
+
+def landing_zone(model: str = DEFAULT_MODEL, settle_seconds: float = 0) -> ModelLandingZone:
+    """One model's landing folders under the test's platform home."""
+    return landing_resource(settle_seconds).for_model(model)
+
+
+def incoming_sensor(model: str = DEFAULT_MODEL) -> dg.SensorDefinition:
+    return code_location().resolve_sensor_def(f"{model}_incoming_data_sensor")
+
+
+def spec_of(model: str = DEFAULT_MODEL) -> Any:
+    return get_model(model).spec
 
 
 def failure_messages(result: dg.ExecuteInProcessResult) -> str:

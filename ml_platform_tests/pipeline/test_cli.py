@@ -47,12 +47,11 @@ def test_cli_exits_zero_when_gates_pass_and_nonzero_when_a_blocking_check_fails(
 
 
 def test_cli_sweep_trains_the_good_file_and_exits_nonzero_naming_the_rejected_one(platform_home: Path) -> None:
-    from ml_platform.resources.landing_zone import LandingZone
     from ml_platform.spec import load_spec
-    from ml_platform_tests.pipeline.helpers import age
+    from ml_platform_tests.pipeline.helpers import age, landing_zone
     from ml_platform_tests.validation.bad_files import write_bad_file
 
-    zone = LandingZone(settle_seconds=0)
+    zone = landing_zone()
     good = zone.incoming_dir / "good.csv"
     good.write_bytes(load_spec().bootstrap_path().read_bytes())
     age(good, 120)

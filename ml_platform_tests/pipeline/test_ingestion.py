@@ -8,17 +8,25 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ml_platform.resources.landing_zone import LandingZone
-from ml_platform.sensors.incoming_data import incoming_data_sensor
 from ml_platform.spec import load_spec
 from ml_platform.validation.gate import process
-from ml_platform_tests.pipeline.helpers import check_outcomes, materialized, model_versions, run_training
+from ml_platform.validation.landing_zone import ModelLandingZone
+from ml_platform_tests.pipeline.helpers import (
+    check_outcomes,
+    incoming_sensor,
+    landing_resource,
+    landing_zone,
+    materialized,
+    model_versions,
+    run_training,
+)
 from ml_platform_tests.validation.bad_files import BAD_FILES, GOOD_ROWS, write_bad_file, write_good_file
 
 
-def _tick(instance: dg.DagsterInstance, cursor: str | None, zone: LandingZone) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"landing_zone": zone})
-    result = incoming_data_sensor(context)
+def _tick(instance: dg.DagsterInstance, cursor: str | None, zone: ModelLandingZone) -> dg.SensorResult:
+    resources = {"landing_zone": landing_resource(zone.settle_seconds)}
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    result = incoming_sensor(zone.model)(context)
     assert isinstance(result, dg.SensorResult)
     return result
 
@@ -29,7 +37,7 @@ def _age(path: Path, seconds: float = 60) -> None:
 
 
 def test_sensor_requests_one_run_per_new_file_and_survives_restarts(platform_home: Path) -> None:
-    zone = LandingZone(settle_seconds=5)
+    zone = landing_zone(settle_seconds=5)
     with dg.instance_for_test() as instance:
         first = _tick(instance, None, zone)
         # a fresh home is bootstrapped with the bundled iris file as its first batch
@@ -60,7 +68,7 @@ def test_sensor_requests_one_run_per_new_file_and_survives_restarts(platform_hom
 
 def test_same_file_name_with_new_content_is_a_new_partition(platform_home: Path) -> None:
     spec = load_spec()
-    zone = LandingZone(settle_seconds=0)
+    zone = landing_zone(settle_seconds=0)
     write_good_file(zone.incoming_dir, "daily.csv")
     (first,) = zone.pending_files()
     assert process(zone.folders, first, spec).status == "accepted"
@@ -74,7 +82,7 @@ def test_same_file_name_with_new_content_is_a_new_partition(platform_home: Path)
 
 @pytest.mark.slow
 def test_every_kind_of_bad_file_is_quarantined_with_a_report_and_nothing_trains(platform_home: Path) -> None:
-    zone = LandingZone(settle_seconds=0)
+    zone = landing_zone(settle_seconds=0)
     zone.bootstrap(load_spec())
     (seed,) = zone.pending_files()
     assert process(zone.folders, seed, load_spec()).status == "accepted"  # some accepted history
@@ -102,11 +110,11 @@ def test_every_kind_of_bad_file_is_quarantined_with_a_report_and_nothing_trains(
 
 @pytest.mark.slow
 def test_a_bad_file_never_blocks_good_files_landing_after_it(platform_home: Path) -> None:
-    zone = LandingZone(settle_seconds=0)
+    zone = landing_zone(settle_seconds=0)
     with dg.instance_for_test() as instance:
         bootstrap_tick = _tick(instance, None, zone)
         (bootstrap_key,) = [r.partition_key for r in bootstrap_tick.run_requests]
-        instance.add_dynamic_partitions("landed_files", [bootstrap_key])
+        instance.add_dynamic_partitions("iris_landed_files", [bootstrap_key])
         assert run_training(instance, bootstrap_key).success
 
         _age(write_bad_file(zone.incoming_dir, "unknown_class.csv"), 120)
@@ -114,7 +122,7 @@ def test_a_bad_file_never_blocks_good_files_landing_after_it(platform_home: Path
         tick = _tick(instance, bootstrap_tick.cursor, zone)
         keys = [r.partition_key for r in tick.run_requests]
         assert [k.split("@")[0] for k in keys] == ["unknown_class.csv", "more.csv"]
-        instance.add_dynamic_partitions("landed_files", keys)
+        instance.add_dynamic_partitions("iris_landed_files", keys)
 
         bad_run = run_training(instance, keys[0])
         assert not bad_run.success

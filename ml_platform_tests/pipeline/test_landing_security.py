@@ -16,20 +16,24 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ml_platform.assets.ingestion import raw_batch, training_dataset
-from ml_platform.checks.batch_quality import batch_passes_expectation_suite
-from ml_platform.resources.json_io_manager import JsonIOManager
-from ml_platform.resources.landing_zone import InvalidKeyError, LandingZone
-from ml_platform.sensors.incoming_data import incoming_data_sensor
+from ml_platform.catalog import get_model
+from ml_platform.defs.ingestion import build_ingestion_defs
+from ml_platform.defs.model_context import ModelContext
+from ml_platform.defs.resources import JsonIOManager
 from ml_platform.spec import load_spec
+from ml_platform.validation.landing_zone import InvalidKeyError, ModelLandingZone
 from ml_platform.validation.names import MAX_NAME_BYTES
 from ml_platform_tests.pipeline.helpers import (
     age,
     check_outcomes,
     failure_messages,
+    incoming_sensor,
+    landing_resource,
+    landing_zone,
     materialized,
     model_versions,
     run_training,
+    spec_of,
 )
 from ml_platform_tests.validation.bad_files import GOOD_ROWS, HEADER, write_good_file
 
@@ -77,11 +81,11 @@ def test_a_traversal_key_is_refused_and_the_outside_file_is_untouched(platform_h
     content = (HEADER + "\n" + "\n".join(GOOD_ROWS) + "\n").encode()
     outside.write_bytes(content)
     key = make_key(outside, _sha(outside))
-    zone = LandingZone(settle_seconds=0)
+    zone = landing_zone()
     with pytest.raises(InvalidKeyError):
         zone.locate(key)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landed_files", [key])
+        instance.add_dynamic_partitions("iris_landed_files", [key])
         result = run_training(instance, key)
     assert not result.success
     assert "refused partition key" in failure_messages(result)
@@ -92,7 +96,7 @@ def test_a_traversal_key_is_refused_and_the_outside_file_is_untouched(platform_h
 
 
 def test_a_key_with_an_empty_short_or_malformed_hash_matches_nothing(platform_home: Path) -> None:
-    zone = LandingZone(settle_seconds=0)
+    zone = landing_zone()
     landed = write_good_file(zone.incoming_dir, "a.csv")
     digest = _sha(landed)
     for key in ("a.csv@", f"a.csv@{digest[:12]}", f"a.csv@{digest.upper()}", "a.csv", f"a.csv@{digest}0", "@" + digest):
@@ -105,7 +109,7 @@ def test_a_key_with_an_empty_short_or_malformed_hash_matches_nothing(platform_ho
 
     short_key = f"a.csv@{digest[:12]}"
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landed_files", [short_key])
+        instance.add_dynamic_partitions("iris_landed_files", [short_key])
         result = run_training(instance, short_key)
     assert not result.success
     assert "64 lowercase hex digits" in failure_messages(result)
@@ -116,7 +120,7 @@ def test_a_key_with_an_empty_short_or_malformed_hash_matches_nothing(platform_ho
 def test_links_pipes_folders_and_long_names_are_quarantined_unread_and_the_good_file_trains(
     platform_home: Path,
 ) -> None:
-    zone = LandingZone(settle_seconds=0)
+    zone = landing_zone()
     incoming = zone.incoming_dir
     outside = platform_home.parent / "outside"
     outside.mkdir()
@@ -145,7 +149,9 @@ def test_links_pipes_folders_and_long_names_are_quarantined_unread_and_the_good_
     try:
         with dg.instance_for_test() as instance:
             # the sensor lists every entry without opening links or pipes (a FIFO never hangs it)
-            tick = incoming_data_sensor(dg.build_sensor_context(instance=instance, resources={"landing_zone": zone}))
+            tick = incoming_sensor()(
+                dg.build_sensor_context(instance=instance, resources={"landing_zone": landing_resource()})
+            )
             assert isinstance(tick, dg.SensorResult) and len(tick.run_requests or []) == 7
             result = run_training(instance)
         assert not sentinel.opened.is_set(), "a link in incoming/ was followed and its target opened"
@@ -200,7 +206,7 @@ def test_links_pipes_folders_and_long_names_are_quarantined_unread_and_the_good_
 
     # the landing report names every rejected file and where its report is
     summary = next(
-        e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "landing_report"
+        e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "iris/landing_report"
     )
     rejected_md = summary.materialization.metadata["rejected"].value
     for stem in ("link", "pipe", "folder", "missing_column", "sentinel"):
@@ -208,17 +214,22 @@ def test_links_pipes_folders_and_long_names_are_quarantined_unread_and_the_good_
     assert ".report.md" in rejected_md
 
 
-def _ingest(instance: dg.DagsterInstance, zone: LandingZone) -> dg.ExecuteInProcessResult:
+def _ingest(instance: dg.DagsterInstance, zone: ModelLandingZone) -> dg.ExecuteInProcessResult:
+    """Materialize raw_batch, training_dataset and the batch check of ``zone``'s model, nothing else."""
+    model = ModelContext(get_model(zone.model))
+    defs = build_ingestion_defs(model)
+    assets = [a for a in defs.assets or [] if a.key in (model.key("raw_batch"), model.key("training_dataset"))]
+    checks = [c for c in defs.asset_checks or [] if c.check_key.name == "batch_passes_expectation_suite"]
     return dg.materialize(
-        [raw_batch, training_dataset, batch_passes_expectation_suite],
+        [*assets, *checks],
         instance=instance,
-        resources={"landing_zone": zone, "json_io_manager": JsonIOManager()},
+        resources={"landing_zone": landing_resource(), "json_io_manager": JsonIOManager()},
         raise_on_error=False,
     )
 
 
 def test_an_accepted_file_changed_after_acceptance_fails_the_training_dataset(platform_home: Path) -> None:
-    zone = LandingZone(settle_seconds=0)
+    zone = landing_zone()
     age(write_good_file(zone.incoming_dir, "good.csv"))
     with dg.instance_for_test() as instance:
         first = _ingest(instance, zone)
@@ -231,7 +242,7 @@ def test_an_accepted_file_changed_after_acceptance_fails_the_training_dataset(pl
         assert not second.success
         message = failure_messages(second)
         assert f"{accepted.name} changed after it was accepted" in message
-        assert "training_dataset" in second.get_failed_step_keys()
+        assert "iris__training_dataset" in second.get_failed_step_keys()
 
         # a link planted in accepted/ is refused too, never read through
         accepted.unlink()
@@ -243,23 +254,20 @@ def test_an_accepted_file_changed_after_acceptance_fails_the_training_dataset(pl
         assert "symbolic link" in failure_messages(third)
 
 
-def test_a_single_class_batch_is_quarantined_on_wine_and_nothing_trains(
-    platform_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_single_class_batch_is_quarantined_on_wine_and_nothing_trains(platform_home: Path) -> None:
     import pandas as pd
 
-    monkeypatch.setenv("ML_PLATFORM_DATASET", "wine")  # wine sets no min_macro_f1: only the batch gate can stop it
-    spec = load_spec()
-    zone = LandingZone(settle_seconds=0)
+    spec = spec_of("wine")  # wine sets no min_macro_f1: only the batch gate can stop it
+    zone = landing_zone("wine")
     frame = pd.read_csv(spec.bootstrap_path())
     path = zone.incoming_dir / "one_cultivar.csv"
     frame[frame["target"] == 0].to_csv(path, index=False)
     age(path)
     with dg.instance_for_test() as instance:
-        result = run_training(instance)
+        result = run_training(instance, model="wine")
     assert not result.success
     assert check_outcomes(result) == {"batch_passes_expectation_suite": False}
-    assert materialized(result) == {"raw_batch"}
+    assert materialized(result, "wine") == {"raw_batch"}
     assert model_versions("wine-gradient-boosting") == []
     (stored,) = [p for p in zone.quarantine_dir.iterdir() if p.suffix == ".csv"]
     report = json.loads(stored.with_name(stored.name + ".report.json").read_text())

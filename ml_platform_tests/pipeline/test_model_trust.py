@@ -13,8 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ml_platform.ml.mlflow_store import MlflowStore
 from ml_platform.ml.registry import CHAMPION_ALIAS
-from ml_platform.resources.mlflow_resources import MlflowRegistry
 from ml_platform_tests.pipeline.helpers import check_outcomes, registry_client, run_training
 from ml_platform_tests.registry_helpers import register_pickle_payload, register_tampered_copy
 
@@ -43,7 +43,7 @@ def test_hostile_champion_is_refused_by_the_regression_gate_and_never_runs(platf
     assert f"champion version {hostile} refused: no model.skops" in (evaluation.description or "")
     assert check_outcomes(result)["serving_smoke_test"] is True
 
-    tracking_uri = MlflowRegistry().resolved_uri()
+    tracking_uri = MlflowStore().resolved_uri()
     # The smoke test of a version whose stored skops file changed after registration fails, naming why.
     tampered = register_tampered_copy(client, MODEL, "1", tmp_path, "model.skops")
     smoke = serving_smoke_test(f"models:/{MODEL}/{tampered}", tracking_uri)

@@ -9,6 +9,7 @@ import pytest
 from ml_platform.ml.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from ml_platform_tests.pipeline.helpers import (
     check_outcomes,
+    defs_for_entry,
     materialized,
     model_versions,
     registry_client,
@@ -109,13 +110,15 @@ def test_failed_accuracy_gate_rejects_the_version_and_leaves_production_untouche
     assert CHALLENGER_ALIAS not in client.get_registered_model("iris-random-forest").aliases
 
 
-def test_regression_against_champion_blocks_a_weaker_candidate(
-    platform_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_regression_against_champion_blocks_a_weaker_candidate(platform_home: Path, tmp_path: Path) -> None:
+    import dataclasses
+
     import yaml
 
-    from ml_platform.spec import SPECS_DIR
+    from ml_platform.catalog import get_model
+    from ml_platform.spec import load_spec_file
 
+    iris = get_model("iris")
     with dg.instance_for_test() as instance:
         assert run_training(instance).success
         client = registry_client()
@@ -123,14 +126,13 @@ def test_regression_against_champion_blocks_a_weaker_candidate(
 
         # Same dataset and model name, but a trivial estimator and no absolute thresholds:
         # only the comparison with the champion can stop it.
-        raw = yaml.safe_load((SPECS_DIR / "iris.yaml").read_text())
+        raw = yaml.safe_load((iris.source.parent / "spec.yaml").read_text())
         raw["model"].update(estimator="sklearn.dummy.DummyClassifier", params={"strategy": "most_frequent"})
         raw["thresholds"] = {"min_accuracy": 0.0, "regression_tolerance": 0.02}
-        raw["bootstrap_file"] = str(SPECS_DIR.parent / "data" / "iris.csv")
         weak_spec = tmp_path / "iris_weak.yaml"
         weak_spec.write_text(yaml.safe_dump(raw))
-        monkeypatch.setenv("ML_PLATFORM_SPEC", str(weak_spec))
-        result = run_training(instance)
+        weak = dataclasses.replace(iris, spec=load_spec_file(weak_spec))
+        result = run_training(instance, defs=defs_for_entry(weak))
 
     outcomes = check_outcomes(result)
     assert outcomes["meets_metric_thresholds"] is True
@@ -144,11 +146,19 @@ def test_regression_against_champion_blocks_a_weaker_candidate(
     assert str(client.get_model_version_by_alias("iris-random-forest", CHAMPION_ALIAS).version) == "1"
 
 
-def test_second_dataset_trains_end_to_end_by_spec_alone(platform_home: Path, monkeypatch) -> None:
-    monkeypatch.setenv("ML_PLATFORM_DATASET", "wine")
+def test_second_model_trains_end_to_end_by_its_own_job(platform_home: Path) -> None:
     with dg.instance_for_test() as instance:
-        result = run_training(instance)
+        result = run_training(instance, model="wine")
     assert result.success, check_outcomes(result)
+    assert materialized(result, "wine") == {
+        "raw_batch",
+        "training_dataset",
+        "candidate_model",
+        "reference_snapshot",
+        "landing_report",
+    }
+    assert result.dagster_run.tags["ml_platform/model"] == "wine"
+    assert not (platform_home / "data/iris").exists()
     version = registry_client().get_model_version_by_alias("wine-gradient-boosting", CHALLENGER_ALIAS)
     assert version.tags["dataset"] == "wine"
     assert version.tags["validation_status"] == "passed"

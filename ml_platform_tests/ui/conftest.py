@@ -1,6 +1,6 @@
 """A real ``dagster dev`` (webserver + daemon) on a temporary platform home, and headless Chromium.
 
-``dagster_ui`` (one per module) bootstraps a fresh platform home, stops ``incoming_data_sensor``
+``dagster_ui`` (one per module) bootstraps a fresh platform home, stops every ``<model>_incoming_data_sensor``
 there before the daemon starts (and any other running sensor right after), so the only run is the
 one a test launches from the UI. It then starts ``dagster dev -m ml_platform`` on a free
 127.0.0.1 port in its own process group and always kills that whole group afterwards (dagster dev
@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ml_platform.catalog import model_names
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
@@ -43,7 +45,9 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 LOCATION = "ml_platform"
-SENSOR = "incoming_data_sensor"
+SENSOR = "iris_incoming_data_sensor"  # the default model's
+# Every model's incoming-data sensor, stopped before the daemon starts (bootstrap lands data for each).
+INCOMING_SENSORS = [f"{model}_incoming_data_sensor" for model in model_names()]
 SERVER_START_TIMEOUT_S = 150
 # Environment variables that must not leak from the caller into the temporary home.
 _DROPPED_PREFIXES = ("ML_PLATFORM_", "MLFLOW_", "DAGSTER_")
@@ -219,7 +223,8 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) ->
     _run([sys.executable, "-m", "ml_platform.bootstrap"], env, home, log)
     # The sensor is RUNNING by default and the daemon would launch its own run for the landed
     # file within seconds; stop it in the instance before the daemon starts.
-    _run([sys.executable, "-m", "dagster", "sensor", "stop", "-m", "ml_platform", SENSOR], env, home, log)
+    for sensor in INCOMING_SENSORS:
+        _run([sys.executable, "-m", "dagster", "sensor", "stop", "-m", "ml_platform", sensor], env, home, log)
 
     port = _free_port()
     # A process started with SIGINT ignored (e.g. pytest in a background CI step) passes that on,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ml_platform.catalog import model_names
 from ml_platform_tests.ui.conftest import CHROMIUM, LOCATION, SENSOR, DagsterUI, sensor_states
 
 if TYPE_CHECKING:
@@ -80,10 +81,11 @@ def _failure_summary(ui: DagsterUI, run_id: str) -> str:
 def test_asset_graph_shows_every_asset_and_check(page: Page, dagster_ui: DagsterUI, artifacts_dir: Path) -> None:
     from playwright.sync_api import expect
 
-    # Global asset lineage: the two groups (ingestion, training) start collapsed; ⌥E expands all.
+    # Global asset lineage: one group per model (iris, wine, ...), collapsed at first; ⌥E expands all.
     page.goto("/asset-groups")
     expect(page.get_by_text("Global asset lineage")).to_be_visible()
-    expect(shown(page, "training")).to_be_visible()
+    for model in model_names():
+        expect(shown(page, model), f"asset group of model {model}").to_be_visible()
     for _ in range(5):  # the shortcut is a no-op until the graph has rendered; expanding shows in the URL
         page.keyboard.press("Alt+KeyE")
         with contextlib.suppress(AssertionError):
@@ -95,7 +97,7 @@ def test_asset_graph_shows_every_asset_and_check(page: Page, dagster_ui: Dagster
 
     # Each asset's Checks tab lists its gates (the UI has no global list of checks).
     for number, (asset, checks) in enumerate(CHECKS.items(), start=2):
-        page.goto(f"/assets/{asset}?view=checks")
+        page.goto(f"/assets/iris/{asset}?view=checks")
         expect(page.get_by_text(f"Checks ({len(checks)})", exact=True)).to_be_visible()
         for check in checks:
             expect(shown(page, check), f"check {check} on {asset}").to_be_visible()
@@ -156,7 +158,7 @@ def test_launch_training_job_from_launchpad(page: Page, dagster_ui: DagsterUI, a
     assert [r["runId"] for r in runs] == [run_id], runs
 
     # Every gate on the candidate model now shows as succeeded.
-    page.goto("/assets/candidate_model?view=checks")
+    page.goto("/assets/iris/candidate_model?view=checks")
     for check in CHECKS["candidate_model"]:
         expect(shown(page, check)).to_be_visible()
     expect(page.get_by_text("Succeeded", exact=True)).to_have_count(len(CHECKS["candidate_model"]))
