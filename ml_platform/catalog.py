@@ -61,7 +61,7 @@ def parse_entry(defs_yaml: Path, attributes: dict[str, Any]) -> ModelEntry:
     try:
         spec = load_spec_file(spec_path)
     except SpecError as exc:
-        raise CatalogError(f"{spec_path}: {exc}") from exc
+        raise CatalogError(str(exc)) from exc  # a SpecError names the file and the key already
     owners = attributes.get("owners") or []
     if not isinstance(owners, list) or not all(isinstance(o, str) for o in owners):
         raise CatalogError(f"{defs_yaml}: attributes.owners must be a list of strings")
@@ -131,3 +131,9 @@ def get_model(name: str | None = None, models_dir: Path | None = None) -> ModelE
 
 def model_names(models_dir: Path | None = None) -> list[str]:
     return [e.name for e in list_models(models_dir)]
+
+
+if __name__ == "__main__":  # python -m ml_platform.catalog check | list | scaffold <name>
+    from ml_platform.onboarding import main
+
+    raise SystemExit(main())
