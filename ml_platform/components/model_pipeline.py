@@ -22,8 +22,10 @@ import dagster as dg
 from pydantic import Field
 
 from ml_platform.catalog import CatalogError, parse_entry
+from ml_platform.components.scaffold import ModelPipelineScaffolder
 
 
+@dg.scaffold_with(ModelPipelineScaffolder)
 class ModelPipeline(dg.Component, dg.Model, dg.Resolvable):
     """One model's lifecycle: batch gate, training and gates, reference snapshot, canary deployment, drift."""
 
