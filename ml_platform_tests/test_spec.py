@@ -213,3 +213,14 @@ def test_the_command_line_validates_files(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "iris: 4 features" in result.stdout
     assert f"{bad.resolve()}: name: must match" in result.stderr
+
+
+def test_docs_models_md_documents_every_key_of_the_schema() -> None:
+    docs = (REPO_ROOT / "docs" / "models.md").read_text()
+    schema = json_schema()
+    keys = set(schema["properties"]) - {"source_path"}
+    for definition in schema["$defs"].values():
+        keys |= set(definition.get("properties", {}))
+    key_cells = [line.split("|")[1] for line in docs.splitlines() if line.startswith("| `")]
+    missing = sorted(k for k in keys if not any(f"`{k}`" in cell for cell in key_cells))
+    assert not missing, f"docs/models.md does not document {missing}"
