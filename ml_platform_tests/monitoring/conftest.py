@@ -10,8 +10,9 @@ its gates are tested in ml_platform_tests/pipeline.)
 ``served_logs`` starts two real serving processes for that version, sends
 traffic drawn like the training data to one and traffic with shifted petal
 measurements to the other, with feedback, and stops them once the logs are
-flushed. Each logs into its own ``PREDICTION_LOG_DIR``; the partition is the
-real current UTC date. The too-small case is a copy of the first process's
+flushed. Each logs into the iris folder of its own log root
+(``<root>/iris``, given to serving as ``PREDICTION_LOG_DIR``; readers get the
+root as ``PREDICTION_LOG_ROOT``); the partition is the real current UTC date. The too-small case is a copy of the first process's
 log folder taken after its first 20 rows, i.e. the real log as it stood then.
 """
 
@@ -45,6 +46,8 @@ SHIFTED_FEATURES = ("petal_length", "petal_width")
 
 _MONITORING_VARIABLES = (
     "PREDICTION_LOG_DIR",
+    "PREDICTION_LOG_ROOT",
+    "ML_PLATFORM_MODEL",
     "PRODUCTION_WINDOWS_URI",
     "DRIFT_REPORTS_URI",
     "DRIFT_REPORT_MAX_ROWS",
@@ -66,6 +69,8 @@ class ModelStore:
 
 @dataclass(frozen=True)
 class ServedLogs:
+    """Log roots (``<root>/iris/date=<day>/``) written by real serving processes."""
+
     day: str
     normal: Path
     shifted: Path
@@ -90,13 +95,10 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         os.environ.pop("DAGSTER_HOME", None)
 
-        from ml_platform.assets.ingestion import training_dataset
-        from ml_platform.assets.reference import reference_snapshot
-        from ml_platform.assets.training import candidate_model
         from ml_platform.definitions import build_defs
+        from ml_platform.ml.mlflow_store import ensure_experiment, experiment_name
         from ml_platform.ml.registry import log_and_register_model
         from ml_platform.ml.training import evaluate_model, fit_model, split_dataset
-        from ml_platform.resources.mlflow_resources import ensure_experiment, experiment_name
         from ml_platform.spec import load_spec
         from ml_platform_tests.registry_helpers import record_passed_gates
 
@@ -117,20 +119,21 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
             )  # fmt: skip
         record_passed_gates(mlflow.MlflowClient(), spec.model.name, registered.version)  # as the gates do
         # The real reference_snapshot asset, fed the candidate_model value it reads in training_job.
-        io_dir = home / "dagster" / "io" / "candidate_model"
+        io_dir = home / "dagster" / "io" / "iris" / "candidate_model"
         io_dir.mkdir(parents=True)
         descriptor = registered.to_dict() | {"dataset_path": str(dataset_path), "dataset": spec.name}
         (io_dir / "__unpartitioned__.json").write_text(json.dumps(descriptor))
         defs = build_defs()
+        keys = [dg.AssetKey(["iris", name]) for name in ("training_dataset", "candidate_model", "reference_snapshot")]
         with dg.instance_for_test() as instance:
             result = dg.materialize(
-                [training_dataset, candidate_model, reference_snapshot],
-                selection=[reference_snapshot],
+                [defs.get_assets_def(key) for key in keys],
+                selection=[keys[-1]],
                 instance=instance,
-                resources=dict(defs.resources),
+                resources=dict(defs.resources or {}),
             )
             assert result.success
-        snapshot_uri = result.output_for_node("reference_snapshot")["uri"]
+        snapshot_uri = result.output_for_node("iris__reference_snapshot")["uri"]
     finally:
         # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: reset it first, then the environment.
         mlflow.set_tracking_uri(previous_uri)
@@ -170,7 +173,7 @@ def served_logs(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactor
         wait_for_rows(normal.log_dir, "date=*/predictions-*.jsonl", SMALL_ROWS)
         wait_for_rows(normal.log_dir, "date=*/feedback-*.jsonl", SMALL_ROWS)
         small = base / "small"
-        shutil.copytree(normal.log_dir, small)
+        shutil.copytree(normal.log_root, small)
 
         send_traffic(normal, like_training.iloc[SMALL_ROWS:], spec, "normal")
         moved = drifted_rows(spec, SHIFTED_ROWS, SHIFT, features=SHIFTED_FEATURES, seed=12)
@@ -186,8 +189,8 @@ def served_logs(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactor
         pytest.skip(f"the traffic crossed midnight UTC ({sorted(days)}); rerun")
     return ServedLogs(
         day=day,
-        normal=normal.log_dir,
-        shifted=shifted.log_dir,
+        normal=normal.log_root,
+        shifted=shifted.log_root,
         small=small,
         sample_prediction=_first_line(normal.log_dir, "date=*/predictions-*.jsonl"),
         sample_feedback=_first_line(normal.log_dir, "date=*/feedback-*.jsonl"),

@@ -77,17 +77,19 @@ class Process:
 
 @dataclass
 class Serving:
-    """``python -m serving`` for one pinned model version, logging into ``log_dir``."""
+    """``python -m serving`` for one pinned iris version, logging into ``log_dir`` = ``<log_root>/iris``."""
 
     process: Process
     url: str
     log_dir: Path
+    log_root: Path
 
 
 def start_serving(name: str, workdir: Path, tracking_uri: str, model_uri: str) -> Serving:
     """Start the serving service on a free port of 127.0.0.1 (not yet ready: call ``wait_ready``)."""
     port = free_port()
-    log_dir = workdir / "predictions"
+    log_root = workdir / "predictions"
+    log_dir = log_root / "iris"
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
@@ -100,7 +102,7 @@ def start_serving(name: str, workdir: Path, tracking_uri: str, model_uri: str) -
     }
     args = [sys.executable, "-m", "serving", "--model-uri", model_uri, "--port", str(port), "--track", "stable"]
     process = Process(name, args, env, workdir / f"{name}.out")
-    return Serving(process, f"http://127.0.0.1:{port}", log_dir)
+    return Serving(process, f"http://127.0.0.1:{port}", log_dir, log_root)
 
 
 def wait_ready(serving: Serving) -> None:
@@ -225,11 +227,11 @@ def series(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return {labels: value for (n, labels), value in samples.items() if n == name}
 
 
-def run_drift_job(instance: dg.DagsterInstance, day: str) -> dg.ExecuteInProcessResult:
-    """``drift_job`` for one day, in process, against a real instance."""
-    from ml_platform.definitions import build_defs
+def run_drift_job(instance: dg.DagsterInstance, day: str, model: str = "iris") -> dg.ExecuteInProcessResult:
+    """``<model>_drift_job`` for one day, in process, against a real instance."""
+    from ml_platform.definitions import defs
 
-    job = build_defs().resolve_job_def("drift_job")
+    job = defs.resolve_job_def(f"{model}_drift_job")
     return job.execute_in_process(instance=instance, partition_key=day, raise_on_error=False)
 
 
@@ -238,8 +240,8 @@ def values(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
-    """The metadata values of the run's materialization of ``asset``."""
-    events = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    """The metadata values of the run's materialization of ``asset`` (its name within the model: ``drift_report``)."""
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == asset]
     assert len(events) == 1, [e.asset_key for e in result.get_asset_materialization_events()]
     return values(dict(events[0].materialization.metadata))
 

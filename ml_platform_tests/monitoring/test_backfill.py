@@ -19,10 +19,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ml_platform.assets.monitoring import drift_report, production_window
+from ml_platform.definitions import defs
 from ml_platform.monitoring.generate import write_prediction_log
-from ml_platform.monitoring.jobs import drift_daily_schedule
-from ml_platform.sensors.drift_retrain import drift_retrain_sensor
 from ml_platform.spec import load_spec
 from ml_platform_tests.conftest import REPO_ROOT
 from ml_platform_tests.monitoring.conftest import ModelStore
@@ -31,6 +29,10 @@ from ml_platform_tests.monitoring.helpers import materialization, run_drift_job,
 pytestmark = pytest.mark.slow
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
+PRODUCTION_WINDOW = dg.AssetKey(["iris", "production_window"])
+DRIFT_REPORT = dg.AssetKey(["iris", "drift_report"])
+drift_daily_schedule = defs.get_schedule_def("iris_drift_daily_schedule")
+drift_retrain_sensor = defs.get_sensor_def("iris_drift_retrain_sensor")
 CHECK_NAMES = ("drift_share_within_threshold", "prediction_psi_within_bands", "live_accuracy_above_minimum")
 
 
@@ -46,14 +48,16 @@ def test_backfill_of_several_days(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     log_dir = tmp_path / "logs"
-    monkeypatch.setenv("PREDICTION_LOG_DIR", str(log_dir))
+    monkeypatch.setenv("PREDICTION_LOG_ROOT", str(log_dir))
     monkeypatch.setenv("PROMETHEUS_PUSHGATEWAY_URL", pushgateway_url)
     spec = load_spec()
     drifted, quiet, newest = _day(6), _day(4), _day(2)
     model_uri = f"models:/iris-random-forest/{model_store.version}"
-    write_prediction_log(spec, drifted, 150, 2.0, features=["petal_length", "petal_width"], model_uri=model_uri, seed=1)
-    write_prediction_log(spec, quiet, 150, model_uri=model_uri, seed=2)
-    write_prediction_log(spec, newest, 150, model_uri=model_uri, seed=3)
+    shifted = ["petal_length", "petal_width"]
+    write_prediction_log(spec, drifted, 150, 2.0, model="iris", features=shifted, model_uri=model_uri, seed=1)
+    write_prediction_log(spec, quiet, 150, model="iris", model_uri=model_uri, seed=2)
+    write_prediction_log(spec, newest, 150, model="iris", model_uri=model_uri, seed=3)
+    assert sorted(p.name for p in log_dir.iterdir()) == ["iris"], "generate writes into the model's folder"
 
     # The newest day through the command line, into the persistent instance under DAGSTER_HOME ...
     cli = subprocess.run(
@@ -83,18 +87,18 @@ def test_backfill_of_several_days(
         results = {day: run_drift_job(instance, day) for day in (drifted, quiet)}
         assert all(r.success for r in results.values())
 
-        for key in (production_window.key, drift_report.key):
+        for key in (PRODUCTION_WINDOW, DRIFT_REPORT):
             assert instance.get_materialized_partitions(key) == {drifted, quiet, newest}
         # every day has its own check results (partitioned checks)
         for name in CHECK_NAMES:
             history = instance.event_log_storage.get_asset_check_execution_history(
-                dg.AssetCheckKey(drift_report.key, name), limit=10
+                dg.AssetCheckKey(DRIFT_REPORT, name), limit=10
             )
             assert {r.partition for r in history} == {drifted, quiet, newest}, name
         outcomes = {
             r.partition: r.status.value
             for r in instance.event_log_storage.get_asset_check_execution_history(
-                dg.AssetCheckKey(drift_report.key, "drift_share_within_threshold"), limit=10
+                dg.AssetCheckKey(DRIFT_REPORT, "drift_share_within_threshold"), limit=10
             )
         }
         assert outcomes == {drifted: "FAILED", quiet: "SUCCEEDED", newest: "SUCCEEDED"}
@@ -120,11 +124,11 @@ def test_daily_schedule_reports_on_the_day_that_ended() -> None:
     request = drift_daily_schedule(dg.build_schedule_context(scheduled_execution_time=moment))
     assert isinstance(request, dg.RunRequest)
     assert request.partition_key == "2026-11-25"
-    assert request.run_key == "drift-2026-11-25"
+    assert request.run_key == "iris-drift-2026-11-25"
 
 
 def test_partitions_include_today_so_a_running_day_can_be_reported() -> None:
-    from ml_platform.assets.monitoring import drift_partitions
-
-    keys = drift_partitions.get_partition_keys()
+    partitions = defs.get_assets_def(DRIFT_REPORT).partitions_def
+    assert partitions is not None
+    keys = partitions.get_partition_keys()
     assert keys[-1] == datetime.now(UTC).strftime("%Y-%m-%d")

@@ -43,7 +43,7 @@ CONTRACT = {
 def test_traffic_drawn_like_the_training_data_shows_no_drift(
     monitoring_env: Path, served_logs: ServedLogs, model_store: ModelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PREDICTION_LOG_DIR", str(served_logs.normal))
+    monkeypatch.setenv("PREDICTION_LOG_ROOT", str(served_logs.normal))
     with dg.instance_for_test() as instance:
         result = run_drift_job(instance, served_logs.day)
     assert result.success
@@ -55,7 +55,8 @@ def test_traffic_drawn_like_the_training_data_shows_no_drift(
     assert window["feedback_unmatched"] == 0
     assert window["model_versions"] == f"v{model_store.version}"
     assert window["skipped_lines"] == 0
-    assert window["log_folder"].endswith(f"date={served_logs.day}")
+    assert window["log_folder"].endswith(f"/iris/date={served_logs.day}")
+    assert window["other_model_lines"] == 0 and window["unattributed_lines"] == 0
 
     report = materialization(result, "drift_report")
     assert report["status"] == "judged"
@@ -105,7 +106,7 @@ def test_shifted_traffic_is_detected_pushed_and_fires_the_alert(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("PREDICTION_LOG_DIR", str(served_logs.shifted))
+    monkeypatch.setenv("PREDICTION_LOG_ROOT", str(served_logs.shifted))
     monkeypatch.setenv("PROMETHEUS_PUSHGATEWAY_URL", pushgateway_url)
     with dg.instance_for_test() as instance:
         result = run_drift_job(instance, served_logs.day)
@@ -132,7 +133,7 @@ def test_shifted_traffic_is_detected_pushed_and_fires_the_alert(
 
     # The Pushgateway holds the contract's gauges, labelled for the alert rules.
     samples = scrape(pushgateway_url)
-    base = {("job", "ml_platform_drift"), ("dataset", "iris"), ("model_version", model_store.version)}
+    base = {("job", "ml_platform_drift"), ("model", "iris"), ("dataset", "iris"), ("model_version", model_store.version)}
     for name in CONTRACT:
         found = series(samples, name)
         assert found and all(base <= set(labels) for labels in found), name
@@ -147,6 +148,7 @@ def test_shifted_traffic_is_detected_pushed_and_fires_the_alert(
     with prometheus(tmp_path / "prometheus", pushgateway_url, [rules]) as prom:
         firing = _wait_for_alerts(prom, {"DataDriftDetected", "PredictionPsiHigh"})
     assert firing["DataDriftDetected"]["labels"]["model_version"] == model_store.version
+    assert firing["DataDriftDetected"]["labels"]["model"] == "iris"
     assert firing["PredictionPsiHigh"]["labels"]["severity"] == "critical"
 
 
@@ -167,7 +169,7 @@ def _wait_for_alerts(prom: str, names: set[str], timeout: float = 60.0) -> dict[
 def test_error_severity_gates_the_run(
     monitoring_env: Path, served_logs: ServedLogs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PREDICTION_LOG_DIR", str(served_logs.shifted))
+    monkeypatch.setenv("PREDICTION_LOG_ROOT", str(served_logs.shifted))
     monkeypatch.setenv("DRIFT_CHECK_SEVERITY", "ERROR")
     with dg.instance_for_test() as instance:
         result = run_drift_job(instance, served_logs.day)
@@ -185,7 +187,7 @@ def test_a_window_too_small_to_judge_is_reported_as_such(
     pushgateway_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("PREDICTION_LOG_DIR", str(served_logs.small))
+    monkeypatch.setenv("PREDICTION_LOG_ROOT", str(served_logs.small))
     monkeypatch.setenv("PROMETHEUS_PUSHGATEWAY_URL", pushgateway_url)
     monkeypatch.setenv("DRIFT_CHECK_SEVERITY", "ERROR")  # not judged is never a gate
     with dg.instance_for_test() as instance:
@@ -219,7 +221,7 @@ def test_a_window_too_small_to_judge_is_reported_as_such(
 def test_a_day_without_traffic_is_not_judged(
     monitoring_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PREDICTION_LOG_DIR", str(tmp_path / "no-logs"))
+    monkeypatch.setenv("PREDICTION_LOG_ROOT", str(tmp_path / "no-logs"))
     with dg.instance_for_test() as instance:
         result = run_drift_job(instance, "2026-01-02")
     assert result.success

@@ -14,14 +14,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ml_platform.jobs import training_job
-from ml_platform.sensors.drift_retrain import RetrainCursor, drift_retrain_sensor
+from ml_platform.definitions import defs
+from ml_platform.defs.monitoring import RetrainCursor
 from ml_platform_tests.monitoring.conftest import ModelStore, ServedLogs
 from ml_platform_tests.monitoring.helpers import run_drift_job
 
 pytestmark = pytest.mark.slow
 
 COOLDOWN = 3600
+drift_retrain_sensor = defs.get_sensor_def("iris_drift_retrain_sensor")
 
 
 def _tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
@@ -40,23 +41,23 @@ def test_fires_once_on_drift_then_respects_the_cooldown(
     monitoring_env: Path, served_logs: ServedLogs, model_store: ModelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DRIFT_RETRAIN_COOLDOWN_SECONDS", str(COOLDOWN))
-    assert drift_retrain_sensor.job_name == training_job.name
+    assert drift_retrain_sensor.job_name == "iris_training_job"
     with dg.instance_for_test() as instance:
         # A quiet day asks for nothing.
-        monkeypatch.setenv("PREDICTION_LOG_DIR", str(served_logs.normal))
+        monkeypatch.setenv("PREDICTION_LOG_ROOT", str(served_logs.normal))
         assert run_drift_job(instance, served_logs.day).success
         quiet = _tick(instance, None)
         assert "no new drift report asks for retraining" in _skip(quiet)
 
         # Shifted traffic: one training_job request, with the reason in its tags.
-        monkeypatch.setenv("PREDICTION_LOG_DIR", str(served_logs.shifted))
+        monkeypatch.setenv("PREDICTION_LOG_ROOT", str(served_logs.shifted))
         drifted_run = run_drift_job(instance, served_logs.day)
         assert drifted_run.success
         fired = _tick(instance, quiet.cursor)
         assert len(fired.run_requests) == 1
         request = fired.run_requests[0]
         tags = request.tags
-        assert tags["ml_platform/trigger"] == "drift_retrain_sensor"
+        assert tags["ml_platform/trigger"] == "drift_retrain_sensor" and tags["ml_platform/model"] == "iris"
         assert tags["ml_platform/retrain_reason"] == "drift,live_accuracy"
         assert "drift share" in tags["ml_platform/retrain_detail"]
         assert "prediction PSI" in tags["ml_platform/retrain_detail"]
@@ -93,7 +94,7 @@ def test_fires_once_on_drift_then_respects_the_cooldown(
 def test_too_small_window_never_triggers(
     monitoring_env: Path, served_logs: ServedLogs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PREDICTION_LOG_DIR", str(served_logs.small))
+    monkeypatch.setenv("PREDICTION_LOG_ROOT", str(served_logs.small))
     with dg.instance_for_test() as instance:
         assert run_drift_job(instance, served_logs.day).success
         assert "no new drift report" in _skip(_tick(instance, None))
