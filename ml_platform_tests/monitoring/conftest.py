@@ -12,8 +12,9 @@ traffic drawn like the training data to one and traffic with shifted petal
 measurements to the other, with feedback, and stops them once the logs are
 flushed. Each logs into the iris folder of its own log root
 (``<root>/iris``, given to serving as ``PREDICTION_LOG_DIR``; readers get the
-root as ``PREDICTION_LOG_ROOT``); the partition is the real current UTC date. The too-small case is a copy of the first process's
-log folder taken after its first 20 rows, i.e. the real log as it stood then.
+root as ``PREDICTION_LOG_ROOT``); the partition is the real current UTC date.
+The too-small case is a copy of the first process's log root taken after its
+first 20 rows, i.e. the real log as it stood then.
 """
 
 from __future__ import annotations

@@ -133,7 +133,9 @@ def test_shifted_traffic_is_detected_pushed_and_fires_the_alert(
 
     # The Pushgateway holds the contract's gauges, labelled for the alert rules.
     samples = scrape(pushgateway_url)
-    base = {("job", "ml_platform_drift"), ("model", "iris"), ("dataset", "iris"), ("model_version", model_store.version)}
+    base = {("job", "ml_platform_drift"), ("model", "iris"), ("dataset", "iris")} | {
+        ("model_version", model_store.version)
+    }
     for name in CONTRACT:
         found = series(samples, name)
         assert found and all(base <= set(labels) for labels in found), name
