@@ -1,13 +1,20 @@
-"""Deployment commands: ``python -m ml_platform.cli status | rollback | stop``.
+"""Deployment commands: ``python -m ml_platform.cli status | rollback | stop | k8s-overlay [--model NAME]``.
+
+Every command acts on one model (``--model``, default: ``ML_PLATFORM_MODEL`` or the
+catalog's default model); ``status`` without ``--model`` lists every model.
 
 - ``status``: what serves where (backend, router, stable, canary) and the registry aliases.
 - ``rollback``: one command back to ``previous_champion``: the alias ``champion``
   moves back, stable hot-swaps to it (local: ``/admin/reload``; kubernetes: the
   stable pods roll), the demoted version is tagged ``rolled_back_manually``.
   Waits for a rollout in progress to finish first (``--wait`` seconds).
-- ``stop``: stop the local deployment (nginx and every serving process).
+- ``stop``: stop the model's local deployment (its serving processes; its routes leave
+  the shared nginx, which stops once no model is left).
+- ``k8s-overlay``: write ``deploy/k8s/models/<name>/kustomization.yaml``, the model's
+  Kubernetes overlay (object names prefixed by the model, its label and environment).
 
-``rollback`` and ``stop`` take the deployment lock (the one a rollout holds).
+``rollback`` and ``stop`` take the model's deployment lock (the one its rollout holds;
+other models' rollouts are not waited for).
 When it is held they refuse (exit code 3) naming the holder (what, pid, host,
 since when); a lock whose holder process is gone is stale and is broken with
 a notice; ``--force`` breaks a live holder's lock and says what that leaves.
@@ -21,12 +28,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from ml_platform.catalog import CatalogError, ModelEntry, get_model, list_models
 from ml_platform.deployment.backend import DeploymentError
-from ml_platform.deployment.deployer import Deployer
+from ml_platform.deployment.deployer import AnyDeployer, deployer_from_env
 from ml_platform.deployment.state import DeploymentBusy
-from ml_platform.spec import load_spec
 
 STARTUP_TIMEOUT = 300.0
 EXIT_LOCKED = 3
@@ -84,8 +92,10 @@ def _aliases(client: Any, name: str) -> dict[str, str | None]:
     return out
 
 
-def status(deployer: Deployer, name: str) -> int:
-    backend = deployer.backend_for(name)
+def status(deployer: AnyDeployer, model: str) -> int:
+    """What serves ``model`` where, its aliases and its last versions."""
+    backend = deployer.backend_for(model)
+    name = backend.model_name
     try:
         for line in backend.status().lines():
             print(line)
@@ -104,18 +114,19 @@ def status(deployer: Deployer, name: str) -> int:
     return 0
 
 
-def rollback(deployer: Deployer, name: str, wait: float, reason: str, force: bool = False) -> int:
-    """Move ``champion`` back to ``previous_champion`` and make stable serve it (under the deployment lock)."""
+def rollback(deployer: AnyDeployer, model: str, wait: float, reason: str, force: bool = False) -> int:
+    """Move ``model``'s ``champion`` back to ``previous_champion`` and make stable serve it (under its lock)."""
     from ml_platform.deployment.registry_ops import DEPLOYMENT_STATUS_TAG, iso, set_tags
     from ml_platform.ml.registry import CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS
 
+    name = get_model(model).spec.model.name
     client = _client()
     aliases = _aliases(client, name)
     current, previous = aliases[CHAMPION_ALIAS], aliases[PREVIOUS_CHAMPION_ALIAS]
     if previous is None or current is None:
         print(f"nothing to roll back to: @champion={current}, @previous_champion={previous}", file=sys.stderr)
         return 2
-    backend = deployer.backend_for(name)
+    backend = deployer.backend_for(model)
     if force:
         _announce_force(backend, "rollback")
     try:
@@ -156,40 +167,74 @@ def rollback(deployer: Deployer, name: str, wait: float, reason: str, force: boo
         },
     )
     set_tags(client, name, previous, {"deployment.restored_at": iso()})
-    print(f"{name}: champion v{current} -> v{previous} (stable serves v{previous})")
+    print(f"{model} ({name}): champion v{current} -> v{previous} (stable serves v{previous})")
     return 0
+
+
+def _model_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--model", help=help_text)
+
+
+def _entry(model: str | None) -> ModelEntry:
+    try:
+        return get_model(model)
+    except CatalogError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def status_all(deployer: AnyDeployer) -> int:
+    """``status`` of every model of the catalog, one block each."""
+    code = 0
+    for index, entry in enumerate(list_models()):
+        if index:
+            print()
+        print(f"== {entry.name}{' (default: unprefixed paths)' if entry.default else ''}")
+        code = max(code, status(deployer, entry.name))
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_platform.cli", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="what is deployed, and the registry aliases")
+    status_cmd = commands.add_parser("status", help="what is deployed, and the registry aliases")
+    _model_option(status_cmd, "one model (default: every model)")
     back = commands.add_parser("rollback", help="champion back to previous_champion, stable serves it")
+    _model_option(back, "the model (default: ML_PLATFORM_MODEL, else the default model)")
     back.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a rollout in progress")
     back.add_argument("--reason", default="manual rollback", help="recorded on the demoted version")
     back.add_argument("--force", action="store_true", help="break the deployment lock if another operation holds it")
-    stop_cmd = commands.add_parser("stop", help="stop the local deployment (nginx and serving processes)")
+    stop_cmd = commands.add_parser("stop", help="stop a model's local deployment (its serving processes and routes)")
+    _model_option(stop_cmd, "the model (default: ML_PLATFORM_MODEL, else the default model)")
     stop_cmd.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the deployment lock")
     stop_cmd.add_argument("--force", action="store_true", help="break the deployment lock (stop a rollout's processes)")
-    new_model = commands.add_parser("scaffold-model", help="write defs/models/<name>/ templates (docs/models.md)")
-    new_model.add_argument("name", help="model name: lowercase letters, digits, _ (starting with a letter)")
+    overlay = commands.add_parser("k8s-overlay", help="write deploy/k8s/models/<name>/kustomization.yaml")
+    _model_option(overlay, "the model (default: ML_PLATFORM_MODEL, else the default model)")
+    overlay.add_argument("--routing", choices=("gateway-api", "ingress-nginx"), default="gateway-api")
+    overlay.add_argument("--out", help="folder to write into (default deploy/k8s/models/<name>)")
     args = parser.parse_args(argv)
-    if args.command == "scaffold-model":  # onboarding (ml_platform.onboarding); needs no deployer
-        from ml_platform.onboarding import run
+    if args.command == "k8s-overlay":
+        from ml_platform.deployment.k8s_overlay import write_overlay
 
-        return run("scaffold", None, name=args.name)
-    deployer = Deployer.from_env()
-    name = load_spec().model.name
+        entry = _entry(args.model)
+        path = write_overlay(entry, args.routing, Path(args.out) if args.out else None)
+        print(f"wrote {path}: kubectl apply -k {path.parent}")
+        return 0
+    try:
+        deployer = deployer_from_env()
+    except DeploymentError as exc:
+        _stderr(str(exc))
+        return 2
     if args.command == "status":
-        return status(deployer, name)
+        return status(deployer, _entry(args.model).name) if args.model else status_all(deployer)
+    model = _entry(args.model).name
     if args.command == "rollback":
-        return rollback(deployer, name, args.wait, args.reason, args.force)
-    return stop(deployer, name, args.wait, args.force)
+        return rollback(deployer, model, args.wait, args.reason, args.force)
+    return stop(deployer, model, args.wait, args.force)
 
 
-def stop(deployer: Deployer, name: str, wait: float, force: bool) -> int:
-    """Stop nginx and every serving process of the deployment, under the deployment lock."""
-    backend = deployer.backend_for(name)
+def stop(deployer: AnyDeployer, model: str, wait: float, force: bool) -> int:
+    """Stop ``model``'s serving processes and take it off the router, under its deployment lock."""
+    backend = deployer.backend_for(model)
     if force:
         _announce_force(backend, "stop")
     try:
@@ -200,7 +245,7 @@ def stop(deployer: Deployer, name: str, wait: float, force: bool) -> int:
     except DeploymentError as exc:
         _stderr(str(exc))
         return 1
-    print(f"stopped the {deployer.backend} deployment of {name}")
+    print(f"stopped the {deployer.kind} deployment of {model}")
     return 0
 
 

@@ -1,8 +1,10 @@
 """Traffic simulator: labelled requests through the public port, with feedback, counting every failure.
 
-    python -m ml_platform.simulate --rate 20 --duration 60
+    python -m ml_platform.simulate --model wine --rate 20 --duration 60
 
-Rows come from the dataset's bundled CSV (the spec's ``bootstrap_file``);
+Traffic goes to one model: ``/models/<model>/predict`` and ``/models/<model>/feedback`` on
+the public port (``--model`` default: ``ML_PLATFORM_MODEL``, else the catalog's default model;
+``--url`` overrides the model's base URL). Rows come from the dataset's bundled CSV (the spec's ``bootstrap_file``);
 each request sends one row as ``records`` and, when answered, posts the true
 label to ``/feedback`` with the answer's ``feedback_token`` (the receipt the
 server requires) and ``X-ML-Track`` set to the track that answered (so the
@@ -26,7 +28,8 @@ from typing import Any
 
 import httpx
 
-from ml_platform.spec import DatasetSpec, load_spec
+from ml_platform.catalog import get_model
+from ml_platform.spec import DatasetSpec
 
 MAX_RECORDED_FAILURES = 50
 
@@ -119,7 +122,7 @@ class TrafficSimulator:
         self.concurrency = max(1, concurrency)
         self.feedback = feedback
         self.timeout = timeout
-        rows = labelled_rows(spec or load_spec())
+        rows = labelled_rows(spec or get_model().spec)
         random.Random(seed).shuffle(rows)
         self._rows = itertools.cycle(rows)
         self._lock = threading.Lock()
@@ -233,34 +236,49 @@ class TrafficSimulator:
         self.stop()
 
 
-def default_url() -> str:
-    """The local deployment's public URL (from its state file), else http://127.0.0.1:8080."""
-    from ml_platform.deployment.state import StateStore
+def default_url(model: str | None = None) -> str:
+    """``model``'s URL on the local router: ``http://127.0.0.1:<port>/models/<model>``.
+
+    The port is the one the shared nginx runs on (from the router's record), else
+    ``DEPLOY_PUBLIC_PORT``, else 8080.
+    """
+    import os
+
+    from ml_platform.deployment.router import ROUTER_DIRNAME
     from ml_platform.settings import platform_paths
 
+    name = get_model(model).name
+    port = int(os.environ.get("DEPLOY_PUBLIC_PORT", "8080"))
     try:
-        state = StateStore(platform_paths().deployments_dir / load_spec().model.name).load()
-    except Exception:
-        state = None
-    return f"http://127.0.0.1:{state.public_port}" if state else "http://127.0.0.1:8080"
+        recorded = json.loads((platform_paths().deployments_root / ROUTER_DIRNAME / "router.json").read_text())
+        port = int(recorded["public_port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return f"http://127.0.0.1:{port}/models/{name}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_platform.simulate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", help="public URL (default: the local deployment's, else http://127.0.0.1:8080)")
+    parser.add_argument("--model", help="the model (default: ML_PLATFORM_MODEL, else the catalog's default model)")
+    parser.add_argument("--url", help="the model's base URL (default: http://127.0.0.1:<router port>/models/<model>)")
     parser.add_argument("--rate", type=float, default=20.0, help="predictions per second (default 20)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60)")
     parser.add_argument("--concurrency", type=int, default=4, help="client threads (default 4)")
     parser.add_argument("--no-feedback", action="store_true", help="do not post the true labels")
-    parser.add_argument("--dataset", help="dataset spec (default: the active one)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
+    from ml_platform.catalog import CatalogError
+
+    try:
+        entry = get_model(args.model)
+    except CatalogError as exc:
+        parser.error(str(exc))
     simulator = TrafficSimulator(
-        args.url or default_url(),
+        args.url or default_url(entry.name),
         rate=args.rate,
         concurrency=args.concurrency,
         feedback=not args.no_feedback,
-        spec=load_spec(args.dataset) if args.dataset else None,
+        spec=entry.spec,
     )
     report = simulator.run(args.duration)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.summary())

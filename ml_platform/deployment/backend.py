@@ -1,4 +1,8 @@
-"""What a deployer backend does: the steps of a canary rollout, whatever runs the pods or processes.
+"""What a deployer backend does: the steps of one model's canary rollout, whatever runs the pods or processes.
+
+A *deployer* (:mod:`.deployer`: :class:`~.deployer.LocalDeployer`, :class:`~.deployer.KubernetesDeployer`)
+holds a backend's settings and hands out one backend per model (``backend_for(model)``); the
+backend of one model never touches another model's processes, state, lock or routing.
 
 The rollout (:mod:`.rollout`) drives a backend through these steps and keeps
 the registry in step; the backend only moves traffic and processes:
@@ -40,11 +44,12 @@ class DeploymentStatus:
     canary_version: str | None
     canary_weight: int
     detail: dict[str, Any] = field(default_factory=dict)
+    model: str = ""  # the platform model name (catalog instance); model_name is the registered MLflow name
 
     def lines(self) -> list[str]:
         return [
             f"backend:        {self.backend}",
-            f"model:          {self.model_name}",
+            f"model:          {self.model or self.model_name} (registered as {self.model_name})",
             f"public URL:     {self.public_url or '-'}",
             f"stable serves:  {self.stable_version or '-'}",
             f"canary serves:  {self.canary_version or '-'} ({self.canary_weight}% of traffic)",
@@ -59,9 +64,14 @@ class RouterView(Protocol):
 
 
 class DeploymentBackend(Protocol):
-    """The operations a rollout needs from where serving runs."""
+    """The operations a rollout needs from where one model's serving runs.
+
+    ``model`` is the platform model name (catalog instance: route, folders, object names);
+    ``model_name`` the registered MLflow model it serves.
+    """
 
     kind: str
+    model: str
     model_name: str
 
     @property
@@ -96,3 +106,13 @@ class DeploymentBackend(Protocol):
     def router_view(self) -> RouterView | None: ...
 
     def shutdown(self) -> None: ...
+
+
+class Deployer(Protocol):
+    """Settings of one backend kind; hands out the backend that deploys one model."""
+
+    kind: str
+
+    def backend_for(self, model: str) -> DeploymentBackend: ...
+
+    def describe(self) -> str: ...

@@ -1,83 +1,77 @@
-"""The ``deployer`` resource: which backend runs serving, and its settings.
+"""Deployers: one plain settings class per backend, each handing out the backend that deploys one model.
 
-``backend="local"`` (default) runs serving processes behind a local nginx
-(:mod:`.local`); ``backend="kubernetes"`` patches the objects of
-``deploy/k8s`` (:mod:`.kubernetes`). :meth:`Deployer.from_env` reads
-``DEPLOYER_BACKEND``, ``DEPLOY_PUBLIC_PORT``, ``DEPLOY_NAMESPACE``,
-``DEPLOY_ROUTING``, ``DEPLOY_PUBLIC_URL`` and ``KUBE_API_URL``.
+- :class:`LocalDeployer`: serving processes behind the one local nginx (:mod:`.local`, :mod:`.router`);
+- :class:`KubernetesDeployer`: patches the per-model objects of ``deploy/k8s`` (:mod:`.kubernetes`).
+
+Both satisfy :class:`~ml_platform.deployment.backend.Deployer` (``kind``, ``backend_for(model)``,
+``describe()``); they hold no per-model field. ``model`` is the platform model name (catalog
+instance, e.g. ``iris``); for callers that still pass the registered MLflow name, the catalog
+entry registering it is used.
+
+:func:`deployer_from_env` reads ``DEPLOYER_BACKEND`` (local | kubernetes),
+``DEPLOY_PUBLIC_PORT``, ``DEPLOY_NAMESPACE``, ``DEPLOY_ROUTING``, ``DEPLOY_PUBLIC_URL``
+and ``KUBE_API_URL``; :func:`deployer_for` is the backend of one model from the environment.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from ml_platform.deployment.backend import DeploymentBackend
+from ml_platform.deployment.backend import DeploymentBackend, DeploymentError
+
+if TYPE_CHECKING:
+    from ml_platform.deployment.kubernetes import KubernetesBackend
+    from ml_platform.deployment.local import LocalBackend
 
 DEFAULT_PUBLIC_PORT = 8080
 
 
-class Deployer(BaseModel):
-    """Deploys model versions to the stable and canary tracks and moves traffic between them."""
+def platform_model(name: str) -> str:
+    """The catalog model ``name`` designates: a model name, or (compatibility) a registered MLflow name."""
+    from ml_platform.catalog import CatalogError, list_models
 
-    backend: Literal["local", "kubernetes"] = Field(default="local", description="local (nginx) or kubernetes")
-    # local backend
-    public_port: int = Field(default=DEFAULT_PUBLIC_PORT, description="local: the router's port on 127.0.0.1")
-    nginx_binary: str = Field(default="nginx", description="local: nginx executable (PATH, else /usr/sbin/nginx)")
-    serving_workers: int = Field(default=1, description="local: inference workers per serving process")
-    stable_refresh_seconds: float = Field(default=30.0, description="local: stable re-resolves @champion this often")
-    drain_seconds: float = Field(default=1.0, description="local: grace before a retired canary stops")
-    canary_env: dict[str, str] = Field(default_factory=dict, description="local: extra env of canary processes")
-    stable_env: dict[str, str] = Field(default_factory=dict, description="local: extra env of stable processes")
-    restart_backoff_seconds: float = Field(default=0.5, description="local: first restart delay of a dead process")
-    restart_backoff_cap_seconds: float = Field(default=30.0, description="local: longest delay between restarts")
-    liveness_failures: int = Field(default=3, description="local: /health misses in a row before a restart")
-    # kubernetes backend
-    namespace: str = Field(default="ml-serving", description="kubernetes: namespace of deploy/k8s")
-    routing: Literal["gateway-api", "ingress-nginx"] = Field(default="gateway-api", description="kubernetes overlay")
-    public_url: str | None = Field(default=None, description="kubernetes: Gateway/Ingress URL for smoke tests")
-    kube_api_url: str | None = Field(default=None, description="kubernetes: API URL (default: in-cluster)")
-    kube_token_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/token")
-    kube_ca_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
-    canary_image: str | None = Field(default=None, description="kubernetes: serving image for the canary")
-    canary_replicas: int = Field(default=1, description="kubernetes: canary pods")
-    scale_down_canary: bool = Field(default=False, description="kubernetes: scale a retired canary to 0")
+    try:
+        entries = list_models()
+    except CatalogError as exc:
+        raise DeploymentError(f"cannot deploy {name!r}: {exc}") from exc
+    for entry in entries:
+        if entry.name == name:
+            return entry.name
+    for entry in entries:
+        if entry.spec.model.name == name:
+            return entry.name
+    raise DeploymentError(f"no model named {name!r}; models: {', '.join(e.name for e in entries)}")
+
+
+class LocalDeployer(BaseModel):
+    """Runs each model's stable and canary serving processes behind the one local nginx (public port)."""
+
+    kind: ClassVar[str] = "local"
+
+    public_port: int = Field(default=DEFAULT_PUBLIC_PORT, description="the router's port on 127.0.0.1 (all models)")
+    nginx_binary: str = Field(default="nginx", description="nginx executable (PATH, else /usr/sbin/nginx)")
+    serving_workers: int = Field(default=1, description="inference workers per serving process")
+    stable_refresh_seconds: float = Field(default=30.0, description="stable re-resolves @champion this often")
+    drain_seconds: float = Field(default=1.0, description="grace before a retired canary stops")
+    canary_env: dict[str, str] = Field(default_factory=dict, description="extra env of canary processes")
+    stable_env: dict[str, str] = Field(default_factory=dict, description="extra env of stable processes")
+    restart_backoff_seconds: float = Field(default=0.5, description="first restart delay of a dead process")
+    restart_backoff_cap_seconds: float = Field(default=30.0, description="longest delay between restarts")
+    liveness_failures: int = Field(default=3, description="/health misses in a row before a restart")
 
     @classmethod
-    def from_env(cls) -> Deployer:
-        """The deployer configured from the environment (what the code location uses)."""
-        backend = os.environ.get("DEPLOYER_BACKEND", "local").strip() or "local"
-        return cls(
-            backend=backend,  # type: ignore[arg-type]
-            public_port=int(os.environ.get("DEPLOY_PUBLIC_PORT", DEFAULT_PUBLIC_PORT)),
-            namespace=os.environ.get("DEPLOY_NAMESPACE", "ml-serving"),
-            routing=os.environ.get("DEPLOY_ROUTING", "gateway-api"),  # type: ignore[arg-type]
-            public_url=os.environ.get("DEPLOY_PUBLIC_URL") or None,
-            kube_api_url=os.environ.get("KUBE_API_URL") or None,
-        )
+    def from_env(cls) -> LocalDeployer:
+        return cls(public_port=int(os.environ.get("DEPLOY_PUBLIC_PORT", DEFAULT_PUBLIC_PORT)))
 
-    def backend_for(self, model_name: str) -> DeploymentBackend:
-        """The backend that deploys ``model_name``."""
-        if self.backend == "kubernetes":
-            from ml_platform.deployment.kubernetes import KubeApi, KubernetesBackend
-
-            api = KubeApi.in_cluster(self.kube_api_url, self.kube_token_file, self.kube_ca_file)
-            return KubernetesBackend(
-                model_name,
-                api,
-                namespace=self.namespace,
-                routing=self.routing,
-                public_url=self.public_url,
-                canary_image=self.canary_image,
-                canary_replicas=self.canary_replicas,
-                scale_down_canary=self.scale_down_canary,
-            )
+    def backend_for(self, model: str) -> LocalBackend:
+        """The backend that deploys ``model`` (its own state, lock, processes; the shared router)."""
         from ml_platform.deployment.local import LocalBackend
 
         return LocalBackend(
-            model_name,
+            platform_model(model),
             public_port=self.public_port,
             nginx_binary=self.nginx_binary,
             workers=self.serving_workers,
@@ -91,6 +85,116 @@ class Deployer(BaseModel):
         )
 
     def describe(self) -> str:
-        if self.backend == "kubernetes":
-            return f"kubernetes ({self.routing}, namespace {self.namespace})"
-        return f"local nginx on 127.0.0.1:{self.public_port}"
+        return f"local nginx on 127.0.0.1:{self.public_port} (/models/<name>/...)"
+
+
+class KubernetesDeployer(BaseModel):
+    """Patches each model's objects (``<model>-serving-stable``, ...), made by ``deploy/k8s/models/<model>``."""
+
+    kind: ClassVar[str] = "kubernetes"
+
+    namespace: str = Field(default="ml-serving", description="namespace of deploy/k8s")
+    routing: Literal["gateway-api", "ingress-nginx"] = Field(default="gateway-api", description="overlay in use")
+    public_url: str | None = Field(default=None, description="Gateway/Ingress URL; a model is under /models/<name>")
+    kube_api_url: str | None = Field(default=None, description="API URL (default: in-cluster)")
+    kube_token_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/token")
+    kube_ca_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    canary_image: str | None = Field(default=None, description="serving image for the canary")
+    canary_replicas: int = Field(default=1, description="canary pods")
+    scale_down_canary: bool = Field(default=False, description="scale a retired canary to 0")
+
+    @classmethod
+    def from_env(cls) -> KubernetesDeployer:
+        return cls(
+            namespace=os.environ.get("DEPLOY_NAMESPACE", "ml-serving"),
+            routing=os.environ.get("DEPLOY_ROUTING", "gateway-api"),  # type: ignore[arg-type]
+            public_url=os.environ.get("DEPLOY_PUBLIC_URL") or None,
+            kube_api_url=os.environ.get("KUBE_API_URL") or None,
+        )
+
+    def backend_for(self, model: str) -> KubernetesBackend:
+        from ml_platform.catalog import get_model
+        from ml_platform.deployment.kubernetes import KubeApi, KubernetesBackend
+
+        name = platform_model(model)
+        api = KubeApi.in_cluster(self.kube_api_url, self.kube_token_file, self.kube_ca_file)
+        return KubernetesBackend(
+            get_model(name).spec.model.name,
+            api,
+            model=name,
+            namespace=self.namespace,
+            routing=self.routing,
+            public_url=self.public_url,
+            canary_image=self.canary_image,
+            canary_replicas=self.canary_replicas,
+            scale_down_canary=self.scale_down_canary,
+        )
+
+    def describe(self) -> str:
+        return f"kubernetes ({self.routing}, namespace {self.namespace})"
+
+
+AnyDeployer = LocalDeployer | KubernetesDeployer
+
+
+def deployer_from_env() -> AnyDeployer:
+    """The deployer ``DEPLOYER_BACKEND`` selects, configured from the environment."""
+    backend = os.environ.get("DEPLOYER_BACKEND", "local").strip() or "local"
+    if backend == "kubernetes":
+        return KubernetesDeployer.from_env()
+    if backend != "local":
+        raise DeploymentError(f"DEPLOYER_BACKEND={backend!r}: use local or kubernetes")
+    return LocalDeployer.from_env()
+
+
+def deployer_for(model: str) -> DeploymentBackend:
+    """The backend deploying ``model``, from the environment (what the CLI uses)."""
+    return deployer_from_env().backend_for(model)
+
+
+def local_backend(model: str, **settings: object) -> LocalBackend:
+    """The local backend of ``model`` with :class:`LocalDeployer` ``settings`` (e.g. ``public_port``)."""
+    return LocalDeployer(**settings).backend_for(model)  # type: ignore[arg-type]
+
+
+class Deployer(BaseModel):
+    """Compatibility: the former flat settings of both backends; delegates to the deployer of ``backend``.
+
+    New code uses :class:`LocalDeployer` / :class:`KubernetesDeployer` (one class per backend).
+    """
+
+    backend: Literal["local", "kubernetes"] = Field(default="local", description="local (nginx) or kubernetes")
+    public_port: int = Field(default=DEFAULT_PUBLIC_PORT, description="local: the router's port on 127.0.0.1")
+    nginx_binary: str = Field(default="nginx", description="local: nginx executable (PATH, else /usr/sbin/nginx)")
+    serving_workers: int = Field(default=1, description="local: inference workers per serving process")
+    stable_refresh_seconds: float = Field(default=30.0, description="local: stable re-resolves @champion this often")
+    drain_seconds: float = Field(default=1.0, description="local: grace before a retired canary stops")
+    canary_env: dict[str, str] = Field(default_factory=dict, description="local: extra env of canary processes")
+    stable_env: dict[str, str] = Field(default_factory=dict, description="local: extra env of stable processes")
+    restart_backoff_seconds: float = Field(default=0.5, description="local: first restart delay of a dead process")
+    restart_backoff_cap_seconds: float = Field(default=30.0, description="local: longest delay between restarts")
+    liveness_failures: int = Field(default=3, description="local: /health misses in a row before a restart")
+    namespace: str = Field(default="ml-serving", description="kubernetes: namespace of deploy/k8s")
+    routing: Literal["gateway-api", "ingress-nginx"] = Field(default="gateway-api", description="kubernetes overlay")
+    public_url: str | None = Field(default=None, description="kubernetes: Gateway/Ingress URL for smoke tests")
+    kube_api_url: str | None = Field(default=None, description="kubernetes: API URL (default: in-cluster)")
+    kube_token_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/token")
+    kube_ca_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    canary_image: str | None = Field(default=None, description="kubernetes: serving image for the canary")
+    canary_replicas: int = Field(default=1, description="kubernetes: canary pods")
+    scale_down_canary: bool = Field(default=False, description="kubernetes: scale a retired canary to 0")
+
+    @classmethod
+    def from_env(cls) -> Deployer:
+        selected = deployer_from_env()
+        return cls(backend=selected.kind, **selected.model_dump())  # type: ignore[arg-type]
+
+    def selected(self) -> AnyDeployer:
+        chosen: type[AnyDeployer] = KubernetesDeployer if self.backend == "kubernetes" else LocalDeployer
+        return chosen(**{name: getattr(self, name) for name in chosen.model_fields})
+
+    def backend_for(self, model: str) -> DeploymentBackend:
+        return self.selected().backend_for(model)
+
+    def describe(self) -> str:
+        return self.selected().describe()

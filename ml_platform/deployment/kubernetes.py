@@ -47,12 +47,20 @@ Routing = Literal["gateway-api", "ingress-nginx"]
 # -- the patches (pure functions: what the backend sends) -----------------------------------
 
 
-def route_weight_patch(weight: int) -> list[dict[str, Any]]:
+MODEL_LABEL = "ml-platform/model"
+
+
+def object_prefix(model: str | None) -> str:
+    """Prefix of a model's object names (its overlay's ``namePrefix``): ``iris`` -> ``iris-``, ``a_b`` -> ``a-b-``."""
+    return "" if not model else model.replace("_", "-") + "-"
+
+
+def route_weight_patch(weight: int, stable: str = STABLE, canary: str = CANARY) -> list[dict[str, Any]]:
     """JSON Patch for HTTPRoute rule 0: stable ``100 - weight``, canary ``weight``."""
     weight = _check_weight(weight)
     return [
-        {"op": "test", "path": "/spec/rules/0/backendRefs/0/name", "value": STABLE},
-        {"op": "test", "path": "/spec/rules/0/backendRefs/1/name", "value": CANARY},
+        {"op": "test", "path": "/spec/rules/0/backendRefs/0/name", "value": stable},
+        {"op": "test", "path": "/spec/rules/0/backendRefs/1/name", "value": canary},
         {"op": "replace", "path": "/spec/rules/0/backendRefs/0/weight", "value": 100 - weight},
         {"op": "replace", "path": "/spec/rules/0/backendRefs/1/weight", "value": weight},
     ]
@@ -161,6 +169,7 @@ class KubernetesBackend:
         model_name: str,
         api: KubeApi,
         *,
+        model: str | None = None,
         namespace: str = "ml-serving",
         routing: Routing = "gateway-api",
         public_url: str | None = None,
@@ -170,6 +179,9 @@ class KubernetesBackend:
         poll_seconds: float = 2.0,
     ) -> None:
         self.model_name = model_name
+        self.model = model or ""
+        prefix = object_prefix(model)  # the model's overlay prefixes every object (deploy/k8s/models/<model>)
+        self.stable, self.canary, self.route = f"{prefix}{STABLE}", f"{prefix}{CANARY}", f"{prefix}{ROUTE}"
         self.api = api
         self.namespace = namespace
         self.routing = routing
@@ -186,17 +198,26 @@ class KubernetesBackend:
 
     @property
     def route_path(self) -> str:
-        return f"/apis/gateway.networking.k8s.io/v1/namespaces/{self.namespace}/httproutes/{ROUTE}"
+        return f"/apis/gateway.networking.k8s.io/v1/namespaces/{self.namespace}/httproutes/{self.route}"
 
     @property
     def ingress_path(self) -> str:
-        return f"/apis/networking.k8s.io/v1/namespaces/{self.namespace}/ingresses/{CANARY}"
+        return f"/apis/networking.k8s.io/v1/namespaces/{self.namespace}/ingresses/{self.canary}"
+
+    @property
+    def public_url_or_none(self) -> str | None:
+        if not self._public_url:
+            return None
+        base = self._public_url.rstrip("/")
+        return f"{base}/models/{self.model}" if self.model else base
 
     @property
     def public_url(self) -> str:
-        if not self._public_url:
+        """This model's URL on the Gateway/Ingress (``<public_url>/models/<model>``): smoke tests go through it."""
+        url = self.public_url_or_none
+        if url is None:
             raise DeploymentError("set public_url on the deployer: the Gateway/Ingress URL smoke tests go through")
-        return self._public_url
+        return url
 
     @contextmanager
     def lock(
@@ -225,18 +246,18 @@ class KubernetesBackend:
     # -- the rollout steps ------------------------------------------------------------------
 
     def ensure_stable(self, champion_version: str, timeout: float) -> None:
-        self.api.patch(self.deployment_path(STABLE), stable_rollout_patch(champion_version), STRATEGIC_MERGE_PATCH)
-        self._wait_rollout(STABLE, timeout)
+        self.api.patch(self.deployment_path(self.stable), stable_rollout_patch(champion_version), STRATEGIC_MERGE_PATCH)
+        self._wait_rollout(self.stable, timeout)
 
     def start_canary(self, version: str, timeout: float) -> None:
         self.set_canary_weight(0)
         patch = canary_model_patch(self.model_name, version, image=self.canary_image, replicas=self.canary_replicas)
-        self.api.patch(self.deployment_path(CANARY), patch, STRATEGIC_MERGE_PATCH)
-        self._wait_rollout(CANARY, timeout)
+        self.api.patch(self.deployment_path(self.canary), patch, STRATEGIC_MERGE_PATCH)
+        self._wait_rollout(self.canary, timeout)
 
     def canary_health(self) -> tuple[bool, str]:
         try:
-            deployment = self.api.get(self.deployment_path(CANARY))
+            deployment = self.api.get(self.deployment_path(self.canary))
         except (DeploymentError, httpx.HTTPError) as exc:
             return False, str(exc)[:200]
         if not rollout_complete(deployment):
@@ -246,25 +267,25 @@ class KubernetesBackend:
 
     def set_canary_weight(self, weight: int) -> None:
         if self.routing == "gateway-api":
-            self.api.patch(self.route_path, route_weight_patch(weight), JSON_PATCH)
+            self.api.patch(self.route_path, route_weight_patch(weight, self.stable, self.canary), JSON_PATCH)
         else:
             self.api.patch(self.ingress_path, ingress_weight_patch(weight), MERGE_PATCH)
 
     def serve_on_stable(self, version: str, timeout: float) -> None:
-        self.api.patch(self.deployment_path(STABLE), stable_rollout_patch(version), STRATEGIC_MERGE_PATCH)
-        self._wait_rollout(STABLE, timeout)
+        self.api.patch(self.deployment_path(self.stable), stable_rollout_patch(version), STRATEGIC_MERGE_PATCH)
+        self._wait_rollout(self.stable, timeout)
 
     def retire_canary(self) -> None:
         self.set_canary_weight(0)
         if self.scale_down_canary:
-            self.api.patch(self.deployment_path(CANARY), {"spec": {"replicas": 0}}, STRATEGIC_MERGE_PATCH)
+            self.api.patch(self.deployment_path(self.canary), {"spec": {"replicas": 0}}, STRATEGIC_MERGE_PATCH)
 
     # -- observation ------------------------------------------------------------------------
 
     def metrics_targets(self, track: str) -> list[str]:
         pods = self.api.get(
             f"/api/v1/namespaces/{self.namespace}/pods",
-            params={"labelSelector": f"app.kubernetes.io/name=ml-platform-serving,track={track}"},
+            params={"labelSelector": self._selector(track)},
         )
         targets = []
         for pod in pods.get("items", []):
@@ -274,6 +295,10 @@ class KubernetesBackend:
                 targets.append(f"http://{status['podIP']}:8000/metrics")
         return targets
 
+    def _selector(self, track: str) -> str:
+        selector = f"app.kubernetes.io/name=ml-platform-serving,track={track}"
+        return f"{selector},{MODEL_LABEL}={self.model}" if self.model else selector
+
     def router_view(self) -> None:
         return None
 
@@ -281,17 +306,18 @@ class KubernetesBackend:
         if self.routing == "gateway-api":
             route = self.api.get(self.route_path)
             refs = route["spec"]["rules"][0]["backendRefs"]
-            return int(next((r.get("weight", 0) for r in refs if r.get("name") == CANARY), 0))
+            return int(next((r.get("weight", 0) for r in refs if r.get("name") == self.canary), 0))
         ingress = self.api.get(self.ingress_path)
         return int(ingress["metadata"].get("annotations", {}).get(CANARY_WEIGHT_ANNOTATION, "0"))
 
     def status(self) -> DeploymentStatus:
-        stable = self.api.get(self.deployment_path(STABLE))
-        canary = self.api.get(self.deployment_path(CANARY))
+        stable = self.api.get(self.deployment_path(self.stable))
+        canary = self.api.get(self.deployment_path(self.canary))
         return DeploymentStatus(
             backend=self.kind,
             model_name=self.model_name,
-            public_url=self._public_url,
+            model=self.model,
+            public_url=self.public_url_or_none,
             stable_version=self._annotated_version(stable),
             canary_version=self._annotated_version(canary),
             canary_weight=self.current_weight(),

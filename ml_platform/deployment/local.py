@@ -1,11 +1,23 @@
-"""The ``local`` deployer backend: serving processes on 127.0.0.1 behind a local nginx.
+"""The ``local`` deployer backend: one model's serving processes on 127.0.0.1 behind the shared nginx.
 
-Layout under ``<home>/deployments/<model>/``: ``state.json`` (what runs
-where), ``lock``, ``nginx/`` (config, pid, access and error logs),
-``logs/<track>-<port>.log`` (serving output), ``run/<track>-<port>/``
-(each process's Prometheus multiprocess folder and its supervisor's
-``supervisor.json``). ``<home>/deployments/prometheus/serving-<model>.json``
-lists the running processes for a Prometheus ``file_sd_configs`` job.
+A backend is addressed by the platform model name (the catalog instance, e.g.
+``iris``); it serves that model's registered MLflow model. Layout under
+``<home>/deployments/<model>/`` (``settings.platform_paths().deployment_dir``):
+``state.json`` (what runs where, and the routing this model wants), ``lock``
+(this model's deployment lock), ``feedback-signing.key``, ``router/access.log``
+(the router's log of this model's requests), ``logs/<track>-<port>.log``
+(serving output), ``run/<track>-<port>/`` (each process's Prometheus
+multiprocess folder and its supervisor's ``supervisor.json``).
+``<home>/deployments/_router/`` holds the one nginx of all models (config, pid,
+error log, router lock: :mod:`.router`), on the public port, routing
+``/models/<model>/...`` to each model and the unprefixed paths to the default
+model. ``<home>/deployments/_prometheus/serving-<model>.json`` lists a model's
+running processes for a Prometheus ``file_sd_configs`` job.
+
+Two models never share a lock, a state file, a serving port or a log; they
+share only the router, whose lock is held just for a render and reload.
+Serving processes get ``MODEL_NAME=<model>`` and ``PREDICTION_LOG_DIR`` =
+``<home>/logs/predictions/<model>``.
 
 Stable serves ``models:/<name>@champion`` with an admin token only the
 deployer knows; a promotion moves the alias, then ``POST /admin/reload`` makes
@@ -39,6 +51,7 @@ from pathlib import Path
 import httpx
 
 from ml_platform import settings
+from ml_platform.catalog import MODEL_NAME_PATTERN, CatalogError, get_model
 from ml_platform.deployment.backend import DeploymentError, DeploymentStatus
 from ml_platform.deployment.feedback_key import feedback_key_env
 from ml_platform.deployment.nginx import NginxError, NginxRouter, Routing
@@ -54,25 +67,44 @@ from ml_platform.deployment.processes import (
     stop_supervised,
     wait_ready,
 )
+from ml_platform.deployment.router import SharedRouter, model_access_log, routing_dict
 from ml_platform.deployment.router_log import RouterLogReader
 from ml_platform.deployment.state import DeploymentState, LockHolder, ProcessRecord, StateStore
 from ml_platform.deployment.supervisor import SupervisorStatus
 
 ACCESS_LOG_ROTATE_BYTES = 64 * 1024 * 1024
 MAX_DRAIN_SECONDS = 15.0
-MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+REGISTERED_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,9}$")
 TRACKS = ("stable", "canary")
 
 
 def checked_model_name(name: object) -> str:
-    """``name`` if it is safe as a folder, file and config value: letters, digits, ``.``, ``_``, ``-``."""
-    if not isinstance(name, str) or not MODEL_NAME_PATTERN.match(name) or ".." in name:
+    """``name`` if it is a platform model name (``catalog.MODEL_NAME_PATTERN``): safe as folder, route and config."""
+    if not isinstance(name, str) or not MODEL_NAME_PATTERN.match(name):
         raise DeploymentError(
-            f"model name {name!r} is not deployable locally: use 1-128 letters, digits, '.', '_' or '-' "
+            f"model name {name!r} is not deployable locally: use 1-40 lowercase letters, digits or '_', "
+            "starting with a letter"
+        )
+    return name
+
+
+def checked_registered_name(name: object) -> str:
+    """``name`` if it is safe in a model URI: letters, digits, ``.``, ``_``, ``-`` (no ``..``)."""
+    if not isinstance(name, str) or not REGISTERED_NAME_PATTERN.match(name) or ".." in name:
+        raise DeploymentError(
+            f"registered model name {name!r} is not deployable locally: use 1-128 letters, digits, '.', '_' or '-' "
             "(starting with a letter or digit, no '..')"
         )
     return name
+
+
+def registered_name_of(model: str) -> str:
+    """The MLflow registered model name of a catalog model."""
+    try:
+        return get_model(model).spec.model.name
+    except CatalogError as exc:
+        raise DeploymentError(f"cannot deploy {model!r}: {exc}") from exc
 
 
 def checked_version(version: object) -> str:
@@ -84,15 +116,22 @@ def checked_version(version: object) -> str:
 
 
 class LocalBackend:
-    """Stable and canary serving processes behind one nginx, driven through a state file."""
+    """One model's stable and canary serving processes behind the shared nginx, driven through its state file.
+
+    ``model`` is the platform model name (route ``/models/<model>/``, folder, ``MODEL_NAME``);
+    ``registered_name`` the MLflow model it serves (default: the catalog entry's ``spec.model.name``).
+    ``default_model`` overrides which model the unprefixed paths serve (default: the catalog's).
+    """
 
     kind = "local"
 
     def __init__(
         self,
-        model_name: str,
+        model: str,
         *,
+        registered_name: str | None = None,
         deployments_dir: Path | None = None,
+        default_model: str | None = None,
         public_port: int = 8080,
         nginx_binary: str = "nginx",
         workers: int = 1,
@@ -104,15 +143,20 @@ class LocalBackend:
         restart_backoff_cap_seconds: float = 30.0,
         liveness_failures: int = 3,
     ) -> None:
-        self.model_name = checked_model_name(model_name)
-        root = deployments_dir or settings.platform_paths().deployments_dir
+        self.model = checked_model_name(model)
+        self.model_name = checked_registered_name(
+            registered_name if registered_name is not None else registered_name_of(self.model)
+        )
+        root = deployments_dir or settings.platform_paths().deployments_root
         self.root = root
-        self.folder = root / model_name
+        self.folder = root / self.model
         self.store = StateStore(self.folder)
+        self.access_log = model_access_log(root, self.model)
         self.configured_port = public_port
         self.nginx_binary = shutil.which(nginx_binary) or (
             "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else nginx_binary
         )
+        self.router = SharedRouter(root, public_port, self.nginx_binary, default_model)
         self.workers = workers
         self.stable_refresh_seconds = stable_refresh_seconds
         self.drain_seconds = drain_seconds
@@ -128,32 +172,34 @@ class LocalBackend:
 
     def _state(self) -> DeploymentState:
         state = self.store.load()
+        port = self.router.public_port  # where the shared nginx runs, else the configured port
         if state is None:
-            state = DeploymentState(model_name=self.model_name, public_port=self.configured_port)
-        elif state.public_port != self.configured_port and not self._router(state).running():
-            state.public_port = self.configured_port  # nothing listens on the old port: take the configured one
+            state = DeploymentState(model_name=self.model_name, public_port=port)
+        state.public_port = port
         return state
 
-    def _router(self, state: DeploymentState) -> NginxRouter:
-        return NginxRouter(self.folder / "nginx", state.public_port, self.nginx_binary)
+    def _router(self, state: DeploymentState | None = None) -> NginxRouter:
+        return self.router.nginx()
 
     def _save(self, state: DeploymentState) -> None:
         self.store.save(state)
         self._write_prometheus_targets(state)
 
     def _write_prometheus_targets(self, state: DeploymentState) -> None:
-        folder = self.root / "prometheus"
+        folder = self.root / "_prometheus"
         folder.mkdir(parents=True, exist_ok=True)
         targets = [f"127.0.0.1:{r.port}" for r in (state.stable, state.canary) if r is not None]
-        payload = [{"targets": targets, "labels": {"deployment": self.model_name}}] if targets else []
-        path = folder / f"serving-{self.model_name}.json"
+        labels = {"deployment": self.model, "model": self.model}
+        payload = [{"targets": targets, "labels": labels}] if targets else []
+        path = folder / f"serving-{self.model}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload))
         os.replace(tmp, path)
 
     @property
     def public_url(self) -> str:
-        return f"http://127.0.0.1:{self._state().public_port}"
+        """This model's base URL on the shared router (``/models/<model>``)."""
+        return f"http://127.0.0.1:{self.router.public_port}/models/{self.model}"
 
     @contextmanager
     def lock(
@@ -197,6 +243,8 @@ class LocalBackend:
             "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "prometheus"),
             "WORKERS": str(self.workers),
             "LOG_LEVEL": "warning",
+            "MODEL_NAME": self.model,
+            "PREDICTION_LOG_DIR": str(settings.platform_paths().prediction_log_dir(self.model)),
             **feedback_key_env(self.folder, {**os.environ, **env}),  # one receipt key for all tracks
             **env,
         }
@@ -290,11 +338,14 @@ class LocalBackend:
             pin_canary=pin_canary,
         )
         try:
-            self._router(state).apply(routing)
+            with self.router.locked():  # render from every model's state + this routing, reload, save
+                nginx = self.router.apply({self.model: routing})
+                state.public_port = nginx.public_port
+                state.route = routing_dict(routing)
+                state.note("routing", generation=state.generation, canary_weight=routing.canary_weight)
+                self._save(state)
         except NginxError as exc:
             raise DeploymentError(str(exc)) from exc
-        state.note("routing", generation=state.generation, canary_weight=routing.canary_weight)
-        self._save(state)
 
     # -- the rollout steps ------------------------------------------------------------------
 
@@ -397,14 +448,13 @@ class LocalBackend:
             if state.stable is not None:
                 self._apply(state)
             return
-        router = self._router(state)
-        contacts = RouterLogReader(router.access_log, f"127.0.0.1:{state.canary.upstream_port}")
+        contacts = RouterLogReader(self.access_log, f"127.0.0.1:{state.canary.upstream_port}")
         state.canary_weight = 0
         self._apply(state, pin_canary=True)  # pinned feedback still reaches answers the canary gave
-        router.wait_drained(timeout=30)
+        self._router().wait_drained(timeout=30)
         self._wait_quiet(contacts)
         self._apply(state, include_canary=False)
-        router.wait_drained(timeout=30)
+        self._router().wait_drained(timeout=30)
         canary, state.canary = state.canary, None
         state.note("canary retired", version=canary.version)
         self._save(state)
@@ -433,16 +483,16 @@ class LocalBackend:
         state = self._state()
         if state.canary is None:
             return None
-        return RouterLogReader(self._router(state).access_log, f"127.0.0.1:{state.canary.upstream_port}")
+        return RouterLogReader(self.access_log, f"127.0.0.1:{state.canary.upstream_port}")
 
     def _rotate_access_log(self, state: DeploymentState) -> None:
         router = self._router(state)
         try:
-            if router.access_log.stat().st_size < ACCESS_LOG_ROTATE_BYTES:
+            if self.access_log.stat().st_size < ACCESS_LOG_ROTATE_BYTES:
                 return
         except OSError:
             return
-        os.replace(router.access_log, router.access_log.with_suffix(".log.1"))
+        os.replace(self.access_log, self.access_log.with_suffix(".log.1"))
         pid = router.master_pid()
         if pid is not None:
             os.kill(pid, signal.SIGUSR1)  # reopen log files
@@ -466,15 +516,28 @@ class LocalBackend:
 
         holder = self.lock_holder()
 
+        routed = state.route is not None and router.running()
+        default = self.router.default_model()
         return DeploymentStatus(
             backend=self.kind,
             model_name=self.model_name,
-            public_url=f"http://127.0.0.1:{state.public_port}" if router.running() else None,
+            model=self.model,
+            public_url=self.public_url if routed else None,
             stable_version=state.stable.version if state.stable else None,
             canary_version=state.canary.version if state.canary else None,
             canary_weight=state.canary_weight if state.canary else 0,
             detail={
-                "nginx": f"pid {router.master_pid()}" if router.running() else "not running",
+                "nginx": (
+                    f"pid {router.master_pid()} on 127.0.0.1:{router.public_port} (shared by every model)"
+                    if router.running()
+                    else "not running"
+                ),
+                "routes": (
+                    f"/models/{self.model}/..."
+                    + (" and the unprefixed paths (default model)" if default == self.model else "")
+                    if routed
+                    else "-"
+                ),
                 "stable": describe(state.stable),
                 "canary": describe(state.canary),
                 "lock": f"held by {holder.describe()}" if holder else "free",
@@ -483,12 +546,21 @@ class LocalBackend:
         )
 
     def shutdown(self) -> None:
-        """Stop nginx and every serving process of this deployment; forget the state."""
-        state = self.store.load()
+        """Take this model off the router, stop its serving processes, forget its state.
+
+        Other models keep their routes and processes; nginx stops once no model is routed.
+        """
+        try:
+            with self.router.locked():
+                self.router.apply({self.model: None})
+                state = self.store.load()
+                if state is not None:
+                    state.route = None
+                    self.store.save(state)
+        except NginxError as exc:
+            raise DeploymentError(str(exc)) from exc
         if state is None:
-            self._router(DeploymentState(self.model_name, self.configured_port)).stop()
             return
-        self._router(state).stop()
         self._stop(state.canary)
         self._stop(state.stable)
         state.stable = state.canary = None

@@ -1,13 +1,23 @@
-"""A local nginx that splits traffic between the stable and canary serving processes.
+"""The local router: one nginx on the public port in front of every deployed model's serving processes.
 
-One instance per deployed model, with its own prefix under the platform home
-(config, pid, logs, temp folders), so it needs no root and touches nothing
-system-wide. Every change is a new config *generation*: written, checked with
-``nginx -t``, applied by a graceful reload (SIGHUP: new workers take new
-connections, old workers finish what they hold), then confirmed by asking
-``/_deployment`` which generation answers.
+One instance for the whole platform home, with its own prefix
+(``<home>/deployments/_router/``: config, pid, error log, temp folders), so it
+needs no root and touches nothing system-wide. Its config is rendered from
+every deployed model's routing (:class:`RouterConfig`; :mod:`.router` collects
+it from the models' state files). Every change is a new config *generation*:
+written, checked with ``nginx -t``, applied by a graceful reload (SIGHUP: new
+workers take new connections, old workers finish what they hold), then
+confirmed by asking ``/_deployment`` which generation answers.
 
-Routing:
+Paths: ``/models/<name>/<path>`` goes to model ``<name>``'s pools as
+``/<path>`` (the prefix is stripped); the unprefixed paths go to the default
+model (``ml_platform.catalog.default_model_name()``), so single-model clients
+keep working; ``/models/<unknown>/...`` answers a JSON 404. Each model's
+requests are written to that model's own access log
+(``<home>/deployments/<name>/router/access.log``); upstream, split and map
+names are prefixed ``<name>__`` so two models never share a pool.
+
+Per model:
 
 - ``X-ML-Track: canary`` / ``stable`` pins a request to a track (smoke tests;
   feedback for an answer, whose body names its ``track``); a request pinned
@@ -34,9 +44,10 @@ Routing:
   JSON (``{"error": ..., "detail": ...}``).
 
 Every value written into the config is either an integer checked against its
-range, a fixed word, or a path quoted as an nginx string (``"`` and the
-backslash escaped by a backslash); a path with a ``$`` (nginx would read a variable), a control
-character or a NUL is refused with :class:`NginxConfigValueError`.
+range, a fixed word, a model name matching ``catalog.MODEL_NAME_PATTERN``, or a
+path quoted as an nginx string (``"`` and the backslash escaped by a backslash);
+a path with a ``$`` (nginx would read a variable), a control character or a NUL is
+refused with :class:`NginxConfigValueError`.
 
 The access log is JSON Lines with the upstream address, status and time of
 every attempt: the router's view of the canary (see :mod:`.router_log`).
@@ -56,10 +67,11 @@ from pathlib import Path
 
 import httpx
 
+from ml_platform.catalog import MODEL_NAME_PATTERN
 from ml_platform.deployment.processes import pid_alive, pid_runs
 
 ACCESS_LOG_FORMAT = (
-    'log_format canary escape=json \'{"t":$msec,"uri":"$uri","pool":"$pool",'
+    'log_format canary escape=json \'{"t":$msec,"uri":"$uri","model":"$ml_model","pool":"$ml_pool",'
     '"addr":"$upstream_addr","ustatus":"$upstream_status","urt":"$upstream_response_time",'
     '"status":$status,"rid":"$route_key"}\';'
 )
@@ -112,13 +124,43 @@ def _int_value(value: object, what: str, low: int, high: int) -> int:
 
 @dataclass(frozen=True)
 class Routing:
-    """What the router should do: the upstream ports and the canary's share."""
+    """One model's routing: the upstream ports and the canary's share."""
 
-    generation: int
+    generation: int  # the model's own routing generation (answered by /models/<name>/_deployment)
     stable_port: int
     canary_port: int | None = None
     canary_weight: int = 0
     pin_canary: bool = True  # route `X-ML-Track: canary` to the canary (off while retiring it)
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """One deployed model in the shared router: its name (route prefix), routing and access log."""
+
+    model: str
+    routing: Routing
+    access_log: Path
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything one nginx.conf holds: every deployed model's route, and which one unprefixed paths serve."""
+
+    generation: int  # the router's config generation (answered by /_deployment)
+    routes: tuple[ModelRoute, ...]
+    default_model: str | None = None
+
+    def route(self, model: str) -> ModelRoute | None:
+        return next((r for r in self.routes if r.model == model), None)
+
+
+def model_value(value: object, what: str = "model name") -> str:
+    """A model name as it may appear in nginx.conf (upstream names, variables, locations, regexes)."""
+    if not isinstance(value, str) or not MODEL_NAME_PATTERN.match(value):
+        raise NginxConfigValueError(
+            f"{what} {value!r} cannot go into nginx.conf (model names match {MODEL_NAME_PATTERN.pattern})"
+        )
+    return value
 
 
 def _user_directive() -> str:
@@ -133,25 +175,99 @@ def _user_directive() -> str:
     return f"user {user} {group};"
 
 
-def render_config(prefix: Path, public_port: int, routing: Routing) -> str:
-    """The complete nginx.conf for one generation (every value validated or quoted)."""
-    tmp = prefix / "tmp"
-    public_port = port_value(public_port, "public port")
-    stable_port = port_value(routing.stable_port, "stable upstream port")
-    canary_port = None if routing.canary_port is None else port_value(routing.canary_port, "canary upstream port")
-    generation = _int_value(routing.generation, "generation", 0, 2**53)
+def _model_http_block(model: str, routing: Routing) -> tuple[list[str], int]:
+    """Upstreams, split and track map of one model (names prefixed ``<model>__``); and its checked weight."""
+    stable_port = port_value(routing.stable_port, f"{model}: stable upstream port")
+    canary_port = (
+        None if routing.canary_port is None else port_value(routing.canary_port, f"{model}: canary upstream port")
+    )
     has_canary = canary_port is not None
-    upstreams = [f"  upstream stable {{ server 127.0.0.1:{stable_port} max_fails=0; }}"]
+    lines = [f"  upstream {model}__stable {{ server 127.0.0.1:{stable_port} max_fails=0; }}"]
     if has_canary:
-        upstreams.append(
-            f"  upstream canary {{ server 127.0.0.1:{canary_port} max_fails={CANARY_MAX_FAILS} "
+        lines.append(
+            f"  upstream {model}__canary {{ server 127.0.0.1:{canary_port} max_fails={CANARY_MAX_FAILS} "
             f"fail_timeout={CANARY_FAIL_TIMEOUT}; server 127.0.0.1:{stable_port} backup; }}"
         )
-        upstreams.append(f"  upstream canary_pinned {{ server 127.0.0.1:{canary_port} max_fails=0; }}")
-    weight = _int_value(routing.canary_weight, "canary weight", 0, 100) if has_canary else 0
-    split = (f"{weight}% canary; " if 0 < weight < 100 else "") + ("* canary;" if weight >= 100 else "* stable;")
-    pinned_canary = "canary_pinned" if has_canary and routing.pin_canary is True else "stable"
-    status = f'{{"generation": {generation}, "canary_weight": {weight}}}'
+        lines.append(f"  upstream {model}__canary_pinned {{ server 127.0.0.1:{canary_port} max_fails=0; }}")
+    weight = _int_value(routing.canary_weight, f"{model}: canary weight", 0, 100) if has_canary else 0
+    split = (f"{weight}% {model}__canary; " if 0 < weight < 100 else "") + (
+        f"* {model}__canary;" if weight >= 100 else f"* {model}__stable;"
+    )
+    pinned = f"{model}__canary_pinned" if has_canary and routing.pin_canary is True else f"{model}__stable"
+    lines.append(f'  split_clients "${{route_key}}" ${model}__weighted {{ {split} }}')
+    lines.append(
+        f"  map $http_x_ml_track ${model}__pool {{ canary {pinned}; stable {model}__stable; "
+        f"default ${model}__weighted; }}"
+    )
+    return lines, weight
+
+
+def _proxy_location(match: str, model: str, log: str, *, prefixed: bool, predict: bool) -> str:
+    rewrite = f"rewrite ^/models/{model}(/.*)$ $1 break; " if prefixed else ""
+    retry = " non_idempotent" if predict else ""
+    return (
+        f"    location {match} {{\n"
+        f"      set $ml_model {model}; set $ml_pool ${model}__pool; access_log {log} canary;\n"
+        f"      error_page 502 /_errors/{model}/502; error_page 504 /_errors/{model}/504;\n"
+        f"      {rewrite}proxy_pass http://$ml_pool;\n"
+        f"      proxy_next_upstream error timeout http_502 http_503 http_504{retry};\n"
+        f"    }}"
+    )
+
+
+def render_config(prefix: Path, public_port: int, config: RouterConfig) -> str:
+    """The complete nginx.conf for one router generation (every value validated or quoted).
+
+    Per model ``m``: ``/models/m/<path>`` goes to ``m``'s pools as ``/<path>``; the unprefixed
+    paths go to ``config.default_model`` (when it is routed); ``/models/<other>/`` answers a
+    JSON 404. Each model's requests are logged to its own access log.
+    """
+    tmp = prefix / "tmp"
+    public_port = port_value(public_port, "public port")
+    generation = _int_value(config.generation, "generation", 0, 2**53)
+    http_blocks: list[str] = []
+    locations: list[str] = []
+    statuses: list[str] = []
+    names = [model_value(route.model) for route in config.routes]
+    if len(set(names)) != len(names):
+        raise NginxConfigValueError(f"a model is routed twice: {names}")
+    default = config.default_model if config.default_model in names else None
+    for route in config.routes:
+        model = route.model
+        block, weight = _model_http_block(model, route.routing)
+        http_blocks += [f"  # model {model}", *block]
+        model_generation = _int_value(route.routing.generation, f"{model}: generation", 0, 2**53)
+        status = f'{{"model": "{model}", "generation": {model_generation}, "canary_weight": {weight}}}'
+        statuses.append(f'"{model}": {status}')
+        log = quote(route.access_log, f"{model}: access log path")
+        locations += [
+            f"    location = /models/{model}/_deployment {{ default_type application/json; return 200 '{status}'; }}",
+            _proxy_location(f"= /models/{model}/predict", model, log, prefixed=True, predict=True),
+            _proxy_location(f"/models/{model}/", model, log, prefixed=True, predict=False),
+            f"    location = /_errors/{model}/502 {{\n"
+            f"      internal; set $ml_model {model}; access_log {log} canary; default_type application/json;\n"
+            f'      return 502 \'{{"error": "upstream unavailable", '
+            f'"detail": "no serving process of this track answered"}}\';\n    }}',
+            f"    location = /_errors/{model}/504 {{\n"
+            f"      internal; set $ml_model {model}; access_log {log} canary; default_type application/json;\n"
+            f'      return 504 \'{{"error": "upstream timeout", '
+            f'"detail": "the serving process did not answer in time"}}\';\n    }}',
+        ]
+        if model == default:
+            log_default = log
+            locations += [
+                _proxy_location("= /predict", model, log_default, prefixed=False, predict=True),
+                _proxy_location("/", model, log_default, prefixed=False, predict=False),
+            ]
+    if default is None:
+        locations.append(
+            '    location / { default_type application/json; return 404 \'{"error": "no default model is '
+            'deployed", "detail": "use /models/<name>/..."}\'; }'
+        )
+    status = (
+        f'{{"generation": {generation}, "default_model": {"null" if default is None else chr(34) + default + chr(34)}, '
+        f'"models": {{{", ".join(statuses)}}}}}'
+    )
     return f"""# Written by ml_platform.deployment.nginx (generation {generation}); do not edit.
 {_user_directive()}
 worker_processes 1;
@@ -168,11 +284,9 @@ http {{
   keepalive_timeout 0;
   server_tokens off;
   map $http_x_request_id $route_key {{ "" $request_id; default $http_x_request_id; }}
-  split_clients "${{route_key}}" $weighted_pool {{ {split} }}
-  map $http_x_ml_track $pool {{ canary {pinned_canary}; stable stable; default $weighted_pool; }}
   {ACCESS_LOG_FORMAT}
   access_log {quote(prefix / "logs" / "access.log", "access log path")} canary;
-{chr(10).join(upstreams)}
+{chr(10).join(http_blocks)}
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_set_header Host $host;
@@ -183,25 +297,13 @@ http {{
   proxy_next_upstream_tries 2;
   server {{
     listen 127.0.0.1:{public_port};
-    error_page 502 /_errors/502;
-    error_page 504 /_errors/504;
-    location = /_errors/502 {{
-      internal; default_type application/json;
-      return 502 '{{"error": "upstream unavailable", "detail": "no serving process of this track answered"}}';
-    }}
-    location = /_errors/504 {{
-      internal; default_type application/json;
-      return 504 '{{"error": "upstream timeout", "detail": "the serving process did not answer in time"}}';
-    }}
+    set $ml_model ""; set $ml_pool "";
     location = /_deployment {{ default_type application/json; return 200 '{status}'; }}
-    location = /predict {{
-      proxy_pass http://$pool;
-      proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
+    location /models/ {{
+      default_type application/json;
+      return 404 '{{"error": "no such model deployed", "detail": "GET /_deployment lists the routed models"}}';
     }}
-    location / {{
-      proxy_pass http://$pool;
-      proxy_next_upstream error timeout http_502 http_503 http_504;
-    }}
+{chr(10).join(locations)}
   }}
 }}
 """
@@ -236,15 +338,17 @@ class NginxRouter:
     def running(self) -> bool:
         return self.master_pid() is not None
 
-    def apply(self, routing: Routing, timeout: float = 30.0) -> None:
-        """Write, check and apply ``routing``; return once that generation answers."""
-        for folder in (self.prefix / "logs", self.prefix / "tmp"):
+    def apply(self, config: RouterConfig, timeout: float = 30.0) -> None:
+        """Write, check and apply ``config``; return once that generation answers."""
+        text = render_config(self.prefix, self.public_port, config)  # refuses bad values before anything is written
+        for folder in (self.prefix / "logs", self.prefix / "tmp", *(r.access_log.parent for r in config.routes)):
             folder.mkdir(parents=True, exist_ok=True)
-        candidate = self.prefix / f"nginx.conf.{routing.generation}"
-        candidate.write_text(render_config(self.prefix, self.public_port, routing))
+        candidate = self.prefix / f"nginx.conf.{config.generation}"
+        candidate.write_text(text)
         check = subprocess.run(self._cmd("-t", "-q", conf=candidate), capture_output=True, text=True, check=False)
         if check.returncode != 0:
-            raise NginxError(f"nginx rejected generation {routing.generation}: {check.stderr.strip()}")
+            candidate.unlink(missing_ok=True)
+            raise NginxError(f"nginx rejected generation {config.generation}: {check.stderr.strip()}")
         os.replace(candidate, self.conf)
         pid = self.master_pid()
         if pid is None:
@@ -253,7 +357,7 @@ class NginxRouter:
                 raise NginxError(f"nginx did not start: {started.stderr.strip()}")
         else:
             os.kill(pid, signal.SIGHUP)
-        self.wait_generation(routing.generation, timeout)
+        self.wait_generation(config.generation, timeout)
 
     def generation(self) -> int | None:
         try:

@@ -1,4 +1,7 @@
-"""The router's view of the canary, read from the local nginx's JSON access log.
+"""The router's view of one model's canary, read from that model's JSON access log of the shared nginx.
+
+The router writes each model's requests to its own log
+(``<home>/deployments/<model>/router/access.log``), so a reader never sees another model's traffic.
 
 Every line lists the upstream attempts of one request (``$upstream_addr``,
 ``$upstream_status``, ``$upstream_response_time``, comma-separated when nginx
@@ -24,6 +27,11 @@ from ml_platform.deployment.measurements import PREDICT_ENDPOINT, RouterAttempt
 CANARY_POOL = "canary"  # the weighted split's canary pool in nginx.conf (stable is its backup)
 
 
+def pool_track(pool: object) -> str:
+    """The track of a logged pool name: ``iris__canary`` (the shared router names pools per model) -> ``canary``."""
+    return str(pool or "").rsplit("__", 1)[-1]
+
+
 def _failed(status: str) -> bool:
     return not status.isdigit() or int(status) >= 500
 
@@ -40,7 +48,7 @@ def parse_line(line: str, canary_address: str) -> list[RouterAttempt]:
     statuses = [s.strip() for s in str(entry.get("ustatus", "")).split(",")]
     timings = [s.strip() for s in str(entry.get("urt", "")).split(",")]
     attempts = []
-    if entry.get("pool") == CANARY_POOL and canary_address not in addresses:
+    if pool_track(entry.get("pool")) == CANARY_POOL and canary_address not in addresses:
         return [RouterAttempt(at=float(entry.get("t", 0.0)), failed=True, seconds=None)]
     for index, address in enumerate(addresses):
         if address != canary_address:

@@ -1,4 +1,4 @@
-"""The local deployment's state file and lock, under ``<home>/deployments/<model>/``.
+"""One model's local deployment state file and lock, under ``<home>/deployments/<model>/``.
 
 ``state.json`` records which serving processes run (pid, port, version, admin
 token), the router's port and the canary weight, so a restarted Dagster (or
@@ -119,6 +119,8 @@ class DeploymentState:
     stable: ProcessRecord | None = None
     canary: ProcessRecord | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # What this model contributes to the shared router (ports, weight, pinning, generation); None: not routed.
+    route: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +138,7 @@ class DeploymentState:
             stable=record(raw.get("stable")),
             canary=record(raw.get("canary")),
             history=list(raw.get("history") or []),
+            route=dict(raw["route"]) if raw.get("route") else None,
         )
 
     def note(self, event: str, **details: Any) -> None:

@@ -22,7 +22,7 @@ def mode(path: Path) -> int:
 
 
 def test_one_private_key_per_deployment_reused_by_every_process(tmp_path: Path):
-    folder = tmp_path / "deployments" / "iris-random-forest"
+    folder = tmp_path / "deployments" / "iris"  # settings.platform_paths().deployment_dir("iris")
 
     first = feedback_key_env(folder, {})
     second = feedback_key_env(folder, {})  # e.g. the canary started later
@@ -35,7 +35,7 @@ def test_one_private_key_per_deployment_reused_by_every_process(tmp_path: Path):
     assert len(key) == 64 and int(key, 16) >= 0
     assert Path(other["FEEDBACK_SIGNING_KEY_FILE"]).read_text() != path.read_text()
     # what a serving process makes of it
-    config = load_config([], {"MODEL_URI": "models:/m/1", **first})
+    config = load_config([], {"MODEL_URI": "models:/m/1", "MODEL_NAME": "iris", **first})
     assert (config.feedback_signing_key, config.feedback_key_source) == (key.encode(), "FEEDBACK_SIGNING_KEY_FILE")
     assert [p.name for p in folder.iterdir()] == [KEY_FILE_NAME]  # no temp file left behind
 

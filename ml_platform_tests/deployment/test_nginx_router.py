@@ -22,12 +22,25 @@ import pytest
 
 from ml_platform.deployment.backend import DeploymentError
 from ml_platform.deployment.local import LocalBackend
-from ml_platform.deployment.nginx import NginxConfigValueError, NginxRouter, Routing, render_config
+from ml_platform.deployment.nginx import (
+    ModelRoute,
+    NginxConfigValueError,
+    NginxRouter,
+    RouterConfig,
+    Routing,
+    render_config,
+)
 from ml_platform.deployment.router_log import RouterLogReader
 from ml_platform_tests.conftest import free_port
 from ml_platform_tests.deployment.helpers import StubUpstream, nginx_binary
 
 pytestmark = pytest.mark.slow
+
+
+def one(routing: Routing, log: Path | None = None, model: str = "m") -> RouterConfig:
+    """A router config with one model, the default one (unprefixed paths), logging to ``log``."""
+    access_log = log if log is not None else Path("/nonexistent")
+    return RouterConfig(routing.generation, (ModelRoute(model, routing, access_log),), model)
 
 
 @pytest.fixture
@@ -67,18 +80,18 @@ def test_every_generation_is_a_config_nginx_accepts(tmp_path: Path, routing: Rou
     router = NginxRouter(tmp_path, free_port(), nginx_binary())
     for folder in ("logs", "tmp"):
         (tmp_path / folder).mkdir()
-    router.conf.write_text(render_config(tmp_path, router.public_port, routing))
+    router.conf.write_text(render_config(tmp_path, router.public_port, one(routing, tmp_path / "logs" / "m.log")))
     check = subprocess.run(router._cmd("-t"), capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr
 
 
 def test_weights_pinning_and_failover(router: NginxRouter, upstreams) -> None:
     stable, canary = upstreams
-    router.apply(Routing(1, stable.port, canary.port, 0))
+    router.apply(one(Routing(1, stable.port, canary.port, 0), router.access_log))
     assert tracks(router, 40) == {"stable": 40}
     assert tracks(router, 5, **{"X-ML-Track": "canary"}) == {"canary": 5}
 
-    router.apply(Routing(2, stable.port, canary.port, 30))
+    router.apply(one(Routing(2, stable.port, canary.port, 30), router.access_log))
     split = tracks(router, 400)
     assert 70 <= split["canary"] <= 170, split  # 30% of 400 = 120, hashed on random request ids
     assert tracks(router, 5, **{"X-ML-Track": "stable"}) == {"stable": 5}
@@ -94,7 +107,7 @@ def test_weights_pinning_and_failover(router: NginxRouter, upstreams) -> None:
 
 def test_reloads_under_load_drop_no_request(router: NginxRouter, upstreams) -> None:
     stable, canary = upstreams
-    router.apply(Routing(1, stable.port, canary.port, 10))
+    router.apply(one(Routing(1, stable.port, canary.port, 10), router.access_log))
     failures: list[str] = []
     done = threading.Event()
     count = [0]
@@ -115,8 +128,8 @@ def test_reloads_under_load_drop_no_request(router: NginxRouter, upstreams) -> N
         thread.start()
     try:
         for generation in range(2, 22):
-            router.apply(Routing(generation, stable.port, canary.port, (generation * 13) % 90))
-        router.apply(Routing(22, stable.port, None))
+            router.apply(one(Routing(generation, stable.port, canary.port, (generation * 13) % 90), router.access_log))
+        router.apply(one(Routing(22, stable.port, None), router.access_log))
         assert router.wait_drained(10)
     finally:
         done.set()
@@ -133,12 +146,12 @@ def test_a_dead_canary_under_a_weighted_split_goes_to_stable_and_still_counts_as
     """Passive health check: the dead canary is marked down, its share is answered by stable, and the
     router view counts every request meant for it as a failed canary attempt (attempted or skipped)."""
     stable, canary = upstreams
-    router.apply(Routing(1, stable.port, canary.port, 50))
+    router.apply(one(Routing(1, stable.port, canary.port, 50), router.access_log))
     view = RouterLogReader(router.access_log, f"127.0.0.1:{canary.port}")
     canary.stop()
     assert tracks(router, 120) == {"stable": 120}  # no client sees the dead canary
     lines = [json.loads(line) for line in router.access_log.read_text().splitlines()]
-    meant_for_canary = [e for e in lines if e["uri"] == "/predict" and e["pool"] == "canary"]
+    meant_for_canary = [e for e in lines if e["uri"] == "/predict" and e["pool"] == "m__canary"]
     skipped = [e for e in meant_for_canary if f"127.0.0.1:{canary.port}" not in e["addr"]]
     assert len(meant_for_canary) > 30 and skipped, "nginx never marked the dead canary down"
     attempts = view.read_new()
@@ -157,14 +170,16 @@ def test_a_prefix_with_spaces_quotes_and_braces_is_quoted_and_nginx_routes(tmp_p
     prefix = tmp_path / WEIRD_HOME / "deployments" / "m" / "nginx"
     router = NginxRouter(prefix, free_port(), nginx_binary())
     try:
-        router.apply(Routing(1, stable.port, canary.port, 0))
+        router.apply(one(Routing(1, stable.port, canary.port, 0), router.access_log))
         assert tracks(router, 5) == {"stable": 5}
         assert tracks(router, 3, **{"X-ML-Track": "canary"}) == {"canary": 3}
         # every path was taken literally: nginx wrote exactly where it was told
         assert router.pid_file.exists() and router.master_pid() is not None
         assert '"uri":"/predict"' in router.access_log.read_text()
         dumped = subprocess.run(router._cmd("-T"), capture_output=True, text=True, check=True).stdout
-        assert dumped.count("pid ") == 1 and dumped.count("access_log ") == 1
+        assert dumped.count("pid ") == 1
+        logs = [line.split("access_log ", 1)[1] for line in dumped.splitlines() if "access_log " in line]
+        assert logs and all(entry.startswith('"') for entry in logs)  # every log path is a quoted string
         assert 'pid "' + str(prefix).replace("\\", "\\\\").replace('"', '\\"') + '/nginx.pid";' in dumped
     finally:
         router.stop()
@@ -177,7 +192,7 @@ def test_a_prefix_with_spaces_quotes_and_braces_is_quoted_and_nginx_routes(tmp_p
 def test_paths_quoting_cannot_make_literal_are_refused(tmp_path: Path, prefix_suffix: str) -> None:
     prefix = tmp_path / "nginx"
     with pytest.raises(NginxConfigValueError, match=r"cannot go into nginx\.conf"):
-        render_config(Path(str(prefix) + prefix_suffix), 8080, Routing(1, 9001))
+        render_config(Path(str(prefix) + prefix_suffix), 8080, one(Routing(1, 9001), tmp_path / "m.log"))
 
 
 @pytest.mark.parametrize(
@@ -197,22 +212,31 @@ def test_numbers_are_checked_before_they_reach_the_config(
 ) -> None:
     router = NginxRouter(tmp_path, public_port, nginx_binary())  # type: ignore[arg-type]
     with pytest.raises(NginxConfigValueError, match=message):
-        router.apply(routing)
+        router.apply(one(routing, tmp_path / "m.log"))
     assert not router.conf.exists() and not any(tmp_path.glob("nginx.conf*"))
 
 
-@pytest.mark.parametrize("name", ["iris;} error_log /tmp/x; {", "iris\nuser root;", "a$host", 'm"q', "../../etc", ""])
+@pytest.mark.parametrize(
+    "name", ["iris;} error_log /tmp/x; {", "iris\nuser root;", "a$host", 'm"q', "../../etc", "", "Iris", "_router"]
+)
 def test_crafted_model_names_are_refused_before_anything_is_written(tmp_path: Path, name: str) -> None:
     with pytest.raises(DeploymentError, match="is not deployable locally"):
-        LocalBackend(name, deployments_dir=tmp_path)
+        LocalBackend(name, registered_name="iris-random-forest", deployments_dir=tmp_path)
+    if name != "Iris":  # a registered MLflow name may hold capitals (it only reaches model URIs)
+        with pytest.raises(DeploymentError, match="is not deployable locally"):
+            LocalBackend("iris", registered_name=name or "..", deployments_dir=tmp_path)
+    with pytest.raises(NginxConfigValueError, match=r"cannot go into nginx\.conf"):
+        render_config(tmp_path, 8080, one(Routing(1, 9001), tmp_path / "m.log", model=name))
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("version", ["7; }", "7\nlisten 80;", "$uri", '7"', "0", "-1", "latest"])
 def test_crafted_versions_are_refused_before_anything_starts(tmp_path: Path, version: str) -> None:
-    backend = LocalBackend("iris-random-forest", deployments_dir=tmp_path, public_port=free_port())
+    backend = LocalBackend(
+        "iris", registered_name="iris-random-forest", deployments_dir=tmp_path, public_port=free_port()
+    )
     for step in (backend.ensure_stable, backend.start_canary, backend.serve_on_stable):
         with pytest.raises(DeploymentError, match="is not a version number"):
             step(version, 5.0)
-    assert not (tmp_path / "iris-random-forest" / "nginx").exists()
-    assert not (tmp_path / "iris-random-forest" / "run").exists()
+    assert not (tmp_path / "_router").exists()
+    assert not (tmp_path / "iris" / "run").exists()
