@@ -211,7 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _model_option(overlay, "the model (default: ML_PLATFORM_MODEL, else the default model)")
     overlay.add_argument("--routing", choices=("gateway-api", "ingress-nginx"), default="gateway-api")
     overlay.add_argument("--out", help="folder to write into (default deploy/k8s/models/<name>)")
+    new_model = commands.add_parser("scaffold-model", help="write defs/models/<name>/ templates (docs/models.md)")
+    new_model.add_argument("name", help="model name: lowercase letters, digits, _ (starting with a letter)")
     args = parser.parse_args(argv)
+    if args.command == "scaffold-model":  # onboarding (ml_platform.onboarding); needs no deployer
+        from ml_platform.onboarding import run
+
+        return run("scaffold", None, name=args.name)
     if args.command == "k8s-overlay":
         from ml_platform.deployment.k8s_overlay import write_overlay
 
