@@ -24,8 +24,8 @@ import dagster as dg
 from pydantic import Field
 
 from ml_platform.defs.model_context import ModelContext
-from ml_platform.defs.resources import DeployerResource, MetricSourceResource, MlflowRegistryResource
-from ml_platform.deployment.deployer import Deployer
+from ml_platform.defs.resources import MetricSourceResource, MlflowRegistryResource
+from ml_platform.deployment.backend import Deployer
 from ml_platform.deployment.metric_source import MetricSource
 
 VALIDATED_AT_RUN_TAG = "ml_platform/validated_at"
@@ -136,7 +136,7 @@ def build_deployment_defs(model: ModelContext) -> dg.Definitions:
     def canary_deployment(
         context: dg.AssetExecutionContext,
         config: CanaryConfig,
-        deployer: DeployerResource,
+        deployer: dg.ResourceParam[Deployer],
         metric_source: MetricSourceResource,
         mlflow_registry: MlflowRegistryResource,
     ) -> dg.MaterializeResult:
@@ -165,7 +165,7 @@ def build_deployment_defs(model: ModelContext) -> dg.Definitions:
         rollout = CanaryRollout(
             spec=spec,
             version=version,
-            backend=deployer.backend_for(spec.model.name),
+            backend=deployer.backend_for(model.name),
             metric_source=metric_source,
             client=client,
             policy=policy,

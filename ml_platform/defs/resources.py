@@ -22,7 +22,8 @@ import dagster as dg
 from pydantic import Field
 
 from ml_platform import settings
-from ml_platform.deployment.deployer import Deployer
+from ml_platform.deployment import deployer as deployers
+from ml_platform.deployment.deployer import KubernetesDeployer, LocalDeployer
 from ml_platform.deployment.metric_source import MetricSource
 from ml_platform.ml.mlflow_store import LazyMlflowTracking, MlflowStore, ensure_experiment, experiment_name
 from ml_platform.monitoring.backends import DriftPusher, PredictionLogSource
@@ -175,15 +176,25 @@ class JsonIOManager(dg.ConfigurableIOManager):
         )
 
 
-class DeployerResource(dg.ConfigurableResource, Deployer):
-    """Deploys model versions to the stable and canary tracks (local nginx or Kubernetes), per model.
+class LocalDeployerResource(dg.ConfigurableResource, LocalDeployer):
+    """Deploys each model's versions to its stable and canary serving processes behind the one local nginx.
 
-    The fields are those of the plain :class:`~ml_platform.deployment.deployer.Deployer`;
-    ``backend_for(model_name)`` returns the backend that deploys one model.
+    The fields are those of :class:`~ml_platform.deployment.deployer.LocalDeployer`;
+    ``backend_for(model)`` returns the backend that deploys one model (``home/deployments/<model>``).
     """
 
-    def plain(self) -> Deployer:
-        return Deployer(**{name: getattr(self, name) for name in Deployer.model_fields})
+    def plain(self) -> LocalDeployer:
+        return LocalDeployer(**{name: getattr(self, name) for name in LocalDeployer.model_fields})
+
+
+class KubernetesDeployerResource(dg.ConfigurableResource, KubernetesDeployer):
+    """Deploys each model's versions by patching its objects of ``deploy/k8s`` (per-model overlay).
+
+    The fields are those of :class:`~ml_platform.deployment.deployer.KubernetesDeployer`.
+    """
+
+    def plain(self) -> KubernetesDeployer:
+        return KubernetesDeployer(**{name: getattr(self, name) for name in KubernetesDeployer.model_fields})
 
 
 class MetricSourceResource(dg.ConfigurableResource, MetricSource):
@@ -233,11 +244,14 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
 
 
-def deployer_from_env() -> DeployerResource:
-    """``DEPLOYER_BACKEND``, ``DEPLOY_PUBLIC_PORT``, ``DEPLOY_NAMESPACE``, ``DEPLOY_ROUTING``,
-    ``DEPLOY_PUBLIC_URL``, ``KUBE_API_URL`` (see :class:`~ml_platform.deployment.deployer.Deployer`)."""
-    plain = Deployer.from_env()
-    return DeployerResource(**{name: getattr(plain, name) for name in Deployer.model_fields})
+def deployer_from_env() -> LocalDeployerResource | KubernetesDeployerResource:
+    """The resource of the backend ``DEPLOYER_BACKEND`` names, with ``DEPLOY_PUBLIC_PORT``,
+    ``DEPLOY_NAMESPACE``, ``DEPLOY_ROUTING``, ``DEPLOY_PUBLIC_URL``, ``KUBE_API_URL``
+    (see :func:`ml_platform.deployment.deployer.deployer_from_env`)."""
+    plain = deployers.deployer_from_env()
+    if isinstance(plain, KubernetesDeployer):
+        return KubernetesDeployerResource(**plain.model_dump())
+    return LocalDeployerResource(**plain.model_dump())
 
 
 def metric_source_from_env() -> MetricSourceResource:
