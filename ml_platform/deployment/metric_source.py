@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterable
 from typing import Literal
 
-import httpx
 from pydantic import BaseModel, Field
 
 from ml_platform.deployment.measurements import TrackReading
@@ -120,6 +119,8 @@ class MetricSource(BaseModel):
         if not targets:
             return TrackReading(at=at, reachable=False, detail=f"no {track} targets to scrape")
         texts = []
+        import httpx  # imported when used: loading the code location stays cheap
+
         with httpx.Client(timeout=self.timeout_seconds) as client:
             for url in targets:
                 try:
@@ -134,6 +135,8 @@ class MetricSource(BaseModel):
 
     def query(self, promql: str) -> list[dict]:
         """Run an instant query; the ``result`` vector."""
+        import httpx
+
         response = httpx.get(
             f"{self.prometheus_url.rstrip('/')}/api/v1/query", params={"query": promql}, timeout=self.timeout_seconds
         )
@@ -146,6 +149,8 @@ class MetricSource(BaseModel):
     def _read_prometheus(self, track: str, model_version: str | None) -> TrackReading:
         at = time.time()
         queries = promql_queries(track, model_version, self.prometheus_selector)
+        import httpx
+
         try:
             results = {name: self.query(q) for name, q in queries.items()}
         except (httpx.HTTPError, RuntimeError, ValueError) as exc:
