@@ -95,7 +95,9 @@ class KubernetesDeployer(BaseModel):
 
     namespace: str = Field(default="ml-serving", description="namespace of deploy/k8s")
     routing: Literal["gateway-api", "ingress-nginx"] = Field(default="gateway-api", description="overlay in use")
-    public_url: str | None = Field(default=None, description="Gateway/Ingress URL; a model is under /models/<name>")
+    public_url: str | None = Field(
+        default=None, description="Gateway/Ingress URL; {model} is replaced by the model's host label"
+    )
     kube_api_url: str | None = Field(default=None, description="API URL (default: in-cluster)")
     kube_token_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/token")
     kube_ca_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")

@@ -209,11 +209,12 @@ class KubernetesBackend:
         if not self._public_url:
             return None
         base = self._public_url.rstrip("/")
-        return f"{base}/models/{self.model}" if self.model else base
+        return base.replace("{model}", object_prefix(self.model).rstrip("-")) if self.model else base
 
     @property
     def public_url(self) -> str:
-        """This model's URL on the Gateway/Ingress (``<public_url>/models/<model>``): smoke tests go through it."""
+        """This model's URL on the Gateway/Ingress: ``public_url`` with ``{model}`` replaced (each model's overlay
+        gives its route the host ``<model>.<base host>``, e.g. ``https://{model}.serving.example.com``)."""
         url = self.public_url_or_none
         if url is None:
             raise DeploymentError("set public_url on the deployer: the Gateway/Ingress URL smoke tests go through")

@@ -291,4 +291,5 @@ def test_build_context_builds_the_project_wheel(tmp_path: Path):
     # What the images run, and the data the code location reads at import.
     assert "serving/__main__.py" in names
     assert "ml_platform/__init__.py" in names
-    assert any(n.startswith("ml_platform/specs/") and n.endswith(".yaml") for n in names)
+    assert any(n.startswith("ml_platform/defs/models/") and n.endswith("/spec.yaml") for n in names)
+    assert any(n.startswith("ml_platform/defs/models/") and n.endswith("/defs.yaml") for n in names)
