@@ -1,4 +1,4 @@
-"""model_version_sensor against a real MLflow registry (sqlite) and a real Dagster instance.
+"""iris's model_version_sensor against a real MLflow registry (sqlite) and a real Dagster instance.
 
 The versions here point at no artifacts: the sensor reads only tags and aliases.
 """
@@ -12,19 +12,26 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from ml_platform.assets.deployment import REQUESTED_AT_RUN_TAG, VALIDATED_AT_RUN_TAG
-from ml_platform.resources.mlflow_resources import MlflowRegistry
-from ml_platform.sensors.model_version import model_version_sensor
-from ml_platform_tests.pipeline.helpers import registry_client
+from ml_platform.catalog import get_model
+from ml_platform.defs.deployment import (
+    PIPELINE_TAG,
+    REQUESTED_AT_RUN_TAG,
+    VALIDATED_AT_RUN_TAG,
+)
+from ml_platform.defs.model_context import ModelContext
+from ml_platform.defs.resources import MlflowRegistryResource
+from ml_platform_tests.pipeline.helpers import defs_for_entry, registry_client
 
 MODEL = "iris-random-forest"
+IRIS = ModelContext(get_model("iris"))
+SENSOR = defs_for_entry(IRIS.entry).resolve_sensor_def("iris_model_version_sensor")
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     home = tmp_path_factory.mktemp("sensor-home")
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "ML_PLATFORM_SPEC", "ML_PLATFORM_DATASET"):
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "ML_PLATFORM_MODEL"):
             mp.delenv(name, raising=False)
         mp.setenv("ML_PLATFORM_HOME", str(home))
         client = registry_client()
@@ -40,8 +47,12 @@ def add_version(client: Any, validated: bool = True, **tags: str) -> str:
 
 
 def evaluate(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"mlflow_registry": MlflowRegistry()})
-    return model_version_sensor(context)
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"mlflow_registry": MlflowRegistryResource()}
+    )
+    result = SENSOR(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
 
 
 def skip(result: dg.SensorResult) -> str:
@@ -59,7 +70,7 @@ def test_sensor_requests_each_validated_version_once_and_supersedes_waiting_ones
         assert (request.run_key, request.partition_key) == (f"{MODEL}:{first}", first)
         assert float(request.tags[VALIDATED_AT_RUN_TAG]) <= float(request.tags[REQUESTED_AT_RUN_TAG])
         (partitions,) = result.dynamic_partitions_requests
-        assert partitions.partitions_def_name == "model_versions" and list(partitions.partition_keys) == [first]
+        assert partitions.partitions_def_name == "iris_model_versions" and list(partitions.partition_keys) == [first]
         assert result.cursor == first
 
         again = evaluate(instance, result.cursor)  # no double deploy
@@ -83,7 +94,10 @@ def test_sensor_waits_while_a_deployment_runs(registry: Any) -> None:
 
     version = add_version(registry)
     with dg.instance_for_test() as instance:
-        instance.add_run(DagsterRun(job_name="canary_deployment_job", status=dg.DagsterRunStatus.STARTED))
+        running = {**IRIS.tags, PIPELINE_TAG: "deployment"}
+        instance.add_run(
+            DagsterRun(job_name="iris_canary_deployment_job", status=dg.DagsterRunStatus.STARTED, tags=running)
+        )
         busy = evaluate(instance, "0")
         assert not busy.run_requests and "still active" in skip(busy)
 
