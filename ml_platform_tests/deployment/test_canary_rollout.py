@@ -42,23 +42,25 @@ import httpx
 import pytest
 import yaml
 
-from ml_platform.deployment.definitions import ASSETS, JOBS
-from ml_platform.deployment.deployer import Deployer
+from ml_platform.catalog import get_model
+from ml_platform.defs.model_context import ModelContext
+from ml_platform.defs.pipeline import build_model_defs
+from ml_platform.defs.resources import MetricSourceResource, MlflowRegistryResource, platform_resources
+from ml_platform.deployment.deployer import LocalDeployer
 from ml_platform.deployment.metric_source import MetricSource
 from ml_platform.deployment.processes import group_members, pid_alive
 from ml_platform.deployment.state import StateStore
 from ml_platform.deployment.supervisor import SupervisorStatus
-from ml_platform.resources.mlflow_resources import MlflowRegistry
-from ml_platform.sensors.model_version import model_version_sensor
 from ml_platform.simulate import SimulationReport, TrafficSimulator
 from ml_platform_tests.conftest import REPO_ROOT, free_port
 from ml_platform_tests.deployment.helpers import FaultProxy, nginx_binary, record_report
-from ml_platform_tests.pipeline.helpers import registry_client, run_training
+from ml_platform_tests.pipeline.helpers import defs_for_entry, registry_client, run_training
 from ml_platform_tests.registry_helpers import hash_tags, pass_gates
 
 pytestmark = pytest.mark.slow
 
-MODEL = "iris-random-forest"
+MODEL = "iris-random-forest"  # the registered MLflow model of the platform model iris (the default model)
+PLATFORM_MODEL = "iris"
 RATE = 25.0
 TEST_POLICY = {
     "steps": [10, 25, 50],
@@ -76,7 +78,7 @@ TEST_POLICY = {
 _PROXY: FaultProxy | None = None
 
 
-class ProxiedDeployer(Deployer):
+class ProxiedDeployer(LocalDeployer):
     """The local deployer with the fault proxy between the router and the canary process."""
 
     def backend_for(self, model_name: str) -> Any:
@@ -114,40 +116,45 @@ class Platform:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.public_port}"
 
-    def deployer(self, proxied: bool = False) -> Deployer:
-        cls = ProxiedDeployer if proxied else Deployer
+    def deployer(self, proxied: bool = False) -> LocalDeployer:
+        cls = ProxiedDeployer if proxied else LocalDeployer
         return cls(public_port=self.public_port, stable_refresh_seconds=300)
 
     def state(self) -> Any:
-        return StateStore(self.home / "deployments" / MODEL).load()
+        return StateStore(self.home / "deployments" / PLATFORM_MODEL).load()
 
     def deploy(
         self,
         *,
-        deployer: Deployer | None = None,
+        deployer: LocalDeployer | None = None,
         metric_source: MetricSource | None = None,
         inject: Callable[[Any], None] | None = None,
         load: bool = True,
     ) -> Deployment:
         """Sensor tick -> run request -> canary_deployment_job for that partition, under simulated traffic."""
         context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, resources={"mlflow_registry": MlflowRegistry()}
+            instance=self.instance, cursor=self.cursor, resources={"mlflow_registry": MlflowRegistryResource()}
         )
-        tick = model_version_sensor(context)
+        model_defs = defs_for_entry(get_model(PLATFORM_MODEL))
+        tick = model_defs.resolve_sensor_def(f"{PLATFORM_MODEL}_model_version_sensor")(context)
+        assert isinstance(tick, dg.SensorResult)
         assert len(tick.run_requests) == 1, tick.skip_reason
         request = tick.run_requests[0]
         self.cursor = tick.cursor
-        self.instance.add_dynamic_partitions("model_versions", [request.partition_key])
-        defs = dg.Definitions(
-            assets=ASSETS,
-            jobs=JOBS,
-            resources={
-                "deployer": deployer or self.deployer(),
-                "metric_source": metric_source or MetricSource(),
-                "mlflow_registry": MlflowRegistry(),
-            },
+        self.instance.add_dynamic_partitions(f"{PLATFORM_MODEL}_model_versions", [request.partition_key])
+        source = metric_source or MetricSource()
+        defs = dg.Definitions.merge(
+            build_model_defs(ModelContext(get_model(PLATFORM_MODEL))),
+            dg.Definitions(
+                resources={
+                    **platform_resources(),
+                    "deployer": deployer or self.deployer(),
+                    "metric_source": MetricSourceResource(**source.model_dump()),
+                    "mlflow_registry": MlflowRegistryResource(),
+                }
+            ),
         )
-        job = defs.resolve_job_def("canary_deployment_job")
+        job = defs.resolve_job_def(f"{PLATFORM_MODEL}_canary_deployment_job")
         injector = FaultInjector(self, inject) if inject else None
         simulator = TrafficSimulator(self.url, rate=RATE, concurrency=6) if load else None
         if simulator:
@@ -158,7 +165,7 @@ class Platform:
             result = job.execute_in_process(
                 partition_key=request.partition_key,
                 instance=self.instance,
-                run_config={"ops": {"canary_deployment": {"config": TEST_POLICY}}},
+                run_config={"ops": {f"{PLATFORM_MODEL}__canary_deployment": {"config": TEST_POLICY}}},
                 tags=request.tags,
                 raise_on_error=True,
             )
@@ -169,7 +176,7 @@ class Platform:
                 injector.stop()
         if injector:
             assert injector.fired, "the fault was never injected"
-        (materialization,) = result.asset_materializations_for_node("canary_deployment")
+        (materialization,) = result.asset_materializations_for_node(f"{PLATFORM_MODEL}__canary_deployment")
         (check,) = result.get_asset_check_evaluations()
         tags = registry_client().get_model_version(MODEL, request.partition_key).tags
         return Deployment(request.partition_key, result, dict(materialization.metadata), check.passed, traffic, tags)
@@ -201,7 +208,7 @@ def start_prometheus(home: Path, folder: Path) -> tuple[subprocess.Popen[bytes],
     binary = shutil.which("prometheus")
     if binary is None:
         return None
-    targets = home / "deployments" / "prometheus"
+    targets = home / "deployments" / "_prometheus"
     targets.mkdir(parents=True, exist_ok=True)
     config = folder / "prometheus.yml"
     config.write_text(
@@ -251,7 +258,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("canary") / "platform home"  # a space: every path must be quoted
     prometheus = None
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "ML_PLATFORM_SPEC", "ML_PLATFORM_DATASET"):
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "ML_PLATFORM_MODEL"):
             mp.delenv(name, raising=False)
         mp.setenv("ML_PLATFORM_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(home / "dagster"))
@@ -266,7 +273,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                 prometheus = start_prometheus(home, tmp_path_factory.mktemp("prometheus"))
                 yield Platform(home, instance, free_port(), prometheus[1] if prometheus else None)
         finally:
-            Deployer().backend_for(MODEL).shutdown()
+            LocalDeployer().backend_for(PLATFORM_MODEL).shutdown()
             if prometheus is not None:
                 prometheus[0].terminate()
                 prometheus[0].wait(20)
@@ -312,12 +319,11 @@ def register(*, params: dict[str, Any] | None = None, shuffle_labels: bool = Fal
         import mlflow
         import pandas as pd
 
+        from ml_platform.ml.mlflow_store import ensure_experiment, experiment_name
         from ml_platform.ml.registry import log_and_register_model
         from ml_platform.ml.training import evaluate_model, fit_model, split_dataset
-        from ml_platform.resources.mlflow_resources import ensure_experiment, experiment_name
-        from ml_platform.spec import load_spec
 
-        spec = load_spec()
+        spec = get_model(PLATFORM_MODEL).spec
         frame = pd.read_csv(spec.bootstrap_path())
         if shuffle_labels:
             frame[spec.target.name] = frame[spec.target.name].sample(frac=1.0, random_state=1).to_numpy()
@@ -369,7 +375,7 @@ def assert_rolled_back(platform: Platform, deployment: Deployment, before: dict[
 
 def supervised(platform: Platform, record: Any) -> SupervisorStatus:
     """The supervisor status of a track's process record."""
-    path = platform.home / "deployments" / MODEL / "run" / f"{record.track}-{record.port}" / "supervisor.json"
+    path = platform.home / "deployments" / PLATFORM_MODEL / "run" / f"{record.track}-{record.port}" / "supervisor.json"
     status = SupervisorStatus.read(path)
     assert status is not None, path
     return status
@@ -488,7 +494,11 @@ def test_manual_rollback_returns_to_the_previous_champion_without_failed_request
     assert traffic.predictions_failed == 0 and traffic.feedback_failed == 0, traffic.summary()
     assert traffic.by_version[before["previous_champion"]] > 0
     status = subprocess.run(
-        [sys.executable, "-m", "ml_platform.cli", "status"], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "ml_platform.cli", "status", "--model", PLATFORM_MODEL],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert f"stable serves:  {before['previous_champion']}" in status.stdout
     record_report("manual_rollback", traffic=traffic.as_dict())
@@ -597,11 +607,11 @@ def test_killed_serving_processes_are_restarted_by_their_supervisor(deployed: Pl
     shows the restarts and the last exit."""
     champion = aliases()["champion"]
     assert champion is not None
-    Deployer(public_port=deployed.public_port).backend_for(MODEL).shutdown()
+    LocalDeployer(public_port=deployed.public_port).backend_for(PLATFORM_MODEL).shutdown()
     starter = (
-        "from ml_platform.deployment.deployer import Deployer; "
-        f"Deployer(public_port={deployed.public_port}, stable_refresh_seconds=300)"
-        f".backend_for({MODEL!r}).ensure_stable({champion!r}, 240)"
+        "from ml_platform.deployment.deployer import LocalDeployer; "
+        f"LocalDeployer(public_port={deployed.public_port}, stable_refresh_seconds=300)"
+        f".backend_for({PLATFORM_MODEL!r}).ensure_stable({champion!r}, 240)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     subprocess.run([sys.executable, "-c", starter], env=env, check=True, timeout=300)  # ... and exits
@@ -633,7 +643,7 @@ def test_killed_serving_processes_are_restarted_by_their_supervisor(deployed: Pl
         for _ in range(20):
             answer = client.post(f"{deployed.url}/predict", json={"features": [[5.1, 3.5, 1.4, 0.2]]})
             assert answer.status_code == 200 and answer.json()["model_version"] == champion, answer.text
-    shown = cli(deployed, "status")
+    shown = cli(deployed, "status", "--model", PLATFORM_MODEL)
     assert shown.returncode == 0, shown.stderr
     line = next(x for x in shown.stdout.splitlines() if x.startswith("stable:"))
     assert "restarts 2" in line and "last exit" in line and "supervisor running" in line, line
@@ -658,7 +668,7 @@ def test_cli_stop_and_rollback_take_the_deployment_lock(deployed: Platform) -> N
     before = aliases()
     client.set_registered_model_alias(MODEL, "previous_champion", "1")  # something to roll back to
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    folder = deployed.home / "deployments" / MODEL
+    folder = deployed.home / "deployments" / PLATFORM_MODEL
     holder = subprocess.Popen(
         [sys.executable, "-c", LOCK_HOLDER, str(folder)], env=env, stdout=subprocess.PIPE, text=True
     )
@@ -679,7 +689,7 @@ def test_cli_stop_and_rollback_take_the_deployment_lock(deployed: Platform) -> N
         assert aliases() == {**before, "previous_champion": "1"}  # nothing moved
         answer = httpx.post(f"{deployed.url}/predict", json={"features": [[5.1, 3.5, 1.4, 0.2]]}, timeout=10)
         assert answer.status_code == 200  # nothing was stopped
-        shown = cli(deployed, "status")
+        shown = cli(deployed, "status", "--model", PLATFORM_MODEL)
         assert "held by canary rollout of iris-random-forest v99" in shown.stdout, shown.stdout
 
         forced = cli(deployed, "stop", "--force")
