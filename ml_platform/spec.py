@@ -335,6 +335,11 @@ class DatasetSpec:
         "Optional.",
     )
     description: str = Field(default="", description="Free text shown in the UI and docs.")
+    rollout: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Canary rollout policy overrides (steps, pauses, analysis thresholds, limits); keys and "
+        "defaults in docs/canary.md, validated by the rollout policy when a canary starts.",
+    )
     source_path: SkipJsonSchema[Path | None] = Field(default=None, exclude=True)
 
     @model_validator(mode="after")

@@ -1,8 +1,7 @@
 """The rollout policy: traffic steps with pauses, analysis, thresholds and limits.
 
 Defaults live here; a dataset spec may override any of them in an optional
-``rollout:`` section (read from the spec's YAML file, so the spec parser needs
-no change), and a run may override them again through the asset's run config::
+``rollout:`` section (the spec keeps it as a mapping; this module validates it), and a run may override them again through the asset's run config::
 
     rollout:
       steps: [10, 25, 50]          # canary traffic weight (%) of each step
@@ -24,8 +23,6 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import yaml
 
 from ml_platform.spec import DatasetSpec
 
@@ -99,14 +96,8 @@ class RolloutPolicy:
 
 
 def spec_rollout_section(spec: DatasetSpec) -> dict[str, Any]:
-    """The raw ``rollout:`` mapping of the spec's YAML file ({} when absent)."""
-    if spec.source_path is None or not spec.source_path.exists():
-        return {}
-    raw = yaml.safe_load(spec.source_path.read_text()) or {}
-    section = raw.get("rollout") or {}
-    if not isinstance(section, dict):
-        raise PolicyError(f"{spec.source_path}: 'rollout' must be a mapping")
-    return section
+    """The spec's ``rollout:`` mapping ({} when absent)."""
+    return dict(spec.rollout)
 
 
 def load_policy(spec: DatasetSpec, overrides: Mapping[str, Any] | None = None) -> RolloutPolicy:
