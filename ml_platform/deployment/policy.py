@@ -1,7 +1,8 @@
 """The rollout policy: traffic steps with pauses, analysis, thresholds and limits.
 
 Defaults live here; a dataset spec may override any of them in an optional
-``rollout:`` section (the spec keeps it as a mapping; this module validates it), and a run may override them again through the asset's run config::
+``rollout:`` section (the spec keeps it as a mapping; this module validates it),
+and a run may override them again through the asset's run config::
 
     rollout:
       steps: [10, 25, 50]          # canary traffic weight (%) of each step
