@@ -134,3 +134,10 @@ def test_each_model_has_its_own_pushgateway_group(pushgateway_url: str) -> None:
     assert refused.startswith("refused") and "wine" not in {
         dict(lbl)["model"] for lbl in series(scrape(pushgateway_url), "ml_platform_drift_window_rows")
     }
+
+
+def test_the_generator_refuses_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from ml_platform.monitoring.generate import main
+
+    assert main(["--model", "nope", "--date", DAY]) == 2
+    assert "no model named 'nope'" in capsys.readouterr().err

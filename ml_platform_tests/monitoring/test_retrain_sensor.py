@@ -68,7 +68,7 @@ def test_fires_once_on_drift_then_respects_the_cooldown(
         assert float(tags["ml_platform/drift_share"]) >= 0.5
         assert float(tags["ml_platform/live_accuracy"]) < 0.7
         assert all(len(v) <= 250 for v in tags.values())
-        assert request.run_key and request.run_key.startswith("drift-retrain-")
+        assert request.run_key and request.run_key.startswith("iris-drift-retrain-")
 
         # Nothing new: nothing requested.
         assert "no new drift report" in _skip(_tick(instance, fired.cursor))
