@@ -309,6 +309,9 @@ http {{
 """
 
 
+CONFIRMATIONS = 3  # consecutive answers of the new generation before a reload counts as applied
+
+
 class NginxRouter:
     """Start, reconfigure (gracefully) and stop one local nginx instance."""
 
@@ -367,12 +370,18 @@ class NginxRouter:
             return None
 
     def wait_generation(self, generation: int, timeout: float) -> None:
-        """Until new connections are served by ``generation`` (old workers may still finish requests)."""
+        """Until new connections are served by ``generation`` (old workers may still finish requests).
+
+        An old worker can accept a few more connections between the new workers' start and its own
+        shutdown, so the generation must answer several times in a row.
+        """
         deadline = time.monotonic() + timeout
+        in_a_row = 0
         while time.monotonic() < deadline:
-            if self.generation() == generation:
+            in_a_row = in_a_row + 1 if self.generation() == generation else 0
+            if in_a_row >= CONFIRMATIONS:
                 return
-            time.sleep(0.05)
+            time.sleep(0.02 if in_a_row else 0.05)
         raise NginxError(f"nginx did not apply generation {generation} within {timeout:.0f}s; see {self.error_log}")
 
     def old_workers(self) -> list[int]:
