@@ -35,9 +35,9 @@ def _le(raw: str) -> float:
 
 
 def reading_from_text(
-    texts: Iterable[str], track: str, model_version: str | None, at: float | None = None
+    texts: Iterable[str], track: str, model_version: str | None, at: float | None = None, model: str | None = None
 ) -> TrackReading:
-    """Sum the samples of one track (and version) over Prometheus text expositions."""
+    """Sum the samples of one track (and version, and platform model) over Prometheus text expositions."""
     from prometheus_client.parser import text_string_to_metric_families
 
     requests = errors = correct = incorrect = 0.0
@@ -47,6 +47,8 @@ def reading_from_text(
             for sample in family.samples:
                 labels = sample.labels
                 if labels.get("track") != track:
+                    continue
+                if model is not None and labels.get("model") != model:
                     continue
                 if model_version is not None and labels.get("model_version") != model_version:
                     continue
@@ -72,8 +74,9 @@ def reading_from_text(
     )
 
 
-def _matchers(track: str, model_version: str | None, extra: str) -> str:
-    parts = [f'track="{track}"']
+def _matchers(track: str, model_version: str | None, extra: str, model: str | None = None) -> str:
+    parts = [f'model="{model}"'] if model is not None else []
+    parts.append(f'track="{track}"')
     if model_version is not None:
         parts.append(f'model_version="{model_version}"')
     if extra.strip():
@@ -81,9 +84,11 @@ def _matchers(track: str, model_version: str | None, extra: str) -> str:
     return ",".join(parts)
 
 
-def promql_queries(track: str, model_version: str | None, extra_selector: str = "") -> dict[str, str]:
-    """The PromQL the ``prometheus`` backend sends, by what it measures."""
-    m = _matchers(track, model_version, extra_selector)
+def promql_queries(
+    track: str, model_version: str | None, extra_selector: str = "", model: str | None = None
+) -> dict[str, str]:
+    """The PromQL the ``prometheus`` backend sends, by what it measures (one platform model's series)."""
+    m = _matchers(track, model_version, extra_selector, model)
     predict = 'endpoint=~"/?predict"'
     return {
         "requests": f"sum({REQUESTS}{{{predict},{m}}})",
@@ -106,15 +111,22 @@ class MetricSource(BaseModel):
     def describe(self) -> str:
         return "scrape of /metrics" if self.backend == "scrape" else f"Prometheus at {self.prometheus_url}"
 
-    def read(self, track: str, model_version: str | None, targets: list[str]) -> TrackReading:
-        """Cumulative counters of ``track`` (``targets``: the /metrics URLs, used by ``scrape``)."""
+    def read(
+        self, track: str, model_version: str | None, targets: list[str], model: str | None = None
+    ) -> TrackReading:
+        """Cumulative counters of ``track`` (``targets``: the /metrics URLs, used by ``scrape``).
+
+        ``model`` (the platform model name) keeps two models with the same track and version number apart.
+        """
         if self.backend == "prometheus":
-            return self._read_prometheus(track, model_version)
-        return self._read_scrape(track, model_version, targets)
+            return self._read_prometheus(track, model_version, model)
+        return self._read_scrape(track, model_version, targets, model)
 
     # -- scrape ----------------------------------------------------------------------------
 
-    def _read_scrape(self, track: str, model_version: str | None, targets: list[str]) -> TrackReading:
+    def _read_scrape(
+        self, track: str, model_version: str | None, targets: list[str], model: str | None = None
+    ) -> TrackReading:
         at = time.time()
         if not targets:
             return TrackReading(at=at, reachable=False, detail=f"no {track} targets to scrape")
@@ -129,7 +141,7 @@ class MetricSource(BaseModel):
                 except httpx.HTTPError as exc:
                     return TrackReading(at=at, reachable=False, detail=f"scrape of {url} failed: {exc!r}"[:300])
                 texts.append(response.text)
-        return reading_from_text(texts, track, model_version, at)
+        return reading_from_text(texts, track, model_version, at, model)
 
     # -- prometheus ------------------------------------------------------------------------
 
@@ -146,9 +158,9 @@ class MetricSource(BaseModel):
             raise RuntimeError(f"Prometheus query failed: {body.get('error')}")
         return list(body["data"]["result"])
 
-    def _read_prometheus(self, track: str, model_version: str | None) -> TrackReading:
+    def _read_prometheus(self, track: str, model_version: str | None, model: str | None = None) -> TrackReading:
         at = time.time()
-        queries = promql_queries(track, model_version, self.prometheus_selector)
+        queries = promql_queries(track, model_version, self.prometheus_selector, model)
         import httpx
 
         try:

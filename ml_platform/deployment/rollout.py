@@ -307,7 +307,7 @@ class CanaryRollout:
         return self._promote(champion)
 
     def _read(self, track: str, version: str) -> TrackReading:
-        return self.metrics.read(track, version, self.backend.metrics_targets(track))
+        return self.metrics.read(track, version, self.backend.metrics_targets(track), self.backend.model or None)
 
     def _analyse(
         self,

@@ -82,6 +82,11 @@ def test_reading_from_prometheus_text_sums_one_track_and_version() -> None:
         'sum(ml_serving_requests_total{endpoint=~"/?predict",status=~"5..",track="canary",model_version="7",'
         'job="ml-serving"})'
     )
+    # Two models may share a track and a version number: one model's series only.
+    assert 'model="iris",track="canary"' in promql_queries("canary", "7", model="iris")["requests"]
+    other = text.replace('track="canary"', 'model="wine",track="canary"')
+    assert reading_from_text([other], "canary", "7", at=1.0, model="iris").requests == 0
+    assert reading_from_text([other], "canary", "7", at=1.0, model="wine").requests == 42
 
 
 def test_router_log_lines_count_canary_attempts_and_their_failures() -> None:

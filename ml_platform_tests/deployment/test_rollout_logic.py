@@ -75,7 +75,7 @@ class Registry:
 class Backend:
     """Records the steps it is asked to do."""
 
-    kind, model_name, public_url = "fake", "iris-random-forest", "http://fake"
+    kind, model, model_name, public_url = "fake", "iris", "iris-random-forest", "http://fake"
 
     def __init__(self, fail_on: str | None = None) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -125,7 +125,8 @@ class Metrics:
         self.per_read, self.error_share, self.correct_share = per_read, error_share, correct_share
         self.reads = 0
 
-    def read(self, track: str, version: str | None, targets: list[str]) -> TrackReading:
+    def read(self, track: str, version: str | None, targets: list[str], model: str | None = None) -> TrackReading:
+        assert model == "iris"  # the rollout reads its own model's series only
         self.reads += 1
         n = float(self.per_read * self.reads)
         return TrackReading(
