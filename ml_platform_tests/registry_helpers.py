@@ -31,6 +31,38 @@ def pass_gates(client: Any, name: str, version: str) -> None:
     mark_validated(client, name, str(version))
 
 
+def register_fitted(
+    fitted: Any,
+    spec: Any,
+    split: Any,
+    *,
+    data_version: str,
+    experiment_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> tuple[Any, Any]:
+    """Log and register ``fitted`` in its own MLflow run, as training_job does, then pass its gates.
+
+    Returns ``(registered version, ONNX export outcome)``.
+    """
+    import mlflow
+
+    from ml_platform.ml.registry import log_and_register_model
+    from ml_platform.ml.training import evaluate_model
+
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        registered, export = log_and_register_model(
+            fitted,
+            spec,
+            split.x_train,
+            run_id=run.info.run_id,
+            data_version=data_version,
+            metrics=evaluate_model(fitted, split, spec).flat_metrics(),
+            extra_tags=extra_tags or {},
+        )
+    pass_gates(mlflow.MlflowClient(), spec.model.name, str(registered.version))
+    return registered, export
+
+
 def hash_tags(model_version: Any) -> dict[str, str]:
     """The artifact sha256 tags of a version (to register a copy of its files)."""
     return {k: v for k, v in (model_version.tags or {}).items() if k.startswith("sha256.")}

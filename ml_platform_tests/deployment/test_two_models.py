@@ -28,7 +28,7 @@ from ml_platform.deployment.local import LocalBackend
 from ml_platform.deployment.state import DeploymentBusy
 from ml_platform_tests.conftest import REPO_ROOT, free_port, reset_mlflow_globals
 from ml_platform_tests.deployment.helpers import nginx_binary
-from ml_platform_tests.registry_helpers import pass_gates
+from ml_platform_tests.registry_helpers import register_fitted
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,7 @@ def register(model: str, params: dict[str, Any] | None = None) -> str:
 
     from ml_platform.catalog import get_model
     from ml_platform.ml.mlflow_store import ensure_experiment, experiment_name
-    from ml_platform.ml.registry import log_and_register_model
-    from ml_platform.ml.training import evaluate_model, fit_model, split_dataset
+    from ml_platform.ml.training import fit_model, split_dataset
 
     spec = get_model(model).spec
     frame = pd.read_csv(spec.bootstrap_path())
@@ -54,18 +53,9 @@ def register(model: str, params: dict[str, Any] | None = None) -> str:
         spec = replace(spec, model=replace(spec.model, params={**spec.model.params, **params}))
     fitted = fit_model(split, spec)
     mlflow.set_experiment(experiment_id=ensure_experiment(experiment_name(spec.name)))
-    with mlflow.start_run() as run:
-        registered, _ = log_and_register_model(
-            fitted,
-            spec,
-            split.x_train,
-            run_id=run.info.run_id,
-            data_version="test",
-            metrics=evaluate_model(fitted, split, spec).flat_metrics(),
-            extra_tags={"registered_by": "two-model test"},
-        )
-    client = mlflow.MlflowClient()
-    pass_gates(client, spec.model.name, str(registered.version))
+    registered, _ = register_fitted(
+        fitted, spec, split, data_version="test", extra_tags={"registered_by": "two-model test"}
+    )
     return str(registered.version)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ml_platform_tests.conftest import reset_mlflow_globals
-from ml_platform_tests.registry_helpers import hash_tags, pass_gates
+from ml_platform_tests.registry_helpers import hash_tags, pass_gates, register_fitted
 from ml_platform_tests.serving.helpers import MODEL_NAME, WINE_MODEL_NAME, MlflowStore, ServingProcess, running
 
 ADMIN_TOKEN = "test-admin-token-3f1c"
@@ -52,8 +52,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> MlflowStore:
     import mlflow
     import pandas as pd
 
-    from ml_platform.ml.registry import log_and_register_model
-    from ml_platform.ml.training import evaluate_model, fit_model, split_dataset
+    from ml_platform.ml.training import fit_model, split_dataset
     from ml_platform.spec import load_spec
 
     root = tmp_path_factory.mktemp("mlflow")
@@ -69,34 +68,18 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> MlflowStore:
         other = fit_model(split, replace(spec, model=replace(spec.model, params=small)))
         versions = []
         for fitted in (model, other):
-            with mlflow.start_run(experiment_id=experiment_id) as run:
-                registered, export = log_and_register_model(
-                    fitted,
-                    spec,
-                    split.x_train,
-                    run_id=run.info.run_id,
-                    data_version="test-data",
-                    metrics=evaluate_model(fitted, split, spec).flat_metrics(),
-                    extra_tags={},
-                )
+            registered, export = register_fitted(
+                fitted, spec, split, data_version="test-data", experiment_id=experiment_id
+            )
             assert export.verified, export.reason
-            pass_gates(mlflow.MlflowClient(), MODEL_NAME, registered.version)
             versions.append(registered.version)
         versions.append(_register_without_onnx(versions[0], root))
         wine = load_spec("wine")
         wine_split = split_dataset(pd.read_csv(wine.bootstrap_path()), wine)
         wine_model = fit_model(wine_split, wine)
-        with mlflow.start_run(experiment_id=experiment_id) as run:
-            registered, _ = log_and_register_model(
-                wine_model,
-                wine,
-                wine_split.x_train,
-                run_id=run.info.run_id,
-                data_version="test-data",
-                metrics=evaluate_model(wine_model, wine_split, wine).flat_metrics(),
-                extra_tags={},
-            )
-        pass_gates(mlflow.MlflowClient(), WINE_MODEL_NAME, registered.version)
+        registered, _ = register_fitted(
+            wine_model, wine, wine_split, data_version="test-data", experiment_id=experiment_id
+        )
         versions.append(registered.version)
     finally:
         reset_mlflow_globals()  # everything below names this store explicitly; other tests must not see it
