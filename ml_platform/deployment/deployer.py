@@ -9,8 +9,9 @@ instance, e.g. ``iris``); for callers that still pass the registered MLflow name
 entry registering it is used.
 
 :func:`deployer_from_env` reads ``DEPLOYER_BACKEND`` (local | kubernetes),
-``DEPLOY_PUBLIC_PORT``, ``DEPLOY_NAMESPACE``, ``DEPLOY_ROUTING``, ``DEPLOY_PUBLIC_URL``
-and ``KUBE_API_URL``; :func:`deployer_for` is the backend of one model from the environment.
+``DEPLOY_PUBLIC_PORT``, ``DEPLOY_NAMESPACE``, ``DEPLOY_ROUTING``, ``DEPLOY_PUBLIC_URL``,
+``DEPLOY_KUBECONFIG`` (else ``KUBECONFIG``), ``DEPLOY_KUBE_CONTEXT`` and ``KUBE_API_URL``;
+:func:`deployer_for` is the backend of one model from the environment.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 from ml_platform.deployment.backend import DeploymentBackend, DeploymentError
 
 if TYPE_CHECKING:
+    from ml_platform.deployment.kube_client import KubeSettings
     from ml_platform.deployment.kubernetes import KubernetesBackend
     from ml_platform.deployment.local import LocalBackend
 
@@ -98,9 +100,15 @@ class KubernetesDeployer(BaseModel):
     public_url: str | None = Field(
         default=None, description="Gateway/Ingress URL; {model} is replaced by the model's host label"
     )
-    kube_api_url: str | None = Field(default=None, description="API URL (default: in-cluster)")
+    kubeconfig: str | None = Field(
+        default=None, description="kubeconfig path(s), ':'-separated (default: $KUBECONFIG, in-cluster, ~/.kube/config)"
+    )
+    kube_context: str | None = Field(default=None, description="kubeconfig context (default: its current-context)")
+    kube_api_url: str | None = Field(default=None, description="API URL with the token/CA files below (no kubeconfig)")
     kube_token_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/token")
     kube_ca_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    kube_timeout_seconds: float = Field(default=30.0, description="timeout of one API request")
+    kube_retries: int = Field(default=5, ge=1, description="attempts per API request on 429/5xx/connection errors")
     canary_image: str | None = Field(default=None, description="serving image for the canary")
     canary_replicas: int = Field(default=1, description="canary pods")
     scale_down_canary: bool = Field(default=False, description="scale a retired canary to 0")
@@ -112,6 +120,22 @@ class KubernetesDeployer(BaseModel):
             routing=os.environ.get("DEPLOY_ROUTING", "gateway-api"),  # type: ignore[arg-type]
             public_url=os.environ.get("DEPLOY_PUBLIC_URL") or None,
             kube_api_url=os.environ.get("KUBE_API_URL") or None,
+            kubeconfig=os.environ.get("DEPLOY_KUBECONFIG") or None,
+            kube_context=os.environ.get("DEPLOY_KUBE_CONTEXT") or None,
+        )
+
+    def kube_settings(self) -> KubeSettings:
+        """How to reach the API server (:mod:`.kube_client`)."""
+        from ml_platform.deployment.kube_client import KubeSettings, RetryPolicy
+
+        return KubeSettings(
+            kubeconfig=self.kubeconfig,
+            context=self.kube_context,
+            api_url=self.kube_api_url,
+            token_file=self.kube_token_file,
+            ca_file=self.kube_ca_file,
+            timeout_seconds=self.kube_timeout_seconds,
+            retry=RetryPolicy(attempts=self.kube_retries),
         )
 
     def backend_for(self, model: str) -> KubernetesBackend:
@@ -119,7 +143,7 @@ class KubernetesDeployer(BaseModel):
         from ml_platform.deployment.kubernetes import KubeApi, KubernetesBackend
 
         name = platform_model(model)
-        api = KubeApi.in_cluster(self.kube_api_url, self.kube_token_file, self.kube_ca_file)
+        api = KubeApi.connect(self.kube_settings(), self.namespace)
         return KubernetesBackend(
             get_model(name).spec.model.name,
             api,

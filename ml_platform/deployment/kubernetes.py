@@ -12,9 +12,14 @@ It changes exactly what ``deploy/k8s/README.md`` lists, with
 - promotion: a strategic merge patch of ``Deployment/serving-stable``'s
   template annotation, so its pods restart and resolve the moved ``@champion``.
 
-The API is called over plain HTTPS with the pod's service-account token (no
-extra client library). Smoke tests go through ``public_url`` (the Gateway or
-Ingress host) with ``X-ML-Track: canary``, which the route pins to the canary.
+The API is reached through lightkube (:mod:`.kube_client`): kubeconfig or in-cluster
+configuration, the service-account token re-read as it rotates, transient failures
+(429, 5xx, connection errors) retried with backoff; a 409 on a patch is resolved here
+by re-reading and re-sending. Waiting for a Deployment follows ``kubectl rollout
+status`` (:func:`rollout_status`), and a ``ProgressDeadlineExceeded`` fails at once.
+Rollout state lives in a ConfigMap per model (:mod:`.kube_rollout_state`).
+Smoke tests go through ``public_url`` (the Gateway or Ingress host) with
+``X-ML-Track: canary``, which the route pins to the canary.
 There is no router log here: error rate and latency come from the metric
 source only (use the ``prometheus`` metric source in a cluster).
 """
@@ -24,12 +29,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Literal
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal
 
 from ml_platform.deployment.backend import DeploymentError, DeploymentStatus
+
+if TYPE_CHECKING:
+    from ml_platform.deployment.kube_rollout_state import ConfigMapRolloutStateStore
 
 FIELD_MANAGER = "ml-platform-deployer"
 JSON_PATCH = "application/json-patch+json"
@@ -39,7 +44,6 @@ VERSION_ANNOTATION = "ml-platform/model-version"
 CANARY_WEIGHT_ANNOTATION = "nginx.ingress.kubernetes.io/canary-weight"
 STABLE, CANARY, ROUTE = "serving-stable", "serving-canary", "serving"
 CONTAINER = "serving"
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 Routing = Literal["gateway-api", "ingress-nginx"]
 
@@ -106,57 +110,167 @@ def _check_weight(weight: int) -> int:
     return value
 
 
+class RolloutFailed(DeploymentError):
+    """A Deployment's rollout failed for good (``ProgressDeadlineExceeded``): waiting longer will not help."""
+
+
+def rollout_status(deployment: dict[str, Any]) -> tuple[bool, str]:
+    """``kubectl rollout status`` for a Deployment: ``(done, message)``.
+
+    Done when the controller has observed the latest spec (``observedGeneration >=
+    generation``), every replica runs the new template (``updatedReplicas >= spec.replicas``),
+    no old replica is left (``status.replicas <= updatedReplicas``) and the updated ones are
+    ready and available. A ``Progressing`` condition with reason ``ProgressDeadlineExceeded``
+    (the Deployment's ``progressDeadlineSeconds`` passed) raises :class:`RolloutFailed`
+    at once instead of waiting for the caller's timeout.
+    """
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    meta = deployment.get("metadata") or {}
+    name = meta.get("name", "?")
+    if int(status.get("observedGeneration") or -1) < int(meta.get("generation") or 0):
+        return False, "waiting for the deployment spec update to be observed"
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            detail = condition.get("message") or "no progress within progressDeadlineSeconds"
+            raise RolloutFailed(f"Deployment/{name} exceeded its progress deadline: {detail}")
+    wanted = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
+    updated = int(status.get("updatedReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    ready = int(status.get("readyReplicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    if updated < wanted:
+        return False, f"{updated} of {wanted} new replicas have been updated"
+    if total > updated:
+        return False, f"{total - updated} old replicas are pending termination"
+    if ready < updated:
+        return False, f"{ready} of {updated} updated replicas are ready"
+    if available < updated:
+        return False, f"{available} of {updated} updated replicas are available"
+    return True, f"successfully rolled out ({updated} replicas)"
+
+
 def rollout_complete(deployment: dict[str, Any]) -> bool:
-    """The Deployment's latest template is fully rolled out and available."""
-    spec, status = deployment.get("spec", {}), deployment.get("status", {})
-    meta = deployment.get("metadata", {})
-    replicas = int(spec.get("replicas", 1))
-    if int(status.get("observedGeneration", -1)) < int(meta.get("generation", 0)):
-        return False
-    return all(int(status.get(key, 0)) == replicas for key in ("updatedReplicas", "readyReplicas", "availableReplicas"))
+    """The Deployment's latest template is fully rolled out and available (raises :class:`RolloutFailed`
+    past its progress deadline)."""
+    return rollout_status(deployment)[0]
 
 
 # -- the API client -------------------------------------------------------------------------
 
 
-class KubeApi:
-    """Just enough of the Kubernetes REST API: GET, PATCH with a content type, list pods."""
+def _http_route() -> Any:
+    from lightkube.generic_resource import create_namespaced_resource
 
-    def __init__(self, base_url: str, token: str | None, verify: str | bool = True, transport: Any = None) -> None:
-        headers = {"Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.client = httpx.Client(base_url=base_url, headers=headers, verify=verify, timeout=30, transport=transport)
+    return create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+
+
+def _resource(kind: str) -> Any:
+    """The lightkube resource class of ``kind`` (typed models; HTTPRoute, a CRD, as a generic resource)."""
+    if kind == "Deployment":
+        from lightkube.resources.apps_v1 import Deployment
+
+        return Deployment
+    if kind == "Ingress":
+        from lightkube.resources.networking_v1 import Ingress
+
+        return Ingress
+    if kind == "Pod":
+        from lightkube.resources.core_v1 import Pod
+
+        return Pod
+    if kind == "ConfigMap":
+        from lightkube.resources.core_v1 import ConfigMap
+
+        return ConfigMap
+    if kind == "HTTPRoute":
+        return _http_route()
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def api_error_code(exc: BaseException) -> int | None:
+    """The HTTP status of a failed API call, None for a connection-level failure."""
+    import httpx2
+
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return int(exc.response.status_code)
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    import httpx2
+    from lightkube import ApiError
+
+    if isinstance(exc, ApiError):
+        return f"{exc.status.code} {exc.status.reason or ''}: {exc.status.message or ''}".strip()
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"{exc.response.status_code} {exc.response.text[:300]}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class KubeApi:
+    """The calls the backend makes, on a lightkube client, in one namespace.
+
+    Transient failures are retried by the client's transport (:mod:`.kube_client`); a 409
+    on a patch (the API server gave up merging against concurrent writes) is re-sent after
+    a re-read, up to ``conflict_attempts`` times. Every failure surfaces as
+    :class:`DeploymentError` naming the call.
+    """
+
+    def __init__(self, client: Any, namespace: str, *, conflict_attempts: int = 5) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.conflict_attempts = conflict_attempts
 
     @classmethod
-    def in_cluster(cls, api_url: str | None, token_file: str, ca_file: str) -> KubeApi:
-        import os
+    def connect(cls, settings: Any, namespace: str) -> KubeApi:
+        from ml_platform.deployment.kube_client import connect
 
-        if api_url is None:
-            host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-            if not host:
-                raise DeploymentError("not in a cluster: set kube_api_url (and a token file) on the deployer")
-            api_url = f"https://{host}:{port}"
-        token = Path(token_file).read_text().strip() if Path(token_file).exists() else None
-        verify: str | bool = ca_file if Path(ca_file).exists() else True
-        return cls(api_url, token, verify)
+        return cls(connect(settings, field_manager=FIELD_MANAGER, namespace=namespace), namespace)
 
-    def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        response = self.client.get(path, params=params)
-        if response.status_code >= 400:
-            raise DeploymentError(f"GET {path}: {response.status_code} {response.text[:300]}")
-        return dict(response.json())
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        import httpx2
 
-    def patch(self, path: str, body: Any, content_type: str) -> dict[str, Any]:
-        response = self.client.patch(
-            path,
-            params={"fieldManager": FIELD_MANAGER},
-            json=body,
-            headers={"Content-Type": content_type},
-        )
-        if response.status_code >= 400:
-            raise DeploymentError(f"PATCH {path} ({content_type}): {response.status_code} {response.text[:300]}")
-        return dict(response.json())
+        try:
+            return fn()
+        except (httpx2.HTTPError, OSError) as exc:
+            raise DeploymentError(f"{what}: {_describe(exc)}") from exc
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        obj = self._call(f"GET {kind}/{name}", lambda: self.client.get(_resource(kind), name, namespace=self.namespace))
+        return dict(obj.to_dict())
+
+    def patch(self, kind: str, name: str, body: Any, patch_type: str) -> dict[str, Any]:
+        """Patch ``kind/name``; a 409 conflict is resolved by re-reading the object and sending the patch again
+        (the patches carry no resourceVersion: they are correct against whatever the object is now)."""
+        import httpx2
+        from lightkube.types import PatchType
+
+        resource, ptype = _resource(kind), PatchType(patch_type)
+        for attempt in range(1, self.conflict_attempts + 1):
+            try:
+                obj = self.client.patch(resource, name, body, namespace=self.namespace, patch_type=ptype)
+                return dict(obj.to_dict())
+            except (httpx2.HTTPError, OSError) as exc:
+                if api_error_code(exc) == 409 and attempt < self.conflict_attempts:
+                    self.get(kind, name)  # re-read: the conflict was with a concurrent write, now settled
+                    time.sleep(0.05 * attempt)
+                    continue
+                raise DeploymentError(f"PATCH {kind}/{name} ({patch_type}): {_describe(exc)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def list_pods(self, selector: str) -> list[dict[str, Any]]:
+        from lightkube.resources.core_v1 import Pod
+
+        def pods() -> list[dict[str, Any]]:
+            return [
+                dict(p.to_dict()) for p in self.client.list(Pod, namespace=self.namespace, labels=_labels(selector))
+            ]
+
+        return list(self._call(f"LIST pods {selector}", pods))
+
+
+def _labels(selector: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in selector.split(",") if part)
 
 
 class KubernetesBackend:
@@ -190,19 +304,7 @@ class KubernetesBackend:
         self.canary_replicas = canary_replicas
         self.scale_down_canary = scale_down_canary
         self.poll_seconds = poll_seconds
-
-    # -- paths ------------------------------------------------------------------------------
-
-    def deployment_path(self, name: str) -> str:
-        return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}"
-
-    @property
-    def route_path(self) -> str:
-        return f"/apis/gateway.networking.k8s.io/v1/namespaces/{self.namespace}/httproutes/{self.route}"
-
-    @property
-    def ingress_path(self) -> str:
-        return f"/apis/networking.k8s.io/v1/namespaces/{self.namespace}/ingresses/{self.canary}"
+        self._state_store: ConfigMapRolloutStateStore | None = None
 
     @property
     def public_url_or_none(self) -> str | None:
@@ -230,13 +332,16 @@ class KubernetesBackend:
     # -- helpers ----------------------------------------------------------------------------
 
     def _wait_rollout(self, name: str, timeout: float) -> dict[str, Any]:
+        """``kubectl rollout status``: poll until done; a progress deadline exceeded fails at once."""
         deadline = time.monotonic() + timeout
-        deployment = self.api.get(self.deployment_path(name))
-        while not rollout_complete(deployment):
+        deployment = self.api.get("Deployment", name)
+        done, message = rollout_status(deployment)
+        while not done:
             if time.monotonic() >= deadline:
-                raise DeploymentError(f"Deployment/{name} did not finish rolling out within {timeout:.0f}s")
+                raise DeploymentError(f"Deployment/{name} did not finish rolling out within {timeout:.0f}s: {message}")
             time.sleep(self.poll_seconds)
-            deployment = self.api.get(self.deployment_path(name))
+            deployment = self.api.get("Deployment", name)
+            done, message = rollout_status(deployment)
         return deployment
 
     @staticmethod
@@ -247,49 +352,46 @@ class KubernetesBackend:
     # -- the rollout steps ------------------------------------------------------------------
 
     def ensure_stable(self, champion_version: str, timeout: float) -> None:
-        self.api.patch(self.deployment_path(self.stable), stable_rollout_patch(champion_version), STRATEGIC_MERGE_PATCH)
+        self.api.patch("Deployment", self.stable, stable_rollout_patch(champion_version), STRATEGIC_MERGE_PATCH)
         self._wait_rollout(self.stable, timeout)
 
     def start_canary(self, version: str, timeout: float) -> None:
         self.set_canary_weight(0)
         patch = canary_model_patch(self.model_name, version, image=self.canary_image, replicas=self.canary_replicas)
-        self.api.patch(self.deployment_path(self.canary), patch, STRATEGIC_MERGE_PATCH)
+        self.api.patch("Deployment", self.canary, patch, STRATEGIC_MERGE_PATCH)
         self._wait_rollout(self.canary, timeout)
 
     def canary_health(self) -> tuple[bool, str]:
         try:
-            deployment = self.api.get(self.deployment_path(self.canary))
-        except (DeploymentError, httpx.HTTPError) as exc:
+            deployment = self.api.get("Deployment", self.canary)
+            done, _ = rollout_status(deployment)
+        except DeploymentError as exc:  # unreachable, or past its progress deadline
             return False, str(exc)[:200]
-        if not rollout_complete(deployment):
-            status = deployment.get("status", {})
-            return False, f"ready {status.get('readyReplicas', 0)}/{deployment.get('spec', {}).get('replicas', 1)}"
+        if not done:
+            status, spec = deployment.get("status") or {}, deployment.get("spec") or {}
+            return False, f"ready {status.get('readyReplicas') or 0}/{spec.get('replicas', 1)}"
         return True, f"ready, version {self._annotated_version(deployment)}"
 
     def set_canary_weight(self, weight: int) -> None:
         if self.routing == "gateway-api":
-            self.api.patch(self.route_path, route_weight_patch(weight, self.stable, self.canary), JSON_PATCH)
+            self.api.patch("HTTPRoute", self.route, route_weight_patch(weight, self.stable, self.canary), JSON_PATCH)
         else:
-            self.api.patch(self.ingress_path, ingress_weight_patch(weight), MERGE_PATCH)
+            self.api.patch("Ingress", self.canary, ingress_weight_patch(weight), MERGE_PATCH)
 
     def serve_on_stable(self, version: str, timeout: float) -> None:
-        self.api.patch(self.deployment_path(self.stable), stable_rollout_patch(version), STRATEGIC_MERGE_PATCH)
+        self.api.patch("Deployment", self.stable, stable_rollout_patch(version), STRATEGIC_MERGE_PATCH)
         self._wait_rollout(self.stable, timeout)
 
     def retire_canary(self) -> None:
         self.set_canary_weight(0)
         if self.scale_down_canary:
-            self.api.patch(self.deployment_path(self.canary), {"spec": {"replicas": 0}}, STRATEGIC_MERGE_PATCH)
+            self.api.patch("Deployment", self.canary, {"spec": {"replicas": 0}}, STRATEGIC_MERGE_PATCH)
 
     # -- observation ------------------------------------------------------------------------
 
     def metrics_targets(self, track: str) -> list[str]:
-        pods = self.api.get(
-            f"/api/v1/namespaces/{self.namespace}/pods",
-            params={"labelSelector": self._selector(track)},
-        )
         targets = []
-        for pod in pods.get("items", []):
+        for pod in self.api.list_pods(self._selector(track)):
             status = pod.get("status", {})
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
             if status.get("phase") == "Running" and ready and status.get("podIP"):
@@ -305,15 +407,15 @@ class KubernetesBackend:
 
     def current_weight(self) -> int:
         if self.routing == "gateway-api":
-            route = self.api.get(self.route_path)
+            route = self.api.get("HTTPRoute", self.route)
             refs = route["spec"]["rules"][0]["backendRefs"]
             return int(next((r.get("weight", 0) for r in refs if r.get("name") == self.canary), 0))
-        ingress = self.api.get(self.ingress_path)
-        return int(ingress["metadata"].get("annotations", {}).get(CANARY_WEIGHT_ANNOTATION, "0"))
+        ingress = self.api.get("Ingress", self.canary)
+        return int((ingress["metadata"].get("annotations") or {}).get(CANARY_WEIGHT_ANNOTATION, "0"))
 
     def status(self) -> DeploymentStatus:
-        stable = self.api.get(self.deployment_path(self.stable))
-        canary = self.api.get(self.deployment_path(self.canary))
+        stable = self.api.get("Deployment", self.stable)
+        canary = self.api.get("Deployment", self.canary)
         return DeploymentStatus(
             backend=self.kind,
             model_name=self.model_name,
@@ -324,6 +426,15 @@ class KubernetesBackend:
             canary_weight=self.current_weight(),
             detail={"namespace": self.namespace, "routing": self.routing},
         )
+
+    def rollout_state_store(self) -> ConfigMapRolloutStateStore:
+        """Where this model's rollout state lives: ``ConfigMap/<model>-rollout-state`` (one store per backend,
+        so the resourceVersion it last saw carries over between calls)."""
+        from ml_platform.deployment.kube_rollout_state import ConfigMapRolloutStateStore
+
+        if self._state_store is None:
+            self._state_store = ConfigMapRolloutStateStore(self.api)
+        return self._state_store
 
     def shutdown(self) -> None:
         raise DeploymentError("the kubernetes backend does not delete cluster objects; use kubectl delete -k")

@@ -83,13 +83,12 @@ def test_the_ingress_overlay_renames_its_backends_too(tmp_path: Path) -> None:
 
 
 def test_the_kubernetes_backend_addresses_the_models_objects() -> None:
-    api = KubeApi("https://kube.test", None)
+    api = KubeApi(None, "ml-serving")  # addresses only: no request is made
     backend = KubernetesBackend("wine-gradient-boosting", api, model="wine", public_url="https://{model}.example")
     assert (backend.stable, backend.canary, backend.route) == (
         "wine-serving-stable",
         "wine-serving-canary",
         "wine-serving",
     )
-    assert backend.route_path.endswith("/httproutes/wine-serving")
     assert backend._selector("canary").endswith(f",{MODEL_LABEL}=wine")
     assert backend.public_url == "https://wine.example"

@@ -1,7 +1,9 @@
 """The kubernetes deployer backend, against the real manifests of deploy/k8s but without a cluster.
 
 What runs for real: `kubectl kustomize` renders both overlays; the backend
-drives a fake API server (httpx MockTransport) that records every request;
+(lightkube, configured from a kubeconfig) drives a fake API server, a real HTTPS
+server on 127.0.0.1 (kube_fake_api.py: no cluster can run here) that records
+every request;
 each recorded patch is then applied to the rendered object with
 `kubectl patch --local` (the same JSON Patch / merge / strategic-merge
 machinery the API server uses) and the result is validated against the
@@ -22,7 +24,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import kubernetes_validate
 import pytest
 import yaml
@@ -37,6 +38,8 @@ from ml_platform.deployment.kubernetes import (
     KubernetesBackend,
     rollout_complete,
 )
+from ml_platform.deployment.kube_client import KubeSettings
+from ml_platform_tests.deployment.kube_fake_api import FakeKubeServer, Recorded, Reply
 from ml_platform_tests.deploy.helpers import KUSTOMIZATIONS, find, load_yaml_documents, require_binary, run
 from ml_platform_tests.deploy.test_deploy_k8s_schema import validate_httproute
 
@@ -79,27 +82,41 @@ class FakeApi:
             }
         return obj
 
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else None
+    def handler(self, request: Recorded) -> Reply:
         self.requests.append(
             (
                 request.method,
-                request.url.path,
-                request.headers.get("content-type") if request.method == "PATCH" else None,
-                request.url.params.get("fieldManager"),
-                body,
+                request.path,
+                request.content_type if request.method == "PATCH" else None,
+                request.params.get("fieldManager"),
+                request.body,
             )
         )
-        if request.url.path.endswith("/pods"):
-            return httpx.Response(200, json={"items": []})
-        return httpx.Response(200, json=self._object(request.url.path))
+        if request.path.endswith("/pods"):
+            return Reply(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []})
+        return Reply(200, self._object(request.path))
 
     def patches(self) -> list[tuple[str, str, Any]]:
         return [(path, ctype or "", body) for method, path, ctype, _, body in self.requests if method == "PATCH"]
 
 
-def backend_for(fake: FakeApi, routing: str) -> KubernetesBackend:
-    api = KubeApi("https://kube.test", "token", transport=httpx.MockTransport(fake.handler))
+@pytest.fixture
+def serve(tmp_path):
+    """Start a fake API server answering with ``fake``'s handler; stopped after the test."""
+    servers: list[FakeKubeServer] = []
+
+    def start(fake: FakeApi) -> Path:
+        server = FakeKubeServer(fake.handler, tmp_path).__enter__()
+        servers.append(server)
+        return server.kubeconfig(tmp_path / f"kubeconfig-{len(servers)}")
+
+    yield start
+    for server in servers:
+        server.__exit__()
+
+
+def backend_for(fake: FakeApi, routing: str, serve: Any) -> KubernetesBackend:
+    api = KubeApi.connect(KubeSettings(kubeconfig=str(serve(fake))), "ml-serving")
     return KubernetesBackend(
         MODEL,
         api,
@@ -148,9 +165,9 @@ def run_rollout_steps(backend: KubernetesBackend) -> None:
     backend.retire_canary()
 
 
-def test_gateway_api_rollout_sends_the_documented_patches(rendered, tmp_path) -> None:
+def test_gateway_api_rollout_sends_the_documented_patches(rendered, tmp_path, serve) -> None:
     fake = FakeApi(rendered["gateway-api"])
-    run_rollout_steps(backend_for(fake, "gateway-api"))
+    run_rollout_steps(backend_for(fake, "gateway-api", serve))
 
     route_path = "/apis/gateway.networking.k8s.io/v1/namespaces/ml-serving/httproutes/serving"
     canary_path = "/apis/apps/v1/namespaces/ml-serving/deployments/serving-canary"
@@ -195,10 +212,10 @@ def test_gateway_api_rollout_sends_the_documented_patches(rendered, tmp_path) ->
     assert stable["spec"]["template"]["spec"] == original["spec"]["template"]["spec"]  # only the annotation moved
 
 
-def test_a_route_whose_backends_moved_is_not_patched(rendered, tmp_path) -> None:
+def test_a_route_whose_backends_moved_is_not_patched(rendered, tmp_path, serve) -> None:
     """The JSON Patch's `test` operations refuse a route that is not the one expected."""
     fake = FakeApi(rendered["gateway-api"])
-    backend_for(fake, "gateway-api").set_canary_weight(50)
+    backend_for(fake, "gateway-api", serve).set_canary_weight(50)
     route = copy.deepcopy(find(rendered["gateway-api"], "HTTPRoute", "serving"))
     route["spec"]["rules"][0]["backendRefs"].reverse()
     (_, _, body) = fake.patches()[0]
@@ -210,9 +227,9 @@ def test_a_route_whose_backends_moved_is_not_patched(rendered, tmp_path) -> None
     assert result.returncode != 0 and "test" in result.stderr
 
 
-def test_ingress_nginx_rollout_moves_the_canary_weight_annotation(rendered, tmp_path) -> None:
+def test_ingress_nginx_rollout_moves_the_canary_weight_annotation(rendered, tmp_path, serve) -> None:
     fake = FakeApi(rendered["ingress-nginx"])
-    run_rollout_steps(backend_for(fake, "ingress-nginx"))
+    run_rollout_steps(backend_for(fake, "ingress-nginx", serve))
     ingress_path = "/apis/networking.k8s.io/v1/namespaces/ml-serving/ingresses/serving-canary"
     ingress = find(rendered["ingress-nginx"], "Ingress", "serving-canary")
     weights = []
@@ -228,9 +245,9 @@ def test_ingress_nginx_rollout_moves_the_canary_weight_annotation(rendered, tmp_
         validate(obj)
 
 
-def test_a_canary_that_never_becomes_ready_times_out(rendered) -> None:
+def test_a_canary_that_never_becomes_ready_times_out(rendered, serve) -> None:
     fake = FakeApi(rendered["gateway-api"], ready=False)
-    backend = backend_for(fake, "gateway-api")
+    backend = backend_for(fake, "gateway-api", serve)
     with pytest.raises(DeploymentError, match="did not finish rolling out"):
         backend.start_canary("7", timeout=0.2)
     healthy, detail = backend.canary_health()
@@ -238,9 +255,9 @@ def test_a_canary_that_never_becomes_ready_times_out(rendered) -> None:
     assert not rollout_complete({"metadata": {"generation": 4}, "status": {"observedGeneration": 3}})
 
 
-def test_the_deployer_role_allows_every_request_the_backend_makes(rendered) -> None:
+def test_the_deployer_role_allows_every_request_the_backend_makes(rendered, serve) -> None:
     fake = FakeApi(rendered["gateway-api"])
-    backend = backend_for(fake, "gateway-api")
+    backend = backend_for(fake, "gateway-api", serve)
     run_rollout_steps(backend)
     backend.metrics_targets("canary")
     backend.status()
