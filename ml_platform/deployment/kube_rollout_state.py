@@ -14,8 +14,9 @@ ConfigMap and:
   the other write was ours (a retried request that had reached the server) or
   touched only metadata (someone labelled the ConfigMap);
 - refuses with :class:`RolloutStateConflict` when another run wrote a record
-  meanwhile: that run drives the rollout now, and this one must re-``load`` and
-  decide again instead of clobbering its progress.
+  meanwhile (or took this very rollout over, finished and cleared it): that run
+  drives the rollout now, and this one must re-``load`` and decide again instead
+  of clobbering its progress or resurrecting a finished rollout.
 
 ``clear`` empties the record (kept as ``last-rollout.json`` for inspection), with the
 same ``resourceVersion`` check, so a record another run wrote after our last read is
@@ -60,6 +61,11 @@ class ConfigMapRolloutStateStore:
 
     def _read(self, model: str) -> tuple[RolloutRecord | None, str | None]:
         """The stored record and the ConfigMap's resourceVersion; (None, None) when there is no ConfigMap."""
+        record, _, version = self._read_all(model)
+        return record, version
+
+    def _read_all(self, model: str) -> tuple[RolloutRecord | None, RolloutRecord | None, str | None]:
+        """(record in progress, last cleared record, resourceVersion)."""
         from lightkube.resources.core_v1 import ConfigMap
 
         name = configmap_name(model)
@@ -67,16 +73,17 @@ class ConfigMapRolloutStateStore:
             obj = self.api.client.get(ConfigMap, name, namespace=self.api.namespace)
         except Exception as exc:
             if api_error_code(exc) == 404:
-                return None, None
+                return None, None, None
             raise RolloutStateError(f"GET ConfigMap/{name}: {_describe(exc)}") from exc
         version = obj.metadata.resourceVersion if obj.metadata else None
-        text = (obj.data or {}).get(RECORD_KEY)
-        if not text:
-            return None, version
-        record = RolloutRecord.from_json(text)
-        if record.model != model:
-            raise RolloutStateError(f"ConfigMap/{name} holds the record of {record.model!r}, not {model!r}")
-        return record, version
+        found: list[RolloutRecord | None] = []
+        for key in (RECORD_KEY, LAST_KEY):
+            text = (obj.data or {}).get(key)
+            record = RolloutRecord.from_json(text) if text else None
+            if record is not None and record.model != model:
+                raise RolloutStateError(f"ConfigMap/{name} holds the record of {record.model!r}, not {model!r}")
+            found.append(record)
+        return found[0], found[1], version
 
     def _body(self, record: RolloutRecord, resource_version: str | None) -> Any:
         from lightkube.models.meta_v1 import ObjectMeta
@@ -120,11 +127,21 @@ class ConfigMapRolloutStateStore:
                 if code not in (404, 409):
                     raise RolloutStateError(f"save rollout record of {model}: {_describe(exc)}") from exc
                 # 409: written since we read (or already exists); 404: deleted since we read. Re-read, decide.
-                stored, current = self._read(model)
+                stored, last, current = self._read_all(model)
                 if stored is not None and stored.run_id != record.run_id:
                     raise RolloutStateConflict(
                         f"rollout record of {model} was written by run {stored.run_id or '-'} "
                         f"({stored.describe()}) since run {record.run_id or '-'} read it; load it again"
+                    ) from exc
+                if (
+                    stored is None
+                    and last is not None
+                    and last.started_at == record.started_at
+                    and last.run_id != record.run_id
+                ):
+                    raise RolloutStateConflict(
+                        f"the rollout of {model} v{record.version} was finished and cleared by run "
+                        f"{last.run_id or '-'} since run {record.run_id or '-'} read it; not written again"
                     ) from exc
                 if current is None:
                     self._seen.pop(model, None)

@@ -295,8 +295,11 @@ def test_deployer_role_can_patch_the_traffic_split_and_nothing_dangerous(rendere
     ]:
         assert "patch" in granted[key], key
     everything = [verb for verbs in granted.values() for verb in verbs] + [r for _, r in granted]
-    for forbidden in ("*", "create", "delete", "deletecollection", "escalate", "bind", "impersonate", "secrets"):
+    for forbidden in ("*", "delete", "deletecollection", "escalate", "bind", "impersonate", "secrets"):
         assert forbidden not in everything
+    # The one thing it creates: its rollout-state ConfigMaps (kube_rollout_state.py); nothing else.
+    assert {key for key, verbs in granted.items() if "create" in verbs} == {("", "configmaps")}
+    assert granted[("", "configmaps")] == {"get", "create", "update"}
     binding = find(objects, "RoleBinding", "ml-platform-deployer")
     assert binding["roleRef"]["name"] == "ml-platform-deployer"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dagster", "namespace": "dagster"}]

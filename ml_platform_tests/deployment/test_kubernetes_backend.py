@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from ml_platform.deployment.backend import DeploymentError
+from ml_platform.deployment.kube_client import KubeSettings
 from ml_platform.deployment.kubernetes import (
     FIELD_MANAGER,
     JSON_PATCH,
@@ -38,10 +39,9 @@ from ml_platform.deployment.kubernetes import (
     KubernetesBackend,
     rollout_complete,
 )
-from ml_platform.deployment.kube_client import KubeSettings
-from ml_platform_tests.deployment.kube_fake_api import FakeKubeServer, Recorded, Reply
 from ml_platform_tests.deploy.helpers import KUSTOMIZATIONS, find, load_yaml_documents, require_binary, run
 from ml_platform_tests.deploy.test_deploy_k8s_schema import validate_httproute
+from ml_platform_tests.deployment.kube_fake_api import FakeKubeServer, Recorded, Reply
 
 MODEL = "iris-random-forest"
 KIND_BY_RESOURCE = {"deployments": "Deployment", "httproutes": "HTTPRoute", "ingresses": "Ingress"}
