@@ -26,6 +26,7 @@ source only (use the ``prometheus`` metric source in a cluster).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -75,16 +76,44 @@ def ingress_weight_patch(weight: int) -> dict[str, Any]:
     return {"metadata": {"annotations": {CANARY_WEIGHT_ANNOTATION: str(_check_weight(weight))}}}
 
 
+# Checked before anything is sent (the same rules as the local backend's, deployment/local.py): a value that
+# reaches a manifest is a registered name, a number, or an image reference, never free text.
+REGISTERED_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,9}$")
+IMAGE_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9._:/-]{0,254})(@sha256:[a-f0-9]{64})?$")
+
+
+def checked_version(version: object) -> str:
+    """``version`` if it is a registry version number (what goes into ``MODEL_URI`` and the annotation)."""
+    text = str(version)
+    if not VERSION_PATTERN.match(text):
+        raise DeploymentError(f"model version {version!r} is not a version number")
+    return text
+
+
+def checked_registered_name(name: object) -> str:
+    if not isinstance(name, str) or not REGISTERED_NAME_PATTERN.match(name) or ".." in name:
+        raise DeploymentError(f"registered model name {name!r}: use letters, digits, '.', '_' or '-' (no '..')")
+    return name
+
+
+def checked_image(image: object) -> str:
+    if not isinstance(image, str) or not IMAGE_PATTERN.match(image):
+        raise DeploymentError(f"canary image {image!r} is not an image reference (registry/name[:tag][@sha256:...])")
+    return image
+
+
 def canary_model_patch(
     model_name: str, version: str, *, image: str | None = None, replicas: int | None = None
 ) -> dict[str, Any]:
     """Strategic merge patch: the canary serves ``models:/<name>/<version>`` (pinned, never an alias)."""
+    model_name, version = checked_registered_name(model_name), checked_version(version)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "env": [{"name": "MODEL_URI", "value": f"models:/{model_name}/{version}"}],
     }
     if image:
-        container["image"] = image
+        container["image"] = checked_image(image)
     patch: dict[str, Any] = {
         "spec": {
             "template": {
@@ -94,13 +123,15 @@ def canary_model_patch(
         }
     }
     if replicas is not None:
+        if not 0 <= int(replicas) <= 1000:
+            raise DeploymentError(f"canary replicas {replicas!r}: expected 0-1000")
         patch["spec"]["replicas"] = int(replicas)
     return patch
 
 
 def stable_rollout_patch(version: str) -> dict[str, Any]:
     """Strategic merge patch: roll the stable pods so they resolve ``@champion`` again."""
-    return {"spec": {"template": {"metadata": {"annotations": {VERSION_ANNOTATION: str(version)}}}}}
+    return {"spec": {"template": {"metadata": {"annotations": {VERSION_ANNOTATION: checked_version(version)}}}}}
 
 
 def _check_weight(weight: int) -> int:
@@ -356,8 +387,8 @@ class KubernetesBackend:
         self._wait_rollout(self.stable, timeout)
 
     def start_canary(self, version: str, timeout: float) -> None:
-        self.set_canary_weight(0)
         patch = canary_model_patch(self.model_name, version, image=self.canary_image, replicas=self.canary_replicas)
+        self.set_canary_weight(0)
         self.api.patch("Deployment", self.canary, patch, STRATEGIC_MERGE_PATCH)
         self._wait_rollout(self.canary, timeout)
 

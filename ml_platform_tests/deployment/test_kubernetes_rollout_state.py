@@ -189,6 +189,31 @@ def test_a_progress_deadline_exceeded_fails_fast(backend, objects) -> None:
     assert not healthy and "progress deadline" in detail
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("version", "7\n  - name: EVIL"),
+        ("version", "latest"),
+        ("version", "../1"),
+        ("image", "ghcr.io/x/y:1 --privileged"),
+        ("model_name", "../../etc"),
+    ],
+)
+def test_a_crafted_value_never_reaches_the_api(backend, server, field, value) -> None:
+    """Attack: a version, image or model name that is not what the platform writes is refused before any request."""
+    version = value if field == "version" else "7"
+    if field == "image":
+        backend.canary_image = value
+    if field == "model_name":
+        backend.model_name = value
+    with pytest.raises(DeploymentError, match=r"version|image|registered model name"):
+        backend.start_canary(version, timeout=5)
+    if field == "version":
+        with pytest.raises(DeploymentError, match="not a version number"):
+            backend.serve_on_stable(version, timeout=5)
+    assert server.requests == []
+
+
 def test_a_canary_weight_patch_survives_a_conflict(backend, objects, server) -> None:
     from ml_platform_tests.deployment.kube_fake_api import status_reply
 
