@@ -298,6 +298,7 @@ def build_monitoring_defs(model: ModelContext) -> dg.Definitions:
             "model_versions": versions,
             "feedback_by_version": {v: list(ct) for v, ct in feedback.items()},
             "tracks": tracks,
+            "smoke_requests_excluded": stats.smoke_lines,
             "log_root": day_log.root,
         }
         timestamps = window.frame["timestamp"].dropna()
@@ -320,6 +321,7 @@ def build_monitoring_defs(model: ModelContext) -> dg.Definitions:
                 "other_model_lines": stats.other_model_lines + day_log.feedback_stats.other_model_lines,
                 "legacy_lines": stats.legacy_lines + day_log.feedback_stats.legacy_lines,
                 "unattributed_lines": stats.unattributed_lines + day_log.feedback_stats.unattributed_lines,
+                "smoke_requests_excluded": stats.smoke_lines,  # the platform's own smoke tests: not production
                 "log_folder": dg.MetadataValue.path(day_log.folder),
                 "window": dg.MetadataValue.path(uri),
                 "first_timestamp": str(timestamps.min()) if len(timestamps) else "none",
