@@ -62,9 +62,23 @@ demo: install
 	@echo "training_job finished: the model is registered in $(ML_PLATFORM_HOME)/mlflow (alias 'challenger')."
 	@echo "Open the Dagster UI:   make dev    then browse http://127.0.0.1:3000"
 
+## Dagster's UI on :3000 and, for a local MLflow store, an MLflow UI on :$(MLFLOW_UI_PORT) beside it (stopped
+## when dagster dev exits), so the MLflow links in asset metadata (drift reports, versions) open locally.
+MLFLOW_UI_PORT ?= 5000
+DAGSTER_DEV ?= $(BIN)/dagster dev -h 127.0.0.1 -p 3000
 dev: install
 	$(BIN)/python -m ml_platform.bootstrap
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	@uri="$${MLFLOW_TRACKING_URI:-$$($(BIN)/python -c 'from ml_platform import settings; print(settings.mlflow_tracking_uri())')}"; \
+	pid=""; \
+	case "$$uri" in \
+	  http://*|https://*) ui="$${MLFLOW_UI_URL:-$$uri}";; \
+	  *) ui="http://127.0.0.1:$(MLFLOW_UI_PORT)"; \
+	     setsid $(BIN)/mlflow ui --backend-store-uri "$$uri" -h 127.0.0.1 -p $(MLFLOW_UI_PORT) \
+	       >"$(ML_PLATFORM_HOME)/mlflow-ui.log" 2>&1 & pid=$$!; \
+	     echo "MLflow UI: $$ui (log: $(ML_PLATFORM_HOME)/mlflow-ui.log)";; \
+	esac; \
+	trap 'if [ -n "$$pid" ]; then kill -TERM -$$pid 2>/dev/null; fi' EXIT INT TERM; \
+	MLFLOW_UI_URL="$$ui" $(DAGSTER_DEV)
 
 test: install-dev system-deps tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

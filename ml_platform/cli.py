@@ -1,4 +1,4 @@
-"""Deployment commands: ``python -m ml_platform.cli status | rollback | stop | k8s-overlay [--model NAME]``.
+"""Operator commands: ``python -m ml_platform.cli status | rollback | stop | retract | k8s-overlay [--model NAME]``.
 
 Every command acts on one model (``--model``, default: ``ML_PLATFORM_MODEL`` or the
 catalog's default model); ``status`` without ``--model`` lists every model.
@@ -10,6 +10,10 @@ catalog's default model); ``status`` without ``--model`` lists every model.
   Waits for a rollout in progress to finish first (``--wait`` seconds).
 - ``stop``: stop the model's local deployment (its serving processes; its routes leave
   the shared nginx, which stops once no model is left).
+- ``retract``: take accepted batches out of training (``accepted/`` -> ``retracted/`` with a
+  reason record), by partition key or ``--trained-into VERSION`` (every batch that version
+  trained on); the next training dataset leaves them out. Every key is checked first: one bad
+  key retracts nothing (exit code 2).
 - ``k8s-overlay``: write ``deploy/k8s/models/<name>/kustomization.yaml``, the model's
   Kubernetes overlay (object names prefixed by the model, its label and environment).
 
@@ -193,6 +197,46 @@ def status_all(deployer: AnyDeployer) -> int:
     return code
 
 
+def retract(model: str, keys: Sequence[str], reason: str, trained_into: str | None, actor: str | None) -> int:
+    """Retract ``keys`` (and every batch ``trained_into`` trained on) of ``model``; 2 when refused."""
+    from ml_platform.validation.landing_zone import LandingZone
+    from ml_platform.validation.retraction import (
+        RetractionError,
+        default_actor,
+        retract_batches,
+        tag_version,
+        training_batches,
+    )
+
+    entry = _entry(model)
+    zone = LandingZone().for_model(entry.name)
+    wanted = list(keys)
+    client = None
+    try:
+        if trained_into:
+            client = _client()
+            found = training_batches(client, entry.spec.model.name, trained_into)
+            print(f"{entry.spec.model.name} v{trained_into} trained on {len(found)} batch(es)")
+            wanted += found
+        records = retract_batches(zone, wanted, reason, actor=actor or default_actor("cli"), version=trained_into)
+    except (RetractionError, ValueError) as exc:  # InvalidKeyError and UnknownBatchError included
+        _stderr(f"retract refused: {exc}")
+        return 2
+    for record in records:
+        if record.already_retracted:
+            print(f"already retracted {record.key} ({record.retracted_at} by {record.actor}: {record.reason})")
+        else:
+            print(f"retracted {record.key} -> {record.path}")
+    if trained_into and client is not None:
+        tag_version(client, entry.spec.model.name, trained_into, records)
+    moved = sum(not r.already_retracted for r in records)
+    print(
+        f"{moved} batch(es) retracted, {len(records) - moved} already were; the next {entry.name} training "
+        f"run leaves them out (records in {zone.retracted_dir})"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_platform.cli", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _model_option(stop_cmd, "the model (default: ML_PLATFORM_MODEL, else the default model)")
     stop_cmd.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the deployment lock")
     stop_cmd.add_argument("--force", action="store_true", help="break the deployment lock (stop a rollout's processes)")
+    retract_cmd = commands.add_parser("retract", help="take accepted batches out of training, with a reason")
+    _model_option(retract_cmd, "the model (default: ML_PLATFORM_MODEL, else the default model)")
+    retract_cmd.add_argument("keys", nargs="*", metavar="KEY", help="partition keys `<file name>@<sha256>`")
+    retract_cmd.add_argument("--reason", required=True, help="why (recorded beside the batch)")
+    retract_cmd.add_argument("--trained-into", metavar="VERSION", help="also every batch this model version trained on")
+    retract_cmd.add_argument("--actor", help="who retracts (default: cli:<OS user>)")
     overlay = commands.add_parser("k8s-overlay", help="write deploy/k8s/models/<name>/kustomization.yaml")
     _model_option(overlay, "the model (default: ML_PLATFORM_MODEL, else the default model)")
     overlay.add_argument("--routing", choices=("gateway-api", "ingress-nginx"), default="gateway-api")
@@ -218,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ml_platform.onboarding import run
 
         return run("scaffold", None, name=args.name)
+    if args.command == "retract":  # the landing zone (and the registry for --trained-into); no deployer
+        if not args.keys and not args.trained_into:
+            parser.error("retract: give at least one KEY or --trained-into VERSION")
+        return retract(args.model, args.keys, args.reason, args.trained_into, args.actor)
     if args.command == "k8s-overlay":
         from ml_platform.deployment.k8s_overlay import write_overlay
 

@@ -9,6 +9,11 @@ each request sends one row as ``records`` and, when answered, posts the true
 label to ``/feedback`` with the answer's ``feedback_token`` (the receipt the
 server requires) and ``X-ML-Track`` set to the track that answered (so the
 router pins the feedback to the process that holds the prediction).
+``--shift S`` sends drifted rows instead (``--features a,b`` to choose which move, default every
+numeric feature; ``--drift-share P`` for a mix, a share P of the requests drifted): the rows of
+:func:`ml_platform.monitoring.generate.drifted_rows`, numeric features moved by S standard
+deviations (clipped to the spec's ranges), categorical ones rotated, true labels kept for feedback.
+Ctrl-C (or SIGTERM) stops the clients and still prints the counts so far (exit code 130).
 ``TrafficSimulator`` is the same thing as a context manager for tests.
 """
 
@@ -18,6 +23,7 @@ import argparse
 import itertools
 import json
 import random
+import signal
 import sys
 import threading
 import time
@@ -103,6 +109,34 @@ def labelled_rows(spec: DatasetSpec) -> list[tuple[dict[str, Any], Any]]:
     return rows
 
 
+def drifted_labelled_rows(
+    spec: DatasetSpec, shift: float, features: list[str] | None, share: float, seed: int = 0
+) -> list[tuple[dict[str, Any], Any]]:
+    """(record, true label) pairs where a ``share`` of rows are drifted by ``shift`` (see ``drifted_rows``)."""
+    from ml_platform.monitoring.generate import drifted_rows
+
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the drift share must be between 0 and 1, got {share}")
+    unknown = sorted(set(features or []) - set(spec.feature_names))
+    if unknown:
+        raise ValueError(f"not features of {spec.name}: {unknown} (features: {spec.feature_names})")
+    normal = labelled_rows(spec)
+    count = max(len(normal), 1000)
+    moved = round(count * share)
+    frame = drifted_rows(spec, moved, shift, features=features or None, seed=seed) if moved else None
+    numeric = set(spec.numeric_features)
+    classes = {str(c): c for c in spec.target.classes}
+    drifted = []
+    for raw in frame.to_dict(orient="records") if frame is not None else []:
+        record = {n: (float(raw[n]) if n in numeric else str(raw[n])) for n in spec.feature_names}
+        label = raw[spec.target.name]
+        drifted.append((record, classes.get(str(label), label)))
+    rng = random.Random(seed)
+    rows = drifted + [rng.choice(normal) for _ in range(count - moved)]
+    rng.shuffle(rows)
+    return rows
+
+
 class TrafficSimulator:
     """Background clients sending labelled predictions at ``rate`` per second, plus feedback."""
 
@@ -116,13 +150,15 @@ class TrafficSimulator:
         spec: DatasetSpec | None = None,
         seed: int = 0,
         timeout: float = 30.0,
+        rows: list[tuple[dict[str, Any], Any]] | None = None,
     ) -> None:
+        """``rows``: the (record, label) pairs to cycle through (default: the dataset's bundled rows)."""
         self.url = url.rstrip("/")
         self.rate = rate
         self.concurrency = max(1, concurrency)
         self.feedback = feedback
         self.timeout = timeout
-        rows = labelled_rows(spec or get_model().spec)
+        rows = list(rows) if rows is not None else labelled_rows(spec or get_model().spec)
         random.Random(seed).shuffle(rows)
         self._rows = itertools.cycle(rows)
         self._lock = threading.Lock()
@@ -211,10 +247,12 @@ class TrafficSimulator:
         return self
 
     def stop(self) -> SimulationReport:
+        """Stop the clients (each finishes its request in flight) and return the counts."""
         self._stop.set()
         for thread in self._threads:
             thread.join(self.timeout + 5)
-        self.report.seconds = time.monotonic() - self._started
+        if self._started:
+            self.report.seconds = time.monotonic() - self._started
         return self.report
 
     def snapshot(self) -> dict[str, Any]:
@@ -266,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="client threads (default 4)")
     parser.add_argument("--no-feedback", action="store_true", help="do not post the true labels")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--shift", type=float, default=0.0, help="send drifted rows: move features by this many std devs (default 0)"
+    )
+    parser.add_argument("--features", help="comma-separated features to shift (default: every numeric feature)")
+    parser.add_argument(
+        "--drift-share", type=float, default=1.0, help="share of requests drifted when --shift is set (default 1)"
+    )
     args = parser.parse_args(argv)
     from ml_platform.catalog import CatalogError
 
@@ -273,16 +318,40 @@ def main(argv: list[str] | None = None) -> int:
         entry = get_model(args.model)
     except CatalogError as exc:
         parser.error(str(exc))
+    rows = None
+    if args.shift:
+        features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
+        try:
+            rows = drifted_labelled_rows(entry.spec, args.shift, features, args.drift_share)
+        except ValueError as exc:
+            parser.error(str(exc))
     simulator = TrafficSimulator(
         args.url or default_url(entry.name),
         rate=args.rate,
         concurrency=args.concurrency,
         feedback=not args.no_feedback,
         spec=entry.spec,
+        rows=rows,
     )
-    report = simulator.run(args.duration)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.summary())
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = False
+    try:
+        report = simulator.run(args.duration)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: run() has stopped the clients; the counts still print
+        interrupted = True
+        report = simulator.stop()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if interrupted:
+        print(f"interrupted after {report.seconds:.1f}s; counts so far:", file=sys.stderr)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.summary(), flush=True)
+    if interrupted:
+        return 130
     return 1 if report.predictions_failed else 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -266,8 +266,12 @@ class PredictionLogFormat:
         rows: np.ndarray | list[tuple[Any, ...]],
         class_index: np.ndarray,
         probabilities: np.ndarray | None,
+        traffic: str | None = None,
     ) -> tuple[str, bytes]:
-        """``(day, line)`` for one request; ``probabilities`` is the (rows, classes) matrix or None."""
+        """``(day, line)`` for one request; ``probabilities`` is the (rows, classes) matrix or None.
+
+        ``traffic="smoke"`` marks the platform's own smoke requests (the field is absent otherwise).
+        """
         day, stamp = utc_timestamp(received_at)
         record = {
             "event": "prediction",
@@ -283,6 +287,8 @@ class PredictionLogFormat:
             "probabilities": self._probabilities(probabilities),
             "latency_ms": round(latency_ms, 3),
         }
+        if traffic is not None:
+            record["traffic"] = traffic
         return day, orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
 
 

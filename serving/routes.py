@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from ml_platform.monitoring.traffic import TRAFFIC_HEADER, traffic_class
 from serving.api import PredictPayload, WorkerResult
 from serving.encoding import dumps
 from serving.errors import JSON, json_error
@@ -107,7 +108,10 @@ def register_predict(app: FastAPI, ctx: ServingContext, handler: Any) -> None:
         except RequestError as exc:
             return json_error(exc.status, exc.error, exc.detail)
         result: WorkerResult = await handler.handle_request(
-            PredictPayload(state.request_id, rows, state.received_at), PredictPayload
+            PredictPayload(
+                state.request_id, rows, state.received_at, traffic_class(request.headers.get(TRAFFIC_HEADER))
+            ),
+            PredictPayload,
         )
         state.model_version = result.model_version
         if result.status == 200 and result.class_index is not None:

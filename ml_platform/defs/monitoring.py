@@ -239,6 +239,32 @@ def _tags(trigger: Trigger, seen: int) -> dict[str, str]:
     return {f"{TAG_PREFIX}{k}": v[:MAX_TAG_CHARS] for k, v in tags.items()}
 
 
+def _mlflow_metadata(
+    context: dg.AssetExecutionContext, mlflow_registry: MlflowRegistryResource, model: str, report: dict[str, Any]
+) -> dict[str, Any]:
+    """Log the report's HTML to MLflow and link it (the MLflow UI can open it; a ``file://`` link cannot)."""
+    from ml_platform.monitoring.mlflow_report import log_drift_report
+
+    try:
+        logged = log_drift_report(mlflow_registry.client(), model, report, mlflow_registry.resolved_uri())
+    except Exception as exc:  # the report stands on its own: an MLflow outage only loses the copy
+        context.log.warning(f"drift report not logged to MLflow: {type(exc).__name__}: {exc}")
+        return {"mlflow": f"not logged: {type(exc).__name__}: {str(exc)[:200]}"}
+    metadata: dict[str, Any] = {"mlflow_run_id": logged.run_id}
+    headline = str(report.get("headline_version") or "")
+    link = logged.artifact_link(headline) if headline else None
+    run_link = logged.run_link()
+    if link:
+        metadata["evidently_report"] = dg.MetadataValue.url(link)
+    if run_link:
+        metadata["mlflow_run"] = dg.MetadataValue.url(run_link)
+    else:
+        metadata["mlflow"] = (
+            "logged; set MLFLOW_UI_URL (make dev does) or use an http tracking URI for links into the MLflow UI"
+        )
+    return metadata
+
+
 def build_monitoring_defs(model: ModelContext) -> dg.Definitions:
     """``<model>/production_window``, ``<model>/drift_report`` with its checks, the daily schedule of
     ``<model>_drift_job`` and ``<model>_drift_retrain_sensor``."""
@@ -298,6 +324,7 @@ def build_monitoring_defs(model: ModelContext) -> dg.Definitions:
             "model_versions": versions,
             "feedback_by_version": {v: list(ct) for v, ct in feedback.items()},
             "tracks": tracks,
+            "smoke_requests_excluded": stats.smoke_lines,
             "log_root": day_log.root,
         }
         timestamps = window.frame["timestamp"].dropna()
@@ -320,6 +347,7 @@ def build_monitoring_defs(model: ModelContext) -> dg.Definitions:
                 "other_model_lines": stats.other_model_lines + day_log.feedback_stats.other_model_lines,
                 "legacy_lines": stats.legacy_lines + day_log.feedback_stats.legacy_lines,
                 "unattributed_lines": stats.unattributed_lines + day_log.feedback_stats.unattributed_lines,
+                "smoke_requests_excluded": stats.smoke_lines,  # the platform's own smoke tests: not production
                 "log_folder": dg.MetadataValue.path(day_log.folder),
                 "window": dg.MetadataValue.path(uri),
                 "first_timestamp": str(timestamps.min()) if len(timestamps) else "none",
@@ -432,7 +460,7 @@ def build_monitoring_defs(model: ModelContext) -> dg.Definitions:
                 metadata[f"drift_score/{feature['feature']}"] = dg.MetadataValue.float(float(feature["score"]))
             evidently = headline.get("evidently")
             if evidently:
-                metadata["evidently_report"] = dg.MetadataValue.url(evidently["html_link"])
+                metadata["evidently_report_file"] = dg.MetadataValue.path(evidently["html_uri"])
                 metadata["evidently_sample"] = evidently["note"]
         if headline is not None:
             if headline.get("live_accuracy") is not None:
@@ -441,6 +469,7 @@ def build_monitoring_defs(model: ModelContext) -> dg.Definitions:
                 metadata["training_accuracy"] = dg.MetadataValue.float(float(headline["training_accuracy"]))
                 metadata["training_accuracy_source"] = headline["training_accuracy_source"]
             metadata["feedback_rows"] = dg.MetadataValue.int(int(headline["feedback_rows"]))
+        metadata |= _mlflow_metadata(context, mlflow_registry, model.name, report)
         context.log.info(
             f"{day}: status {report['status']}, drift_detected={report['drift_detected']}, "
             f"live_accuracy_low={report['live_accuracy_low']}; Prometheus {report['prometheus']}"

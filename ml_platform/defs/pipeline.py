@@ -8,11 +8,12 @@ from ml_platform.defs.jobs import build_jobs_defs
 from ml_platform.defs.model_context import ModelContext
 from ml_platform.defs.monitoring import build_monitoring_defs
 from ml_platform.defs.reference import build_reference_defs
+from ml_platform.defs.retraction import build_retraction_defs
 from ml_platform.defs.training import build_training_defs
 
 
 def build_model_defs(model: ModelContext) -> dg.Definitions:
-    """Ingestion, training, reference snapshot, deployment, monitoring and jobs of ``model``."""
+    """Ingestion, training, reference snapshot, deployment, monitoring, jobs and retraction of ``model``."""
     return dg.Definitions.merge(
         build_ingestion_defs(model),
         build_training_defs(model),
@@ -20,4 +21,5 @@ def build_model_defs(model: ModelContext) -> dg.Definitions:
         build_deployment_defs(model),
         build_monitoring_defs(model),
         build_jobs_defs(model),
+        build_retraction_defs(model),
     )

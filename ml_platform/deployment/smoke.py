@@ -3,7 +3,8 @@
 Requests go through the public URL pinned to one track (``X-ML-Track``), so
 the route is exercised too. The rows are the version's reference snapshot
 (features with the predictions recorded at training time) when it has one,
-else rows of the dataset's bundled CSV, checked for a valid answer only.
+else rows of the dataset's bundled CSV, checked for a valid answer only. Every request is
+marked ``X-ML-Platform-Traffic: smoke``, so monitoring leaves it out of production windows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 
 from ml_platform.deployment.backend import TRACK_HEADER
+from ml_platform.monitoring.traffic import SMOKE, TRAFFIC_HEADER
 from ml_platform.spec import DatasetSpec
 
 
@@ -83,7 +85,11 @@ def smoke_test(
         response = httpx.post(
             f"{public_url.rstrip('/')}/predict",
             json={"records": rows.records},
-            headers={TRACK_HEADER: track, "X-Request-ID": f"smoke-{track}-{version}-{int(time.time())}"},
+            headers={
+                TRACK_HEADER: track,
+                TRAFFIC_HEADER: SMOKE,  # kept out of production windows and drift
+                "X-Request-ID": f"smoke-{track}-{version}-{int(time.time())}",
+            },
             timeout=timeout,
         )
     except httpx.HTTPError as exc:

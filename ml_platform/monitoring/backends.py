@@ -37,7 +37,15 @@ class PredictionLogSource:
         """One model's log folder (what that model's servers get as ``PREDICTION_LOG_DIR``)."""
         return paths.per_model(self.base(), model)
 
-    def read_day(self, model: str, day: str, spec: DatasetSpec, *, accept_legacy: bool | None = None) -> DayLog:
+    def read_day(
+        self,
+        model: str,
+        day: str,
+        spec: DatasetSpec,
+        *,
+        accept_legacy: bool | None = None,
+        include_smoke: bool = False,
+    ) -> DayLog:
         """One model's predictions and feedback of one UTC day; only its folder of that day is read.
 
         Lines naming another model are ignored and counted; lines without a model are accepted
@@ -45,7 +53,7 @@ class PredictionLogSource:
         """
         from ml_platform.monitoring.logs import read_day
 
-        return read_day(self.base(), day, spec, model=model, accept_legacy=accept_legacy)
+        return read_day(self.base(), day, spec, model=model, accept_legacy=accept_legacy, include_smoke=include_smoke)
 
 
 @dataclass(frozen=True)

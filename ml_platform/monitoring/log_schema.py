@@ -61,6 +61,7 @@ def request_schema(spec: DatasetSpec) -> pa.Schema:
             ("predictions", pa.list_(class_type(spec))),
             ("probabilities", probabilities),
             ("latency_ms", pa.float64()),
+            ("traffic", pa.string()),  # "smoke" on the platform's own requests, absent (null) otherwise
         ]
     )
 

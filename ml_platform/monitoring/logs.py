@@ -25,6 +25,11 @@ That slow path also reads the one-line-per-row format written before serving
 switched to one line per request. A trailing line without its newline is a
 write in progress and is ignored.
 
+The platform's own smoke-test requests (``"traffic": "smoke"``, see
+:mod:`ml_platform.monitoring.traffic`) are not production traffic: they are left
+out by default and counted (``smoke_lines``), so they never reach a production
+window, drift or live accuracy.
+
 Feedback is joined to predictions on ``(request_id, row)``. Only the same
 day's feedback is read: labels that arrive on a later day count towards that
 later day's live accuracy (which is computed from feedback events, per the
@@ -44,6 +49,7 @@ from ml_platform.monitoring.log_schema import (
     request_schema,
 )
 from ml_platform.monitoring.prediction_requests import explode_requests, rows_from_line
+from ml_platform.monitoring.traffic import SMOKE, TRAFFIC_FIELD
 from ml_platform.spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -71,6 +77,7 @@ class ReadStats:
     other_model_lines: int = 0  # lines naming another model: ignored
     legacy_lines: int = 0  # lines without a model (older format), accepted: this is the default model
     unattributed_lines: int = 0  # lines without a model, ignored: this is not the default model
+    smoke_lines: int = 0  # the platform's own smoke-test requests: left out unless asked for
 
 
 @dataclass
@@ -113,10 +120,24 @@ RecordsFn = Callable[[Any], "list[dict[str, Any]] | None"]  # one parsed line ->
 class _ModelGate:
     """Keeps the lines of one model (and model-less legacy lines only when it is the default), counting the rest."""
 
-    def __init__(self, model: str, accept_legacy: bool, stats: ReadStats) -> None:
+    def __init__(self, model: str, accept_legacy: bool, stats: ReadStats, include_smoke: bool = True) -> None:
         self.model = model
         self.accept_legacy = accept_legacy
         self.stats = stats
+        self.include_smoke = include_smoke
+
+    def production(self, table: pa.Table) -> pa.Table:
+        """``table`` without the platform's smoke-test lines (counted), unless they were asked for."""
+        import pyarrow.compute as pc
+
+        if self.include_smoke or TRAFFIC_FIELD not in table.column_names or len(table) == 0:
+            return table
+        smoke = pc.fill_null(pc.equal(table.column(TRAFFIC_FIELD), SMOKE), False)
+        count = int(pc.sum(smoke).as_py() or 0)
+        if not count:
+            return table
+        self.stats.smoke_lines += count
+        return table.filter(pc.invert(smoke))
 
     def _count(self, other: int, legacy: int) -> None:
         self.stats.other_model_lines += other
@@ -146,9 +167,13 @@ class _ModelGate:
         named = obj.get("model")
         if named is None:
             self._count(0, 1)
-            return self.accept_legacy
-        if named != self.model:
+            if not self.accept_legacy:
+                return False
+        elif named != self.model:
             self._count(1, 0)
+            return False
+        if not self.include_smoke and obj.get(TRAFFIC_FIELD) == SMOKE:
+            self.stats.smoke_lines += 1
             return False
         return True
 
@@ -211,11 +236,12 @@ def _read_files(
         stats.partial_tail_bytes += cut
         if not data.strip():
             continue
-        counted = (stats.other_model_lines, stats.legacy_lines, stats.unattributed_lines)
+        counted = (stats.other_model_lines, stats.legacy_lines, stats.unattributed_lines, stats.smoke_lines)
         try:
             table, skipped = fast(data)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
-            stats.other_model_lines, stats.legacy_lines, stats.unattributed_lines = counted  # counted again below
+            # counted again below
+            stats.other_model_lines, stats.legacy_lines, stats.unattributed_lines, stats.smoke_lines = counted
             table, skipped = _read_lines(data, schema, records_of)
         stats.skipped_lines += skipped
         tables.append(table)
@@ -247,7 +273,15 @@ def model_folder(root: str, model: str, day: str) -> str:
     return f"{per_model(root, model)}/{day_folder_name(day)}"
 
 
-def read_day(root: str, day: str, spec: DatasetSpec, *, model: str, accept_legacy: bool | None = None) -> DayLog:
+def read_day(
+    root: str,
+    day: str,
+    spec: DatasetSpec,
+    *,
+    model: str,
+    accept_legacy: bool | None = None,
+    include_smoke: bool = False,
+) -> DayLog:
     """Read one model's predictions and feedback logged on ``day`` (UTC), and nothing else.
 
     Args:
@@ -258,17 +292,20 @@ def read_day(root: str, day: str, spec: DatasetSpec, *, model: str, accept_legac
             ignored and counted.
         accept_legacy: Whether lines without a model field (and the single-model layout ``<root>/date=<day>/``)
             count as this model's; default: only for the catalog's default model.
+        include_smoke: Whether the platform's own smoke-test requests (``"traffic": "smoke"``) are kept;
+            by default they are left out (production windows and drift) and counted in ``smoke_lines``.
     """
     if accept_legacy is None:
         from ml_platform.catalog import default_model_name
 
         accept_legacy = model == default_model_name()
     pred_stats, fb_stats = ReadStats(), ReadStats()
-    pred_gate, fb_gate = _ModelGate(model, accept_legacy, pred_stats), _ModelGate(model, accept_legacy, fb_stats)
+    pred_gate = _ModelGate(model, accept_legacy, pred_stats, include_smoke)
+    fb_gate = _ModelGate(model, accept_legacy, fb_stats)
     requests, rows = request_schema(spec), prediction_schema(spec)
     predictions = _read_files(
         _day_files(root, model, day, PREDICTION_GLOB, accept_legacy),
-        lambda data: explode_requests(pred_gate.table(_read_fast(data, requests)), spec, rows),
+        lambda data: explode_requests(pred_gate.production(pred_gate.table(_read_fast(data, requests))), spec, rows),
         lambda obj: rows_from_line(obj, spec, rows) if pred_gate.line(obj) else [],
         rows,
         pred_stats,

@@ -123,6 +123,15 @@ def _validate_and_store(folders: LandingFolders, staged: Staged, key: str, spec:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         problems = [*name_problems, f"the batch gate could not evaluate the file ({detail[:200]})"]
         report = rejection_report(display, problems, spec, staged.copy.sha256, staged.copy.size_bytes)
+    retracted = folders.retracted_hashes().get(staged.copy.sha256) if report.success else None
+    if retracted is not None:  # content an operator retracted never comes back by being landed again
+        report.problems = [
+            f"this exact content (sha256 {staged.copy.sha256}) was retracted as {retracted} "
+            f"({folders.retracted_dir}); it is not accepted again. If the retraction was a mistake, move the file "
+            "and its .retraction.json from retracted/ back to accepted/",
+            *report.problems,
+        ]
+        report.success = False
     accepted = report.success
     reports = None if accepted else (report.to_json(), report.to_markdown())
     target = folders.store(staged, key, accepted=accepted, reports=reports)

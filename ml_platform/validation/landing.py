@@ -6,19 +6,25 @@ links and copied into the private ``staging/`` folder, hashed from the bytes
 copied. Only that copy is validated and then moved (renamed, never linked) to
 ``accepted/`` or ``quarantine/`` under ``<stem>@<sha256><suffix>``. Links,
 FIFOs, directories and devices are never opened: they are renamed into
-``quarantine/`` as they are, with a report. Nothing is deleted except an
-incoming file whose exact content has been stored.
+``quarantine/`` as they are, with a report. An accepted batch can be
+retracted: it is renamed into ``retracted/`` beside a ``.retraction.json``
+record (reason, actor, time, the version that prompted it), and it is never
+accepted again while it stays there. Nothing is deleted except an incoming
+file whose exact content has been stored.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ml_platform.validation.names import (
+    LEGACY_HASH_LENGTH,
     InvalidKeyError,
     name_problems,
     partition_key_for,
@@ -31,6 +37,53 @@ from ml_platform.validation.safe_io import Copied, NotRegularFileError, copy_and
 
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 REPORT_SUFFIXES = (".report.json", ".report.md")
+RETRACTION_SUFFIX = ".retraction.json"
+MAX_REASON_CHARS = 2000
+
+
+class RetractionError(ValueError):
+    """A retraction that cannot be done (the batch was never accepted, the reason is empty, ...)."""
+
+
+class UnknownBatchError(RetractionError, LookupError):
+    """No accepted (or retracted) batch has this partition key."""
+
+
+@dataclass(frozen=True)
+class RetractionRecord:
+    """Why and when an accepted batch left ``accepted/`` (written beside it in ``retracted/``)."""
+
+    key: str
+    sha256: str
+    reason: str
+    actor: str
+    retracted_at: str
+    path: str  # where the batch is now
+    version: str | None = None  # the model version that prompted the retraction, if any
+    already_retracted: bool = False  # True when this call found the batch retracted before (nothing moved)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("already_retracted")
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def read(cls, path: Path) -> RetractionRecord:
+        """A record written by :meth:`LandingFolders.retract` (``already_retracted`` set)."""
+        data = json.loads(path.read_text())
+        required = {k: str(data.get(k) or "") for k in ("key", "sha256", "reason", "actor", "retracted_at", "path")}
+        version = data.get("version")
+        return cls(**required, version=None if version is None else str(version), already_retracted=True)
+
+
+def clean_reason(reason: str) -> str:
+    """A retraction reason as recorded: stripped, non-empty, at most :data:`MAX_REASON_CHARS` characters."""
+    text = " ".join((reason or "").split())
+    if not text:
+        raise RetractionError("a retraction needs a reason (e.g. --reason 'labels rotated by the export job')")
+    if len(text) > MAX_REASON_CHARS:
+        raise RetractionError(f"the reason is {len(text)} characters long; at most {MAX_REASON_CHARS} are allowed")
+    return text
 
 
 def is_ignored_name(name: str) -> bool:
@@ -107,6 +160,10 @@ class LandingFolders:
     @property
     def staging_dir(self) -> Path:
         return self._folder("staging")
+
+    @property
+    def retracted_dir(self) -> Path:
+        return self._folder("retracted")
 
     def describe(self, path: Path) -> LandedFile:
         """What ``path`` is (``lstat``: a link is described, not followed) and its key's hash."""
@@ -241,3 +298,88 @@ class LandingFolders:
             return read_verified(path, expected)
         except NotRegularFileError as exc:
             raise ValueError(f"{path.name} in accepted/ is refused: {exc.strerror}") from exc
+
+    # -- retraction ------------------------------------------------------------------------
+
+    def _accepted_entry(self, key: str) -> Path | None:
+        """The accepted file of a (validated) key: its stored name, or the legacy 12-hex name of older homes."""
+        _, digest = split_partition_key(key)
+        folder = self.accepted_dir
+        stored = stored_name(key)
+        legacy = stored.replace(f"@{digest}", f"@{digest[:LEGACY_HASH_LENGTH]}", 1)
+        for candidate in (folder / stored, folder / legacy):
+            if _inside(folder, candidate) and os.path.lexists(candidate):
+                return candidate
+        return None
+
+    def retraction_of(self, key: str) -> RetractionRecord | None:
+        """The record of a retracted batch (None when the key was never retracted)."""
+        split_partition_key(key)
+        path = self.retracted_dir / (stored_name(key) + RETRACTION_SUFFIX)
+        if not _inside(self.retracted_dir, path) or not path.is_file() or path.is_symlink():
+            return None
+        return RetractionRecord.read(path)
+
+    def retracted_hashes(self) -> dict[str, str]:
+        """``{sha256: key}`` of every retracted batch (its content may not be accepted again)."""
+        found = {}
+        for name in os.listdir(self.retracted_dir):
+            if not name.endswith(RETRACTION_SUFFIX):
+                continue
+            try:
+                record = RetractionRecord.read(self.retracted_dir / name)
+            except (OSError, ValueError, TypeError):
+                continue
+            found[record.sha256] = record.key
+        return found
+
+    def retractable(self, key: str) -> None:
+        """Raise unless ``key`` names a batch that is accepted or already retracted (nothing is moved).
+
+        :class:`InvalidKeyError` for a key the landing zone never produced (checked before any path is
+        built), :class:`UnknownBatchError` for a batch that is not there, with where it is instead.
+        """
+        split_partition_key(key)
+        if self._accepted_entry(key) is not None or self.retraction_of(key) is not None:
+            return
+        quarantined = self.quarantine_dir / stored_name(key)
+        if _inside(self.quarantine_dir, quarantined) and os.path.lexists(quarantined):
+            raise UnknownBatchError(f"{key} was quarantined by the batch gate, never accepted: nothing to retract")
+        raise UnknownBatchError(
+            f"no accepted batch {key!r} in {self.accepted_dir} (nor a retracted one in {self.retracted_dir}); "
+            "keys are `<file name>@<sha256>` as shown by the raw_batch partitions"
+        )
+
+    def retract(self, key: str, reason: str, *, actor: str, version: str | None = None) -> RetractionRecord:
+        """Move ``accepted/<stored name>`` to ``retracted/`` beside a ``.retraction.json`` record.
+
+        Idempotent: a batch retracted before is left as it is and its first record is returned
+        (``already_retracted=True``). Nothing is deleted; the record is written before the move,
+        so an interrupted retraction is completed by running it again.
+        """
+        text = clean_reason(reason)
+        self.retractable(key)
+        _, digest = split_partition_key(key)
+        source = self._accepted_entry(key)
+        if source is None:
+            existing = self.retraction_of(key)
+            assert existing is not None  # retractable() said so
+            return existing
+        target = self.retracted_dir / source.name
+        record_path = self.retracted_dir / (stored_name(key) + RETRACTION_SUFFIX)
+        if os.path.lexists(target):
+            raise RetractionError(f"{target} already exists: a retracted copy of {key} is in the way; move it aside")
+        record = RetractionRecord(
+            key=key,
+            sha256=digest,
+            reason=text,
+            actor=actor or "unknown",
+            retracted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            path=str(target),
+            version=version,
+        )
+        tmp = record_path.with_name(record_path.name + ".tmp")
+        tmp.write_text(record.to_json())
+        os.replace(tmp, record_path)
+        os.rename(source, target)  # same folder tree: atomic; a link is moved as it is, never followed
+        return record

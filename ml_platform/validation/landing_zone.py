@@ -7,6 +7,7 @@ Files land in ``incoming/``. The batch gate copies each one into ``staging/`` (n
 following a link), validates the copy and moves it to ``accepted/`` or ``quarantine/`` (with
 a JSON and a markdown report beside it), stored as ``<stem>@<sha256><suffix>``. Partition keys
 are ``<name>@<sha256>`` and are validated before any path is built from them.
+:meth:`ModelLandingZone.retract` moves an accepted batch to ``retracted/`` with a reason record.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from pathlib import Path
 
 from ml_platform import settings
 from ml_platform.spec import DatasetSpec
-from ml_platform.validation.landing import LandedFile, LandingFolders, is_ignored_name
+from ml_platform.validation.landing import (
+    LandedFile,
+    LandingFolders,
+    RetractionError,
+    RetractionRecord,
+    UnknownBatchError,
+    is_ignored_name,
+)
 from ml_platform.validation.names import (
     PARTITION_SEPARATOR,
     InvalidKeyError,
@@ -34,6 +42,9 @@ __all__ = [
     "LandedFile",
     "LandingZone",
     "ModelLandingZone",
+    "RetractionError",
+    "RetractionRecord",
+    "UnknownBatchError",
     "partition_key_for",
     "split_partition_key",
     "stored_name",
@@ -74,6 +85,24 @@ class ModelLandingZone:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @property
+    def retracted_dir(self) -> Path:
+        """Retracted batches, each beside its ``.retraction.json`` record."""
+        return self.folders.retracted_dir
+
+    def retract(self, key: str, reason: str, *, actor: str, version: str | None = None) -> RetractionRecord:
+        """Take an accepted batch out of training: ``accepted/`` -> ``retracted/`` with a reason record.
+
+        ``key`` is the batch's partition key (``<file name>@<sha256>``), validated like every key
+        (:class:`InvalidKeyError`); :class:`UnknownBatchError` when no such batch was accepted.
+        Idempotent; nothing is deleted. ``version``: the model version that prompted it, if any.
+        """
+        return self.folders.retract(key, reason, actor=actor, version=version)
+
+    def retraction_of(self, key: str) -> RetractionRecord | None:
+        """The retraction record of ``key``, or None when it was never retracted."""
+        return self.folders.retraction_of(key)
+
     def pending_files(self) -> list[LandedFile]:
         """Settled entries in incoming/, oldest first, with their keys' hashes (links never followed)."""
         return self.folders.pending()
@@ -91,7 +120,7 @@ class ModelLandingZone:
         folders = self.folders
         return not any(
             any(not is_ignored_name(name) for name in os.listdir(folder))
-            for folder in (folders.incoming_dir, folders.accepted_dir, folders.quarantine_dir)
+            for folder in (folders.incoming_dir, folders.accepted_dir, folders.quarantine_dir, folders.retracted_dir)
         )
 
     def bootstrap(self, spec: DatasetSpec) -> Path | None:

@@ -44,6 +44,7 @@ def test_traffic_drawn_like_the_training_data_shows_no_drift(
     monitoring_env: Path, served_logs: ServedLogs, model_store: ModelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PREDICTION_LOG_ROOT", str(served_logs.normal))
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://127.0.0.1:5000")  # what `make dev` sets for its MLflow UI
     with dg.instance_for_test() as instance:
         result = run_drift_job(instance, served_logs.day)
     assert result.success
@@ -83,7 +84,23 @@ def test_traffic_drawn_like_the_training_data_shows_no_drift(
         / f"date={served_logs.day}"
         / f"drift_report-v{model_store.version}.html"
     )
-    assert report["evidently_report"] == html.resolve().as_uri()
+    assert Path(report["evidently_report_file"]).resolve() == html.resolve()
+    # ... and logged to MLflow, linked into the MLflow UI (a browser cannot open a file:// link from Dagster's UI).
+    import mlflow
+
+    client = mlflow.MlflowClient(model_store.tracking_uri)
+    run = client.get_run(report["mlflow_run_id"])
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "ml_platform-iris-monitoring"
+    assert run.data.tags["window_date"] == served_logs.day and run.info.status == "FINISHED"
+    artifact = f"evidently/drift_report-v{model_store.version}.html"
+    assert report["evidently_report"] == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}/artifacts/{artifact}"
+    )
+    assert Path(client.download_artifacts(run.info.run_id, artifact, str(monitoring_env))).read_bytes() == (
+        html.read_bytes()
+    )
+    assert run.data.metrics["drift_share"] == pytest.approx(report["drift_share"])
     text = html.read_text(errors="replace")
     assert "Drifted Columns" in text and all(feature in text for feature in FEATURES)
     summary = json.loads(Path(report["summary"]).read_text())
