@@ -29,7 +29,10 @@ Per model:
 - the canary pool lists the stable process as ``backup``: a canary that
   refuses, resets, times out or answers 502/503/504 has the request retried on
   stable (``/predict`` is retried even after it was sent: predictions are
-  side-effect free);
+  side-effect free; so is ``/feedback``: the shared ledger counts a row once);
+- a track may run several replicas (``Routing.*_peer_ports``): its pool lists
+  them all (round robin), with passive health checks (``max_fails=1``), so a
+  dead replica is taken out and its failed attempt retried on another;
 - ``keepalive_timeout 0``: every client connection closes after its answer,
   so a reload never races a request on a reused idle connection (the one way
   a graceful reload can otherwise reset a client);
@@ -245,6 +248,9 @@ def _model_http_block(model: str, routing: Routing) -> tuple[list[str], int]:
 
 
 def _proxy_location(match: str, model: str, log: str, *, prefixed: bool, predict: bool) -> str:
+    """One proxied location; ``predict``: retried on the next server even after it was sent (``/predict``
+    is side-effect free; ``/feedback`` counts each row once in the shared ledger, so a retry never counts
+    twice)."""
     rewrite = f"rewrite ^/models/{model}(/.*)$ $1 break; " if prefixed else ""
     retry = " non_idempotent" if predict else ""
     return (
@@ -285,6 +291,7 @@ def render_config(prefix: Path, public_port: int, config: RouterConfig) -> str:
         locations += [
             f"    location = /models/{model}/_deployment {{ default_type application/json; return 200 '{status}'; }}",
             _proxy_location(f"= /models/{model}/predict", model, log, prefixed=True, predict=True),
+            _proxy_location(f"= /models/{model}/feedback", model, log, prefixed=True, predict=True),
             _proxy_location(f"/models/{model}/", model, log, prefixed=True, predict=False),
             f"    location = /_errors/{model}/502 {{\n"
             f"      internal; set $ml_model {model}; access_log {log} canary; default_type application/json;\n"
@@ -299,6 +306,7 @@ def render_config(prefix: Path, public_port: int, config: RouterConfig) -> str:
             log_default = log
             locations += [
                 _proxy_location("= /predict", model, log_default, prefixed=False, predict=True),
+                _proxy_location("= /feedback", model, log_default, prefixed=False, predict=True),
                 _proxy_location("/", model, log_default, prefixed=False, predict=False),
             ]
     if default is None:
