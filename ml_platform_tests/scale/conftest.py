@@ -41,13 +41,17 @@ class Postgres:
     port: int
     folder: Path
 
-    def url(self, database: str) -> str:
+    def dsn(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def url(self, database: str) -> str:
+        """A SQLAlchemy URL naming the driver: SQLAlchemy 2.1 picks psycopg 3 for ``postgresql://``."""
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
         import psycopg2
 
-        connection = psycopg2.connect(self.url("postgres"))
+        connection = psycopg2.connect(self.dsn("postgres"))
         connection.autocommit = True
         try:
             with connection.cursor() as cursor:
