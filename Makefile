@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(ML_PLATFORM_HOME)/dagster
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export GX_ANALYTICS_ENABLED ?= False
 export DAGSTER_DISABLE_TELEMETRY ?= true
-SYSTEM_PACKAGES := nginx prometheus prometheus-pushgateway chromium
+SYSTEM_PACKAGES := nginx prometheus prometheus-pushgateway chromium postgresql
 PYTEST_ARGS ?=
 
 .PHONY: demo dev test install install-dev system-deps tools lint typecheck benchmarks clean-home
@@ -33,12 +33,13 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
-## Debian packages the tests drive for real (nginx, Prometheus, Pushgateway, Chromium).
+## Debian packages the tests drive for real (nginx, Prometheus, Pushgateway, Chromium, PostgreSQL).
 system-deps:
 	@missing=""; \
 	for cmd in nginx prometheus prometheus-pushgateway chromium; do \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
 	done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	    echo "installing system packages:$$missing"; \

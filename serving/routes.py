@@ -146,16 +146,12 @@ def register_routes(app: FastAPI, ctx: ServingContext) -> None:
         """Score ground truth, but only with the receipt of the prediction it labels (never twice per row)."""
         try:
             parsed = ctx.schema.parse_feedback(await request.body())  # 401 without a receipt, 403 malformed
-            entry = ctx.cache.get(parsed.request_id)
-            if entry is not None:  # unknown ids: apply_feedback answers 404
-                prefix = signer.prefix(ctx.model, ctx.refresher.current.name, entry.model_version, ctx.track)
-                if not signer.verify(parsed.token, prefix, parsed.request_id, entry.class_index):
-                    raise RequestError(
-                        403,
-                        "invalid feedback token",
-                        "the token is not the receipt of this request id's prediction on this server",
-                    )
-            return _json(ctx.apply_feedback(parsed))
+            receipt = signer.open(parsed.token, ctx.model, ctx.refresher.current.name, parsed.request_id)
+            if receipt is None:  # self-contained: verifiable on any replica with the deployment's key
+                raise RequestError(
+                    403, "invalid feedback token", "the token is not a receipt of this deployment for this request id"
+                )
+            return _json(ctx.apply_feedback(parsed, receipt))
         except RequestError as exc:
             return json_error(exc.status, exc.error, exc.detail)
 

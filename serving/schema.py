@@ -34,7 +34,7 @@ from typing_extensions import TypedDict
 from ml_platform.ml.training import class_label
 from ml_platform.numeric_limits import FLOAT32_MAX
 from ml_platform.spec import DatasetSpec, FeatureSpec
-from serving.feedback import TOKEN_PATTERN
+from serving.feedback import TOKEN_PATTERN, max_token_length
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 MAX_REPORTED_ERRORS = 20
@@ -149,7 +149,7 @@ class RequestSchema:
         number = Annotated[int, Strict()] | Annotated[float, Strict(), AllowInfNan(False)]
         label: Any = Annotated[number | Annotated[str, Strict()], WithJsonSchema({"enum": allowed})]
         request_id = Annotated[str, Strict(), Field(pattern=REQUEST_ID_PATTERN)]
-        token = Annotated[str, Strict(), Field(max_length=64)]  # its format is checked after, for a 401/403
+        token = Annotated[str, Strict(), Field(max_length=max_token_length(max_rows))]  # format checked after: 401/403
         labels = Annotated[list[label], Field(min_length=1, max_length=max_rows)]
         row_index = Annotated[int, Strict(), Field(ge=0, lt=max_rows)]
         any_row_index = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, lt=max_rows, multiple_of=1)]
@@ -225,7 +225,7 @@ class RequestSchema:
     def parse_feedback(self, body: bytes) -> FeedbackRequest:
         """Validate a ``/feedback`` body; labels come back as spec class indices.
 
-        A missing receipt is 401, one that is not ``v1.<mac>`` 403 (its MAC is
+        A missing receipt is 401, one that is not ``v2.<payload>.<mac>`` 403 (its MAC is
         verified later, against the recorded prediction).
         """
         parsed = self._validate(self._feedback, body)
@@ -240,7 +240,7 @@ class RequestSchema:
                 "send the `feedback_token` of the /predict answer for this request id",
             )
         if not _FEEDBACK_TOKEN.fullmatch(token):
-            raise RequestError(403, "invalid feedback token", "not a feedback receipt of this service (v1.<mac>)")
+            raise RequestError(403, "invalid feedback token", "not a feedback receipt (v2.<payload>.<mac>)")
         raw = parsed["labels"] if has_labels else [parsed["label"]]
         indices = []
         for position, value in enumerate(raw):

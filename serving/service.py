@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -19,7 +20,7 @@ import numpy as np
 
 from serving import metrics
 from serving.config import ServingConfig
-from serving.feedback import LiveAccuracy, PredictionCache
+from serving.feedback import LiveAccuracy, Receipt, ReceiptExpired, ledger_from_env
 from serving.predlog import JsonlWriter, render_feedback
 from serving.refresher import ModelRefresher
 from serving.schema import FeedbackRequest, RequestError, RequestSchema
@@ -65,7 +66,7 @@ class ServingContext:
         self.schema = schema
         self.refresher = refresher
         refresher.on_reachability = self.on_reachability
-        self.cache = PredictionCache(config.feedback_cache_size)
+        self.ledger = ledger_from_env(os.environ, config.feedback_cache_size)  # which rows were labelled
         self.accuracy = LiveAccuracy()
         self.feedback_log = JsonlWriter(
             prediction_log_dir,
@@ -88,6 +89,7 @@ class ServingContext:
     def stop(self) -> None:
         self.refresher.stop()
         self.feedback_log.close()
+        self.ledger.close()
 
     def current_version(self) -> str:
         return self.refresher.current.version
@@ -98,8 +100,7 @@ class ServingContext:
     # -- predictions ------------------------------------------------------------------------
 
     def record_prediction(self, request_id: str, model_version: str, class_index: np.ndarray) -> None:
-        """Remember a prediction for feedback and count its classes."""
-        self.cache.put(request_id, model_version, class_index)
+        """Count a prediction's classes (feedback needs nothing stored: the receipt carries the prediction)."""
         if len(class_index) == 1:  # the common case, without numpy
             counts: Iterable[tuple[int, int]] = [(int(class_index[0]), 1)]
         else:
@@ -110,44 +111,44 @@ class ServingContext:
 
     # -- feedback ---------------------------------------------------------------------------
 
-    def apply_feedback(self, feedback: FeedbackRequest) -> dict[str, Any]:
-        """Score ground truth against the recorded prediction; update metrics and the feedback log."""
-        entry = self.cache.get(feedback.request_id)
-        if entry is None:
-            raise RequestError(
-                404,
-                "unknown request id",
-                f"{feedback.request_id!r} was not predicted by this server recently (or was evicted)",
-            )
+    def apply_feedback(self, feedback: FeedbackRequest, receipt: Receipt) -> dict[str, Any]:
+        """Score ground truth against the prediction a verified receipt names; update metrics and the log.
+
+        Counted under the receipt's version and track, whichever replica this is; each row once
+        across all processes sharing the ledger (409 on a replay).
+        """
+        rows_total = receipt.rows
         if feedback.rows is None:
-            if len(feedback.labels) != entry.rows:
+            if len(feedback.labels) != rows_total:
                 raise RequestError(
                     422,
                     "label count mismatch",
-                    f"the prediction has {entry.rows} rows, got {len(feedback.labels)} labels",
+                    f"the prediction has {rows_total} rows, got {len(feedback.labels)} labels",
                 )
-            rows = np.arange(entry.rows)
+            rows = np.arange(rows_total)
         else:
-            if feedback.rows[0] >= entry.rows:
-                raise RequestError(422, "row out of range", f"the prediction has {entry.rows} rows (0-based)")
+            if feedback.rows[0] >= rows_total:
+                raise RequestError(422, "row out of range", f"the prediction has {rows_total} rows (0-based)")
             rows = np.asarray(feedback.rows)
-        if entry.labelled[rows].any():
-            already = rows[entry.labelled[rows]].tolist()[:20]
+        try:
+            already = self.ledger.claim(feedback.request_id, rows.tolist(), receipt.issued_at)
+        except ReceiptExpired as exc:
+            raise RequestError(404, "receipt expired", str(exc)) from None
+        if already:
             raise RequestError(
-                409, "feedback already recorded", f"rows {already} of {feedback.request_id!r} are labelled"
+                409, "feedback already recorded", f"rows {already[:20]} of {feedback.request_id!r} are labelled"
             )
-        entry.labelled[rows] = True
         labels = np.asarray(feedback.labels)
-        predicted = entry.class_index[rows]
+        predicted = receipt.class_index[rows]
         correct = int((predicted == labels).sum())
         total = len(rows)
-        version = entry.model_version
+        version, track = receipt.model_version, receipt.track
         if correct:
-            metrics.FEEDBACK.labels(self.model, "correct", version, self.track).inc(correct)
+            metrics.FEEDBACK.labels(self.model, "correct", version, track).inc(correct)
         if total - correct:
-            metrics.FEEDBACK.labels(self.model, "incorrect", version, self.track).inc(total - correct)
-        accuracy = self.accuracy.record(version, correct, total)
-        metrics.LIVE_ACCURACY.labels(self.model, version, self.track).set(accuracy)
+            metrics.FEEDBACK.labels(self.model, "incorrect", version, track).inc(total - correct)
+        accuracy = self.accuracy.record(version, correct, total, track)
+        metrics.LIVE_ACCURACY.labels(self.model, version, track).set(accuracy)
         values = self._class_values
         self.feedback_log.submit(
             partial(
@@ -158,7 +159,7 @@ class ServingContext:
                 labels=[values[i] for i in labels.tolist()],
                 predictions=[values[i] for i in predicted.tolist()],
                 model_version=version,
-                track=self.track,
+                track=track,
                 at=time.time(),
             )
         )

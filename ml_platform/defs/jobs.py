@@ -72,7 +72,11 @@ def build_jobs_defs(model: ModelContext) -> dg.Definitions:
                     partitions_def=partitions_def,
                     description=description
                     + ("" if name != base else f" (The default model's `{model.job_name(base)}`.)"),
-                    tags={**model.tags, "ml_platform/pipeline": pipeline},
+                    tags={
+                        **model.tags,
+                        "ml_platform/pipeline": pipeline,
+                        "ml_platform/lane": f"{model.name}.{pipeline}",
+                    },
                 )
             )
     return dg.Definitions(jobs=jobs)

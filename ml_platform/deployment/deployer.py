@@ -63,6 +63,9 @@ class LocalDeployer(BaseModel):
     restart_backoff_seconds: float = Field(default=0.5, description="first restart delay of a dead process")
     restart_backoff_cap_seconds: float = Field(default=30.0, description="longest delay between restarts")
     liveness_failures: int = Field(default=3, description="/health misses in a row before a restart")
+    replicas: int | None = Field(
+        default=None, description="serving processes per track (default: ML_PLATFORM_REPLICAS, else 1)"
+    )
 
     @classmethod
     def from_env(cls) -> LocalDeployer:
@@ -84,6 +87,7 @@ class LocalDeployer(BaseModel):
             restart_backoff_seconds=self.restart_backoff_seconds,
             restart_backoff_cap_seconds=self.restart_backoff_cap_seconds,
             liveness_failures=self.liveness_failures,
+            replicas=self.replicas,
         )
 
     def describe(self) -> str:

@@ -26,7 +26,15 @@ version. A canary is removed in two reloads: first no new traffic, then no
 route at all once the old nginx workers have drained and no request reached
 it for ``drain_seconds`` (feedback for its last answers), and only then stopped.
 
-Each track runs under a supervisor (:mod:`.supervisor`) that restarts its
+Each track runs ``replicas`` serving processes (``ML_PLATFORM_REPLICAS``,
+default 1), each on its own port; the router spreads the track's share of
+traffic evenly across them, and its passive health checks take a dead replica
+out (its failed attempt is retried on another). All processes of a model share
+one feedback signing key and one replay ledger
+(``deployments/<model>/feedback-ledger.sqlite``), so feedback counts on
+whichever replica receives it (:mod:`serving.feedback`).
+
+Each replica runs under a supervisor (:mod:`.supervisor`) that restarts its
 serving process, on the same port, when it dies or stops answering. A canary
 that had to be restarted is reported unhealthy for the rest of its rollout
 (a crash is a failed canary, even if it came back).
@@ -54,7 +62,7 @@ from ml_platform import settings
 from ml_platform.catalog import MODEL_NAME_PATTERN, CatalogError, get_model
 from ml_platform.deployment.backend import DeploymentError, DeploymentStatus
 from ml_platform.deployment.feedback_key import feedback_key_env
-from ml_platform.deployment.nginx import NginxError, NginxRouter, Routing
+from ml_platform.deployment.nginx import MAX_REPLICAS, NginxError, NginxRouter, Routing
 from ml_platform.deployment.processes import (
     ProcessStartError,
     free_port,
@@ -77,6 +85,22 @@ MAX_DRAIN_SECONDS = 15.0
 REGISTERED_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,9}$")
 TRACKS = ("stable", "canary")
+REPLICAS_ENV = "ML_PLATFORM_REPLICAS"
+FEEDBACK_LEDGER_NAME = "feedback-ledger.sqlite"
+
+
+def replicas_setting(value: int | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Serving processes per track: ``value``, else ``ML_PLATFORM_REPLICAS``, else 1 (at most ``MAX_REPLICAS``)."""
+    raw: object = value
+    if raw is None:
+        raw = (os.environ if environ is None else environ).get(REPLICAS_ENV, "1")
+    try:
+        count = int(str(raw).strip())
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_REPLICAS or isinstance(raw, bool):
+        raise DeploymentError(f"{REPLICAS_ENV} must be an integer in 1..{MAX_REPLICAS}, got {raw!r}")
+    return count
 
 
 def checked_model_name(name: object) -> str:
@@ -142,6 +166,7 @@ class LocalBackend:
         restart_backoff_seconds: float = 0.5,
         restart_backoff_cap_seconds: float = 30.0,
         liveness_failures: int = 3,
+        replicas: int | None = None,
     ) -> None:
         self.model = checked_model_name(model)
         self.model_name = checked_registered_name(
@@ -158,6 +183,7 @@ class LocalBackend:
         )
         self.router = SharedRouter(root, public_port, self.nginx_binary, default_model)
         self.workers = workers
+        self.replicas = replicas_setting(replicas)
         self.stable_refresh_seconds = stable_refresh_seconds
         self.drain_seconds = drain_seconds
         self.canary_env = dict(canary_env or {})
@@ -188,7 +214,7 @@ class LocalBackend:
     def _write_prometheus_targets(self, state: DeploymentState) -> None:
         folder = self.root / "_prometheus"
         folder.mkdir(parents=True, exist_ok=True)
-        targets = [f"127.0.0.1:{r.port}" for r in (state.stable, state.canary) if r is not None]
+        targets = [f"127.0.0.1:{r.port}" for track in TRACKS for r in state.replicas(track)]
         labels = {"deployment": self.model, "model": self.model}
         payload = [{"targets": targets, "labels": labels}] if targets else []
         path = folder / f"serving-{self.model}.json"
@@ -228,7 +254,26 @@ class LocalBackend:
             return None
         return SupervisorStatus.read(self._run_dir(record.track, record.port) / "supervisor.json")
 
-    def _start(self, track: str, model_uri: str, version: str, env: Mapping[str, str], timeout: float) -> ProcessRecord:
+    def _start_replicas(
+        self, track: str, model_uri: str, version: str, env: Mapping[str, str], timeout: float, count: int
+    ) -> list[ProcessRecord]:
+        """``count`` supervised processes of ``track``, started together, each ready on its own port.
+
+        If one fails, the others are stopped too and :class:`DeploymentError` is raised.
+        """
+        launched: list[ProcessRecord] = []
+        try:
+            for _ in range(count):
+                launched.append(self._launch(track, model_uri, version, env))
+            for record in launched:
+                self._confirm(record, timeout)
+        except BaseException:
+            for record in launched:
+                self._stop(record)
+            raise
+        return launched
+
+    def _launch(self, track: str, model_uri: str, version: str, env: Mapping[str, str]) -> ProcessRecord:
         if track not in TRACKS:
             raise DeploymentError(f"unknown track {track!r}")
         version = checked_version(version)
@@ -245,6 +290,8 @@ class LocalBackend:
             "LOG_LEVEL": "warning",
             "MODEL_NAME": self.model,
             "PREDICTION_LOG_DIR": str(settings.platform_paths().prediction_log_dir(self.model)),
+            # one replay ledger for every process of the model: a receipt counts once, whichever replica gets it
+            "FEEDBACK_LEDGER": str(self.folder / FEEDBACK_LEDGER_NAME),
             **feedback_key_env(self.folder, {**os.environ, **env}),  # one receipt key for all tracks
             **env,
         }
@@ -268,17 +315,20 @@ class LocalBackend:
             started_at=time.time(),
             admin_token=env.get("ADMIN_API_TOKEN", ""),
         )
+        return record
+
+    def _confirm(self, record: ProcessRecord, timeout: float) -> None:
+        """Wait until ``record`` is ready, serves its version and is supervised (raise otherwise)."""
         try:
-            body = wait_ready(pid, port, timeout, log_path, track)
+            body = wait_ready(record.pid, record.port, timeout, Path(record.log_path), record.track)
         except ProcessStartError as exc:
-            stop_supervised(pid)
             raise DeploymentError(str(exc)) from exc
         serving = served_version(body)
-        if serving != version:
-            stop_supervised(pid)
-            raise DeploymentError(f"{track} process resolved {model_uri} to version {serving}, expected {version}")
+        if serving != record.version:
+            raise DeploymentError(
+                f"{record.track} process resolved {record.model_uri} to version {serving}, expected {record.version}"
+            )
         self._wait_supervised(record, timeout)
-        return record
 
     def _wait_supervised(self, record: ProcessRecord, timeout: float) -> None:
         """Return once the supervisor has seen the track ready, so a crash from now on is restarted.
@@ -294,7 +344,6 @@ class LocalBackend:
             if not pid_alive(record.pid):
                 break
             time.sleep(0.05)
-        stop_supervised(record.pid)
         raise DeploymentError(f"{record.track} supervisor {record.pid} never reported the process running")
 
     def _stop(self, record: ProcessRecord | None) -> None:
@@ -329,13 +378,16 @@ class LocalBackend:
         if state.stable is None:
             raise DeploymentError("no stable process to route to")
         state.generation += 1
-        canary = state.canary if include_canary else None
+        stable = state.replicas("stable")
+        canary = state.replicas("canary") if include_canary else []
         routing = Routing(
             generation=state.generation,
-            stable_port=state.stable.upstream_port,
-            canary_port=canary.upstream_port if canary else None,
+            stable_port=stable[0].upstream_port,
+            canary_port=canary[0].upstream_port if canary else None,
             canary_weight=state.canary_weight if canary else 0,
             pin_canary=pin_canary,
+            stable_peer_ports=tuple(r.upstream_port for r in stable[1:]),
+            canary_peer_ports=tuple(r.upstream_port for r in canary[1:]),
         )
         try:
             with self.router.locked():  # render from every model's state + this routing, reload, save
@@ -353,24 +405,38 @@ class LocalBackend:
         """Stable runs, serves ``champion_version`` and receives the traffic."""
         champion_version = checked_version(champion_version)
         state = self._state()
-        if self._alive_or_restarting(state.stable, min(timeout, 120.0)):
-            assert state.stable is not None
-            if served_version(health(state.stable.port)[1]) != champion_version:
-                self._reload_stable(state, champion_version, timeout)
-        else:
-            self._stop(state.stable)
-            token = secrets.token_urlsafe(24)
+        alive: list[ProcessRecord] = []
+        for record in state.replicas("stable"):
+            if len(alive) < self.replicas and self._alive_or_restarting(record, min(timeout, 120.0)):
+                alive.append(record)
+            else:
+                self._stop(record)  # dead, or more replicas than configured
+        state.set_replicas("stable", alive)
+        if alive:
+            self._save(state)
+            stale = [r for r in alive if served_version(health(r.port)[1]) != champion_version]
+            if stale:
+                self._reload_stable(state, champion_version, timeout, stale)
+        missing = self.replicas - len(alive)
+        if missing:
+            token = alive[0].admin_token if alive else secrets.token_urlsafe(24)
             env = {
                 "MODEL_AUTO_REFRESH_SECONDS": str(self.stable_refresh_seconds),
                 **self.stable_env,
                 "ADMIN_API_TOKEN": token,
             }
             uri = f"models:/{self.model_name}@champion"
-            state.stable = self._start("stable", uri, champion_version, env, timeout)
-            state.note("stable started", version=champion_version, pid=state.stable.pid, port=state.stable.port)
-        if state.canary is not None and not pid_alive(state.canary.pid):
-            state.note("canary gone", version=state.canary.version)
-            state.canary, state.canary_weight = None, 0
+            started = self._start_replicas("stable", uri, champion_version, env, timeout, missing)
+            state.set_replicas("stable", [*alive, *started])
+            for record in started:
+                state.note("stable started", version=champion_version, pid=record.pid, port=record.port)
+        canary = state.replicas("canary")
+        if canary and not all(pid_alive(r.pid) for r in canary):
+            state.note("canary gone", version=canary[0].version)
+            for record in canary:
+                self._stop(record)
+            state.set_replicas("canary", [])
+            state.canary_weight = 0
         self._apply(state)
 
     def start_canary(self, version: str, timeout: float) -> None:
@@ -382,16 +448,29 @@ class LocalBackend:
             state = self._state()
         self._rotate_access_log(state)
         env = {"MODEL_AUTO_REFRESH_SECONDS": "0", **self.canary_env, "ADMIN_API_TOKEN": ""}
-        record = self._start("canary", f"models:/{self.model_name}/{version}", version, env, timeout)
-        record.upstream_port = self.canary_upstream_port(record)
-        state.canary, state.canary_weight = record, 0
-        state.note("canary started", version=version, pid=record.pid, port=record.port)
+        records = self._start_replicas(
+            "canary", f"models:/{self.model_name}/{version}", version, env, timeout, self.replicas
+        )
+        for record in records:
+            record.upstream_port = self.canary_upstream_port(record)
+            state.note("canary started", version=version, pid=record.pid, port=record.port)
+        state.set_replicas("canary", records)
+        state.canary_weight = 0
         self._apply(state)
 
     def canary_health(self) -> tuple[bool, str]:
-        canary = self._state().canary
-        if canary is None:
+        """Healthy when every canary replica runs, never restarted, and answers ``/health`` with its version."""
+        replicas = self._state().replicas("canary")
+        if not replicas:
             return False, "no canary is deployed"
+        detail = ""
+        for index, canary in enumerate(replicas):
+            healthy, detail = self._replica_health(canary)
+            if not healthy:
+                return False, detail if len(replicas) == 1 else f"replica {index + 1}/{len(replicas)}: {detail}"
+        return True, detail
+
+    def _replica_health(self, canary: ProcessRecord) -> tuple[bool, str]:
         if not pid_alive(canary.pid):
             return False, f"canary process {canary.pid} is gone"
         supervised = self.supervisor_status(canary)
@@ -415,10 +494,20 @@ class LocalBackend:
         state.canary_weight = int(weight)
         self._apply(state)
 
-    def _reload_stable(self, state: DeploymentState, version: str, timeout: float) -> None:
-        stable = state.stable
-        if stable is None:
+    def _reload_stable(
+        self, state: DeploymentState, version: str, timeout: float, replicas: list[ProcessRecord] | None = None
+    ) -> None:
+        """Every stable replica (or those given) re-resolves ``@champion`` and serves ``version``.
+
+        One replica after the other: while one swaps, the others answer with the old version.
+        """
+        targets = state.replicas("stable") if replicas is None else replicas
+        if not targets:
             raise DeploymentError("no stable process")
+        for stable in targets:
+            self._reload_one(state, stable, version, timeout)
+
+    def _reload_one(self, state: DeploymentState, stable: ProcessRecord, version: str, timeout: float) -> None:
         try:
             response = httpx.post(
                 f"{stable.url}/admin/reload", headers={"Authorization": f"Bearer {stable.admin_token}"}, timeout=timeout
@@ -448,17 +537,19 @@ class LocalBackend:
             if state.stable is not None:
                 self._apply(state)
             return
-        contacts = RouterLogReader(self.access_log, f"127.0.0.1:{state.canary.upstream_port}")
+        contacts = RouterLogReader(self.access_log, self._canary_addresses(state))
         state.canary_weight = 0
         self._apply(state, pin_canary=True)  # pinned feedback still reaches answers the canary gave
         self._router().wait_drained(timeout=30)
         self._wait_quiet(contacts)
         self._apply(state, include_canary=False)
         self._router().wait_drained(timeout=30)
-        canary, state.canary = state.canary, None
-        state.note("canary retired", version=canary.version)
+        canary = state.replicas("canary")
+        state.set_replicas("canary", [])
+        state.note("canary retired", version=canary[0].version)
         self._save(state)
-        self._stop(canary)
+        for record in canary:
+            self._stop(record)
 
     def _wait_quiet(self, contacts: RouterLogReader) -> None:
         """Until no request reached the canary for ``drain_seconds`` (feedback for its last answers)."""
@@ -475,15 +566,26 @@ class LocalBackend:
     # -- observation ------------------------------------------------------------------------
 
     def metrics_targets(self, track: str) -> list[str]:
+        """The ``/metrics`` URLs to sum for ``track``: every replica of the model while ``track`` runs.
+
+        Feedback is counted by whichever process receives it, under the track and version its
+        receipt names (:mod:`serving.feedback`), so a track's feedback counters may sit on any
+        replica, of either track; the metric source sums series by their labels.
+        """
         state = self._state()
-        record = state.stable if track == "stable" else state.canary
-        return [f"{record.url}/metrics"] if record else []
+        if not state.replicas(track):
+            return []
+        return [f"{r.url}/metrics" for name in TRACKS for r in state.replicas(name)]
+
+    @staticmethod
+    def _canary_addresses(state: DeploymentState) -> list[str]:
+        return [f"127.0.0.1:{r.upstream_port}" for r in state.replicas("canary")]
 
     def router_view(self) -> RouterLogReader | None:
         state = self._state()
         if state.canary is None:
             return None
-        return RouterLogReader(self.access_log, f"127.0.0.1:{state.canary.upstream_port}")
+        return RouterLogReader(self.access_log, self._canary_addresses(state))
 
     def _rotate_access_log(self, state: DeploymentState) -> None:
         router = self._router(state)
@@ -538,8 +640,11 @@ class LocalBackend:
                     if routed
                     else "-"
                 ),
-                "stable": describe(state.stable),
-                "canary": describe(state.canary),
+                **{
+                    track if len(state.replicas(track)) < 2 else f"{track} {index + 1}": describe(record)
+                    for track in TRACKS
+                    for index, record in enumerate(state.replicas(track) or [None])
+                },
                 "lock": f"held by {holder.describe()}" if holder else "free",
                 "state file": str(self.store.path),
             },
@@ -561,8 +666,9 @@ class LocalBackend:
             raise DeploymentError(str(exc)) from exc
         if state is None:
             return
-        self._stop(state.canary)
-        self._stop(state.stable)
-        state.stable = state.canary = None
+        for track in TRACKS:
+            for record in state.replicas(track):
+                self._stop(record)
+            state.set_replicas(track, [])
         self.store.clear()
         self._write_prometheus_targets(state)

@@ -29,7 +29,10 @@ Per model:
 - the canary pool lists the stable process as ``backup``: a canary that
   refuses, resets, times out or answers 502/503/504 has the request retried on
   stable (``/predict`` is retried even after it was sent: predictions are
-  side-effect free);
+  side-effect free; so is ``/feedback``: the shared ledger counts a row once);
+- a track may run several replicas (``Routing.*_peer_ports``): its pool lists
+  them all (round robin), with passive health checks (``max_fails=1``), so a
+  dead replica is taken out and its failed attempt retried on another;
 - ``keepalive_timeout 0``: every client connection closes after its answer,
   so a reload never races a request on a reused idle connection (the one way
   a graceful reload can otherwise reset a client);
@@ -82,6 +85,7 @@ READ_TIMEOUT = "30s"
 SEND_TIMEOUT = "10s"
 CANARY_MAX_FAILS = 1
 CANARY_FAIL_TIMEOUT = "3s"
+MAX_REPLICAS = 16  # serving processes per track
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 
 
@@ -131,6 +135,14 @@ class Routing:
     canary_port: int | None = None
     canary_weight: int = 0
     pin_canary: bool = True  # route `X-ML-Track: canary` to the canary (off while retiring it)
+    stable_peer_ports: tuple[int, ...] = ()  # the stable track's other replicas (share its traffic evenly)
+    canary_peer_ports: tuple[int, ...] = ()  # the canary's other replicas
+
+    def stable_ports(self) -> tuple[int, ...]:
+        return (self.stable_port, *self.stable_peer_ports)
+
+    def canary_ports(self) -> tuple[int, ...]:
+        return () if self.canary_port is None else (self.canary_port, *self.canary_peer_ports)
 
 
 @dataclass(frozen=True)
@@ -175,20 +187,53 @@ def _user_directive() -> str:
     return f"user {user} {group};"
 
 
-def _model_http_block(model: str, routing: Routing) -> tuple[list[str], int]:
-    """Upstreams, split and track map of one model (names prefixed ``<model>__``); and its checked weight."""
-    stable_port = port_value(routing.stable_port, f"{model}: stable upstream port")
-    canary_port = (
-        None if routing.canary_port is None else port_value(routing.canary_port, f"{model}: canary upstream port")
+def _servers(ports: tuple[int, ...], *, backup: bool = False) -> str:
+    """``server`` lines of one track's replicas.
+
+    One replica: ``max_fails=0`` (nginx ignores it for a lone server anyway; it fails fast while
+    its supervisor restarts it). Several: passive health checks, so a dead replica is taken out
+    for ``fail_timeout`` after one failed attempt and its share goes to the others (the failed
+    attempt itself is retried on the next one: ``proxy_next_upstream``).
+    """
+    if backup:
+        return " ".join(f"server 127.0.0.1:{port} backup;" for port in ports)
+    if len(ports) == 1:
+        return f"server 127.0.0.1:{ports[0]} max_fails=0;"
+    return " ".join(
+        f"server 127.0.0.1:{port} max_fails={CANARY_MAX_FAILS} fail_timeout={CANARY_FAIL_TIMEOUT};" for port in ports
     )
-    has_canary = canary_port is not None
-    lines = [f"  upstream {model}__stable {{ server 127.0.0.1:{stable_port} max_fails=0; }}"]
+
+
+def _checked_ports(model: str, track: str, first: int | None, peers: object) -> tuple[int, ...]:
+    if first is None:
+        return ()
+    if not isinstance(peers, tuple) or len(peers) > MAX_REPLICAS - 1:
+        raise NginxConfigValueError(f"{model}: {track} replicas must be a tuple of at most {MAX_REPLICAS - 1} ports")
+    ports = [port_value(first, f"{model}: {track} upstream port")]
+    ports += [port_value(p, f"{model}: {track} replica port") for p in peers]
+    if len(set(ports)) != len(ports):
+        raise NginxConfigValueError(f"{model}: {track} replicas share a port: {ports}")
+    return tuple(ports)
+
+
+def _model_http_block(model: str, routing: Routing) -> tuple[list[str], int]:
+    """Upstreams, split and track map of one model (names prefixed ``<model>__``); and its checked weight.
+
+    Each track's pool lists all its replicas (round robin: the track's share of traffic is
+    spread evenly across them); the canary pool lists stable's replicas as ``backup``.
+    """
+    stable = _checked_ports(model, "stable", routing.stable_port, routing.stable_peer_ports)
+    canary = _checked_ports(model, "canary", routing.canary_port, routing.canary_peer_ports)
+    has_canary = bool(canary)
+    lines = [f"  upstream {model}__stable {{ {_servers(stable)} }}"]
     if has_canary:
-        lines.append(
-            f"  upstream {model}__canary {{ server 127.0.0.1:{canary_port} max_fails={CANARY_MAX_FAILS} "
-            f"fail_timeout={CANARY_FAIL_TIMEOUT}; server 127.0.0.1:{stable_port} backup; }}"
+        canary_servers = (
+            f"server 127.0.0.1:{canary[0]} max_fails={CANARY_MAX_FAILS} fail_timeout={CANARY_FAIL_TIMEOUT};"
+            if len(canary) == 1
+            else _servers(canary)
         )
-        lines.append(f"  upstream {model}__canary_pinned {{ server 127.0.0.1:{canary_port} max_fails=0; }}")
+        lines.append(f"  upstream {model}__canary {{ {canary_servers} {_servers(stable, backup=True)} }}")
+        lines.append(f"  upstream {model}__canary_pinned {{ {_servers(canary)} }}")
     weight = _int_value(routing.canary_weight, f"{model}: canary weight", 0, 100) if has_canary else 0
     split = (f"{weight}% {model}__canary; " if 0 < weight < 100 else "") + (
         f"* {model}__canary;" if weight >= 100 else f"* {model}__stable;"
@@ -203,6 +248,9 @@ def _model_http_block(model: str, routing: Routing) -> tuple[list[str], int]:
 
 
 def _proxy_location(match: str, model: str, log: str, *, prefixed: bool, predict: bool) -> str:
+    """One proxied location; ``predict``: retried on the next server even after it was sent (``/predict``
+    is side-effect free; ``/feedback`` counts each row once in the shared ledger, so a retry never counts
+    twice)."""
     rewrite = f"rewrite ^/models/{model}(/.*)$ $1 break; " if prefixed else ""
     retry = " non_idempotent" if predict else ""
     return (
@@ -243,6 +291,7 @@ def render_config(prefix: Path, public_port: int, config: RouterConfig) -> str:
         locations += [
             f"    location = /models/{model}/_deployment {{ default_type application/json; return 200 '{status}'; }}",
             _proxy_location(f"= /models/{model}/predict", model, log, prefixed=True, predict=True),
+            _proxy_location(f"= /models/{model}/feedback", model, log, prefixed=True, predict=True),
             _proxy_location(f"/models/{model}/", model, log, prefixed=True, predict=False),
             f"    location = /_errors/{model}/502 {{\n"
             f"      internal; set $ml_model {model}; access_log {log} canary; default_type application/json;\n"
@@ -257,6 +306,7 @@ def render_config(prefix: Path, public_port: int, config: RouterConfig) -> str:
             log_default = log
             locations += [
                 _proxy_location("= /predict", model, log_default, prefixed=False, predict=True),
+                _proxy_location("= /feedback", model, log_default, prefixed=False, predict=True),
                 _proxy_location("/", model, log_default, prefixed=False, predict=False),
             ]
     if default is None:

@@ -39,6 +39,8 @@ def routing_from(raw: Mapping[str, Any]) -> Routing:
         canary_port=None if raw.get("canary_port") is None else int(raw["canary_port"]),
         canary_weight=int(raw.get("canary_weight", 0)),
         pin_canary=bool(raw.get("pin_canary", True)),
+        stable_peer_ports=tuple(int(p) for p in raw.get("stable_peer_ports") or ()),
+        canary_peer_ports=tuple(int(p) for p in raw.get("canary_peer_ports") or ()),
     )
 
 
@@ -49,6 +51,8 @@ def routing_dict(routing: Routing) -> dict[str, Any]:
         "canary_port": routing.canary_port,
         "canary_weight": routing.canary_weight,
         "pin_canary": routing.pin_canary,
+        "stable_peer_ports": list(routing.stable_peer_ports),
+        "canary_peer_ports": list(routing.canary_peer_ports),
     }
 
 

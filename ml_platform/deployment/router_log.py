@@ -20,6 +20,7 @@ is served by stable.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 from ml_platform.deployment.measurements import PREDICT_ENDPOINT, RouterAttempt
@@ -36,8 +37,16 @@ def _failed(status: str) -> bool:
     return not status.isdigit() or int(status) >= 500
 
 
-def parse_line(line: str, canary_address: str) -> list[RouterAttempt]:
-    """The canary attempts of one access-log line (none for other paths or upstreams)."""
+def _addresses(canary_address: str | Collection[str]) -> frozenset[str]:
+    return frozenset([canary_address] if isinstance(canary_address, str) else canary_address)
+
+
+def parse_line(line: str, canary_address: str | Collection[str]) -> list[RouterAttempt]:
+    """The canary attempts of one access-log line (none for other paths or upstreams).
+
+    ``canary_address``: the canary's upstream address, or the addresses of all its replicas.
+    """
+    canary = _addresses(canary_address)
     try:
         entry = json.loads(line)
     except ValueError:
@@ -48,10 +57,10 @@ def parse_line(line: str, canary_address: str) -> list[RouterAttempt]:
     statuses = [s.strip() for s in str(entry.get("ustatus", "")).split(",")]
     timings = [s.strip() for s in str(entry.get("urt", "")).split(",")]
     attempts = []
-    if pool_track(entry.get("pool")) == CANARY_POOL and canary_address not in addresses:
+    if pool_track(entry.get("pool")) == CANARY_POOL and not canary.intersection(addresses):
         return [RouterAttempt(at=float(entry.get("t", 0.0)), failed=True, seconds=None)]
     for index, address in enumerate(addresses):
-        if address != canary_address:
+        if address not in canary:
             continue
         status = statuses[index] if index < len(statuses) else ""
         timing = timings[index] if index < len(timings) else ""
@@ -66,9 +75,9 @@ def parse_line(line: str, canary_address: str) -> list[RouterAttempt]:
 class RouterLogReader:
     """Reads the access log incrementally from an offset."""
 
-    def __init__(self, path: Path, canary_address: str, offset: int | None = None) -> None:
+    def __init__(self, path: Path, canary_address: str | Collection[str], offset: int | None = None) -> None:
         self.path = path
-        self.canary_address = canary_address
+        self.canary_address = _addresses(canary_address)
         self.offset = self._size() if offset is None else offset
         self._partial = b""
 
@@ -108,6 +117,6 @@ class RouterLogReader:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if self.canary_address in str(entry.get("addr", "")).split(", "):
+            if self.canary_address.intersection(str(entry.get("addr", "")).split(", ")):
                 latest = max(latest or 0.0, float(entry.get("t", 0.0)))
         return latest

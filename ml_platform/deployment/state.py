@@ -116,8 +116,10 @@ class DeploymentState:
     public_port: int
     generation: int = 0
     canary_weight: int = 0
-    stable: ProcessRecord | None = None
+    stable: ProcessRecord | None = None  # the first replica of each track
     canary: ProcessRecord | None = None
+    stable_peers: list[ProcessRecord] = field(default_factory=list)  # the track's other replicas
+    canary_peers: list[ProcessRecord] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     # What this model contributes to the shared router (ports, weight, pinning, generation); None: not routed.
     route: dict[str, Any] | None = None
@@ -137,9 +139,26 @@ class DeploymentState:
             canary_weight=int(raw.get("canary_weight", 0)),
             stable=record(raw.get("stable")),
             canary=record(raw.get("canary")),
+            stable_peers=[ProcessRecord(**r) for r in raw.get("stable_peers") or []],
+            canary_peers=[ProcessRecord(**r) for r in raw.get("canary_peers") or []],
             history=list(raw.get("history") or []),
             route=dict(raw["route"]) if raw.get("route") else None,
         )
+
+    def replicas(self, track: str) -> list[ProcessRecord]:
+        """Every serving process of ``track`` (first replica first); empty when the track does not run."""
+        first = self.stable if track == "stable" else self.canary
+        if first is None:
+            return []
+        return [first, *(self.stable_peers if track == "stable" else self.canary_peers)]
+
+    def set_replicas(self, track: str, records: list[ProcessRecord]) -> None:
+        """Record ``track``'s serving processes (an empty list: the track does not run)."""
+        first, peers = (records[0], list(records[1:])) if records else (None, [])
+        if track == "stable":
+            self.stable, self.stable_peers = first, peers
+        else:
+            self.canary, self.canary_peers = first, peers
 
     def note(self, event: str, **details: Any) -> None:
         """Append to the (bounded) event history kept in the state file."""

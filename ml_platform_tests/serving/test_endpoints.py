@@ -214,7 +214,8 @@ def test_feedback_with_all_labels_at_once(main_server: ServingProcess):
 @pytest.mark.parametrize(
     ("body", "status", "error"),
     [
-        ({"request_id": "never-predicted", "labels": [0]}, 404, "unknown request id"),
+        # the receipt names another request id (receipts are self-contained: no lookup, so no 404)
+        ({"request_id": "never-predicted", "labels": [0]}, 403, "invalid feedback token"),
         ({"request_id": "PLACEHOLDER", "labels": ["daisy"]}, 422, "unknown label"),
         ({"request_id": "PLACEHOLDER", "labels": [7]}, 422, "unknown label"),
         ({"request_id": "PLACEHOLDER", "labels": [True]}, 422, "invalid request"),

@@ -2,8 +2,8 @@
 
 Live accuracy from /feedback gates canary promotion, so a caller who could label
 any request id could push a canary either way. Every /predict answer carries a
-signed receipt (``feedback_token``); /feedback needs it, verifies it against the
-prediction the server recorded, and counts each row at most once.
+signed, self-contained receipt (``feedback_token``: version, track and predicted classes under an HMAC);
+/feedback needs it, verifies it on any replica, and counts each row at most once (a shared ledger).
 """
 
 from __future__ import annotations
@@ -35,13 +35,25 @@ SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
 
 
-def expected_token(key: bytes, version: str, track: str, request_id: str, classes: list[int]) -> str:
+def issued_of(token: str) -> int:
+    """The issued-at (Unix seconds) a receipt states: the first 4 bytes of its payload."""
+    payload = token.split(".")[1]
+    return int.from_bytes(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))[:4], "big")
+
+
+def expected_token(
+    key: bytes, version: str, track: str, request_id: str, classes: list[int], issued: int | None = None
+) -> str:
     """The documented receipt format, computed independently of the server's code."""
-    parts = [b"v1", b"iris", MODEL_NAME.encode(), version.encode(), track.encode(), request_id.encode(), b""]
+    issued_bytes = int(time.time() if issued is None else issued).to_bytes(4, "big")
+    class_bytes = np.asarray(classes, dtype="<u2").tobytes()
+    parts = [b"v2", b"iris", MODEL_NAME.encode(), version.encode(), track.encode(), request_id.encode(), b""]
     message = b"\x00".join(parts)  # platform model, registered model, version, track, request id
-    message += np.asarray(classes, dtype="<u2").tobytes()
+    message += issued_bytes + class_bytes
     mac = hmac.new(key, message, hashlib.sha256).digest()[:16]
-    return "v1." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    payload = issued_bytes + version.encode() + b"\x00" + track.encode() + b"\x00" + class_bytes
+    encode = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()  # noqa: E731
+    return f"v2.{encode(payload)}.{encode(mac)}"
 
 
 def predict(server: ServingProcess, rows: list[list[float]], request_id: str | None = None) -> dict:
@@ -87,8 +99,10 @@ def assert_refused(response: httpx.Response, status: int, error: str) -> None:
 def test_predict_answers_carry_the_documented_receipt(main_server: ServingProcess, mlflow_store: MlflowStore):
     answer = predict(main_server, [SETOSA, VIRGINICA])
 
-    assert answer["feedback_token"] == expected_token(
-        FEEDBACK_KEY.encode(), mlflow_store.onnx_version, "stable", answer["request_id"], [0, 2]
+    token = answer["feedback_token"]
+    assert abs(issued_of(token) - time.time()) < 120
+    assert token == expected_token(
+        FEEDBACK_KEY.encode(), mlflow_store.onnx_version, "stable", answer["request_id"], [0, 2], issued_of(token)
     )
 
 
@@ -100,16 +114,31 @@ def test_forged_feedback_is_refused_and_counts_nothing(main_server: ServingProce
 
     missing = post_feedback(main_server, {"request_id": request_id, "labels": [wrong]})
     malformed = post_feedback(main_server, {"request_id": request_id, "feedback_token": "x", "labels": [wrong]})
-    made_up = "v1." + base64.urlsafe_b64encode(bytes(16)).rstrip(b"=").decode()
+    genuine_payload = answer["feedback_token"].split(".")[1]
+    made_up = f"v2.{genuine_payload}." + base64.urlsafe_b64encode(bytes(16)).rstrip(b"=").decode()
     forged = post_feedback(main_server, {"request_id": request_id, "feedback_token": made_up, "labels": [wrong]})
     other_key = expected_token(b"k" * 32, version, "stable", request_id, [0])  # right format, wrong key
     foreign = post_feedback(main_server, {"request_id": request_id, "feedback_token": other_key, "row": 0, "label": 2})
     # the receipt of the right prediction, but claiming another predicted class
-    other_class = expected_token(FEEDBACK_KEY.encode(), version, "stable", request_id, [2])
+    # the genuine receipt with its payload edited to claim another predicted class (and another version: a
+    # receipt is self-contained, so the MAC must bind everything the payload states)
+    _, payload, mac = answer["feedback_token"].split(".")
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    edited = raw[:-2] + np.asarray([2], dtype="<u2").tobytes()
+    other_class = "v2." + base64.urlsafe_b64encode(edited).rstrip(b"=").decode() + "." + mac
+    other_version = raw[:4] + b"999" + raw[4 + len(version) :]
+    aged = (0).to_bytes(4, "big") + raw[4:]
+    relabelled = [
+        "v2." + base64.urlsafe_b64encode(forged).rstrip(b"=").decode() + "." + mac for forged in (other_version, aged)
+    ]
     reclassed = post_feedback(main_server, {"request_id": request_id, "feedback_token": other_class, "labels": [2]})
 
     assert_refused(missing, 401, "feedback token required")
-    for response in (malformed, forged, foreign, reclassed):
+    tampered = [
+        post_feedback(main_server, {"request_id": request_id, "feedback_token": token, "labels": [wrong]})
+        for token in relabelled
+    ]
+    for response in (malformed, forged, foreign, reclassed, *tampered):
         assert_refused(response, 403, "invalid feedback token")
     assert counted(main_server, version, "stable") == before
     # The genuine receipt still works afterwards: nothing was marked as labelled, and the feedback log (written
@@ -182,8 +211,9 @@ def test_servers_configured_with_one_key_sign_and_verify_alike(
         (fallback_server, mlflow_store.sklearn_version, "canary"),
     ):
         answer = predict(server, [VIRGINICA])
-        assert answer["feedback_token"] == expected_token(
-            FEEDBACK_KEY.encode(), version, track, answer["request_id"], [2]
+        token = answer["feedback_token"]
+        assert token == expected_token(
+            FEEDBACK_KEY.encode(), version, track, answer["request_id"], [2], issued_of(token)
         ), server.name
         body = {"request_id": answer["request_id"], "feedback_token": answer["feedback_token"], "labels": [2]}
         response = post_feedback(server, body)
@@ -245,14 +275,15 @@ def test_a_bad_signing_key_is_a_configuration_error(env: dict, message: str):
     assert env.get("FEEDBACK_SIGNING_KEY", "<unset>") not in str(raised.value)  # a key is never echoed
 
 
-TOKEN = "v1." + "A" * 22
+TOKEN = "v2." + "A" * 16 + "." + "A" * 22
 FEEDBACK_BODIES = [
     {"request_id": "r1", "feedback_token": TOKEN, "labels": [0, "virginica"]},
     {"request_id": "r1", "feedback_token": TOKEN, "labels": [1.0]},  # JSON Schema: 1.0 is the enum's 1
     {"request_id": "r1", "feedback_token": TOKEN, "row": 3, "label": "setosa"},
     {"request_id": "r1", "feedback_token": TOKEN, "row": 569.0, "label": 2},  # an integral number is an integer
     {"request_id": "r1", "labels": [0]},  # no receipt
-    {"request_id": "r1", "feedback_token": "v1.short", "labels": [0]},
+    {"request_id": "r1", "feedback_token": "v2.short", "labels": [0]},
+    {"request_id": "r1", "feedback_token": "v1." + "A" * 22, "labels": [0]},  # the retired v1 format
     {"request_id": "r1", "feedback_token": TOKEN, "labels": [0], "row": 0, "label": 0},  # both shapes at once
     {"request_id": "r1", "feedback_token": TOKEN, "row": 0},
     {"request_id": "r1", "feedback_token": TOKEN, "label": 0},
