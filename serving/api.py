@@ -176,16 +176,39 @@ class ModelAPI(ls.LitAPI):
         self.log_level = log_level
         self.signer = FeedbackSigner(feedback_key)  # the deployment's receipt key, pickled into each worker
         self.parent_pid = os.getpid()  # the main process, which spawns the workers
+        self.inline = False  # True for the copy answering small requests in the API process
+        self.inline_status: dict[str, Any] = {}
 
     # -- LitAPI hooks -----------------------------------------------------------------------
 
     def setup(self, device: str) -> None:
         """Load the desired version, start the log writer, report readiness (runs in the worker)."""
+        logging.basicConfig(level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.worker_id = os.environ.get("LITSERVE_WORKER_ID", str(os.getpid()))
+        self._start_model()
+        # SIGTERM/SIGINT (e.g. sent to the whole process group) do not stop a worker: the API server may still be
+        # draining requests for it. The main process sends a stop message once it has; a worker whose main process
+        # vanished gets SIGTERM from the kernel and stops at its next idle check (see should_stop).
+        self._stop_requested = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        die_with_parent(signal.SIGTERM, self.parent_pid)
+        gc.freeze()  # modules and the loaded model are permanent: keep GC pauses short
+
+    def start_inline(self) -> None:
+        """Serve in the API process itself (see :mod:`serving.inline`): same loading, hash checks, hot swap and log.
+
+        Its status is kept in memory (``inline_status``) rather than in a worker status file, so ``/health``'s
+        worker list stays the list of LitServe workers.
+        """
+        self.worker_id = "api"
+        self.inline = True
+        self._start_model()
+
+    def _start_model(self) -> None:
         from serving import metrics
 
-        logging.basicConfig(level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._metrics = metrics
-        self.worker_id = os.environ.get("LITSERVE_WORKER_ID", str(os.getpid()))
         self.layout = RuntimeLayout(Path(self.runtime_root))
         self.watcher = MarkerWatcher(self.layout)
         desired = self.watcher.poll() or read_desired_model(self.layout)
@@ -204,14 +227,6 @@ class ModelAPI(ls.LitAPI):
         ).start()
         self._publish(self.active)
         self._report()
-        # SIGTERM/SIGINT (e.g. sent to the whole process group) do not stop a worker: the API server may still be
-        # draining requests for it. The main process sends a stop message once it has; a worker whose main process
-        # vanished gets SIGTERM from the kernel and stops at its next idle check (see should_stop).
-        self._stop_requested = False
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
-        die_with_parent(signal.SIGTERM, self.parent_pid)
-        gc.freeze()  # modules and the loaded model are permanent: keep GC pauses short
 
     def decode_request(self, request: PredictPayload) -> PredictPayload:
         """Payloads arrive validated and decoded (LitServe requires the hook and its ``request`` parameter)."""
@@ -222,12 +237,14 @@ class ModelAPI(ls.LitAPI):
         active = self.active  # one version for the whole batch, even if a swap lands meanwhile
         sizes = [len(p.rows) for p in payloads]
         started = time.perf_counter()
+        predictions: list[Prediction | Exception]
         try:
-            merged = active.runtime.predict(_concat([p.rows for p in payloads]))
-            offsets = np.cumsum([0, *sizes])
-            predictions: list[Prediction | Exception] = [
-                _slice(merged, offsets[i], offsets[i + 1]) for i in range(len(payloads))
-            ]
+            if len(payloads) == 1:  # the inline path and unbatched requests: nothing to merge or split
+                predictions = [active.runtime.predict(payloads[0].rows)]
+            else:
+                merged = active.runtime.predict(_concat([p.rows for p in payloads]))
+                offsets = np.cumsum([0, *sizes])
+                predictions = [_slice(merged, offsets[i], offsets[i + 1]) for i in range(len(payloads))]
         except Exception as exc:
             if len(payloads) == 1:
                 predictions = [exc]
@@ -241,8 +258,7 @@ class ModelAPI(ls.LitAPI):
         duration = time.perf_counter() - started
         done_at = time.time()
         version, kind = active.bundle.version, active.runtime.kind
-        self._metrics.INFERENCE_DURATION.labels(self.model, version, self.track, kind).observe(duration)
-        self._metrics.BATCH_REQUESTS.labels(self.model, self.track).observe(len(payloads))
+        self._observe_call(version, kind, duration, len(payloads))
 
         results = []
         for payload, prediction in zip(payloads, predictions, strict=True):
@@ -253,7 +269,7 @@ class ModelAPI(ls.LitAPI):
                     WorkerResult(422, error_body("the model rejected the input", detail), None, version, kind)
                 )
                 continue
-            self._metrics.INFERENCE_ROWS.labels(self.model, version, self.track, kind).inc(len(prediction.class_index))
+            self._count_rows(version, kind, len(prediction.class_index))
             body = active.body(payload.request_id, prediction)
             results.append(WorkerResult(200, body, prediction.class_index, version, kind))
             self.log_writer.submit(
@@ -271,6 +287,21 @@ class ModelAPI(ls.LitAPI):
                 )
             )
         return results
+
+    def _observe_call(self, version: str, kind: str, duration: float, requests: int) -> None:
+        metrics = self._metrics
+        if self.inline:  # on the API process's event loop: pending counts, flushed by /metrics
+            metrics.INFERENCE_DURATION_PENDING.observe((self.model, version, self.track, kind), duration)
+            metrics.BATCH_REQUESTS_PENDING.observe((self.model, self.track), requests)
+        else:
+            metrics.INFERENCE_DURATION.labels(self.model, version, self.track, kind).observe(duration)
+            metrics.BATCH_REQUESTS.labels(self.model, self.track).observe(requests)
+
+    def _count_rows(self, version: str, kind: str, rows: int) -> None:
+        if self.inline:
+            self._metrics.INFERENCE_ROWS_PENDING.inc((self.model, version, self.track, kind), rows)
+        else:
+            self._metrics.INFERENCE_ROWS.labels(self.model, version, self.track, kind).inc(rows)
 
     # -- model lifecycle --------------------------------------------------------------------
 
@@ -324,16 +355,16 @@ class ModelAPI(ls.LitAPI):
         info.labels(self.model, active.bundle.name, active.bundle.version, self.track, active.runtime.kind).set(1)
 
     def _report(self) -> None:
-        write_worker_status(
-            self.layout,
-            self.worker_id,
-            {
-                "model_version": self.active.bundle.version,
-                "runtime": self.active.runtime.kind,
-                "loaded_at": self.active.loaded_at,
-                "error": self._error,
-            },
-        )
+        status = {
+            "model_version": self.active.bundle.version,
+            "runtime": self.active.runtime.kind,
+            "loaded_at": self.active.loaded_at,
+            "error": self._error,
+        }
+        if self.inline:
+            self.inline_status = {**status, "worker_id": self.worker_id, "pid": os.getpid()}
+        else:
+            write_worker_status(self.layout, self.worker_id, status)
 
     def close(self) -> None:
         """Flush the prediction log (called when the worker stops)."""

@@ -52,6 +52,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from serving.api import ModelAPI
 from serving.config import ServingConfig
+from serving.direct import DirectPredict
 from serving.errors import install_error_handlers
 from serving.http import ServingHttpProtocol
 from serving.middleware import ServingMiddleware
@@ -255,7 +256,9 @@ class ServingServer(ls.LitServer):
             access_log=False,
             loop="uvloop",
             http=ServingHttpProtocol.configured(
-                header_timeout=self.config.header_timeout, max_header_bytes=self.config.max_header_bytes
+                header_timeout=self.config.header_timeout,
+                max_header_bytes=self.config.max_header_bytes,
+                direct=DirectPredict(self.context) if self.context.inline is not None else None,
             ),
             timeout_keep_alive=self.config.keep_alive_timeout,
         )
