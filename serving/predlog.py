@@ -278,7 +278,8 @@ class PredictionLogFormat:
         day, stamp = utc_timestamp(received_at)
         if len(class_index) == 1 and isinstance(rows, np.ndarray):  # a single row: plain lists, no transposes
             index = int(class_index[0])
-            features: dict[str, Any] = {name: [value] for name, value in zip(self.feature_names, rows[0].tolist())}
+            values = rows[0].tolist()
+            features: dict[str, Any] = {name: [v] for name, v in zip(self.feature_names, values, strict=True)}
             predictions: Any = [self._class_values[index]]
             probs: Any = (
                 None
