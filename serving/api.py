@@ -50,6 +50,8 @@ from serving.supervision import die_with_parent
 log = logging.getLogger("serving.worker")
 
 IDLE_POLL_SECONDS = 1.0
+LOG_FLUSH_SECONDS = 0.25
+INLINE_LOG_FLUSH_SECONDS = 0.05
 
 
 class PredictPayload(NamedTuple):
@@ -224,6 +226,8 @@ class ModelAPI(ls.LitAPI):
             self.track,
             model=self.model,
             on_drop=metrics.LOG_DROPPED.labels(self.model, "prediction", self.track).inc,
+            # the API process writes more often, in smaller bursts: its event loop waits while the thread holds the GIL
+            flush_interval=INLINE_LOG_FLUSH_SECONDS if self.inline else LOG_FLUSH_SECONDS,
         ).start()
         self._publish(self.active)
         self._report()
@@ -260,33 +264,49 @@ class ModelAPI(ls.LitAPI):
         version, kind = active.bundle.version, active.runtime.kind
         self._observe_call(version, kind, duration, len(payloads))
 
-        results = []
-        for payload, prediction in zip(payloads, predictions, strict=True):
-            if isinstance(prediction, Exception):
-                log.warning("model rejected request %s: %s", payload.request_id, prediction)
-                detail = f"{type(prediction).__name__}: {prediction}"[:500]
-                results.append(
-                    WorkerResult(422, error_body("the model rejected the input", detail), None, version, kind)
-                )
-                continue
-            self._count_rows(version, kind, len(prediction.class_index))
-            body = active.body(payload.request_id, prediction)
-            results.append(WorkerResult(200, body, prediction.class_index, version, kind))
-            self.log_writer.submit(
-                partial(
-                    active.log_format.render,
-                    request_id=payload.request_id,
-                    received_at=payload.received_at,
-                    latency_ms=(done_at - payload.received_at) * 1000.0,
-                    model_name=active.bundle.name,
-                    model_version=version,
-                    track=self.track,
-                    rows=payload.rows,
-                    class_index=prediction.class_index,
-                    probabilities=prediction.probabilities,
-                )
+        return [
+            self._result(active, payload, prediction, done_at)
+            for payload, prediction in zip(payloads, predictions, strict=True)
+        ]
+
+    def predict_one(self, payload: PredictPayload) -> WorkerResult:
+        """``predict([payload])[0]`` without the batch bookkeeping (the API process's inline path)."""
+        active = self.active
+        started = time.perf_counter()
+        prediction: Prediction | Exception
+        try:
+            prediction = active.runtime.predict(payload.rows)
+        except Exception as exc:
+            prediction = exc
+        self._observe_call(active.bundle.version, active.runtime.kind, time.perf_counter() - started, 1)
+        return self._result(active, payload, prediction, time.time())
+
+    def _result(
+        self, active: ActiveModel, payload: PredictPayload, prediction: Prediction | Exception, done_at: float
+    ) -> WorkerResult:
+        """One request's answer; queues its prediction-log line."""
+        version, kind = active.bundle.version, active.runtime.kind
+        if isinstance(prediction, Exception):
+            log.warning("model rejected request %s: %s", payload.request_id, prediction)
+            detail = f"{type(prediction).__name__}: {prediction}"[:500]
+            return WorkerResult(422, error_body("the model rejected the input", detail), None, version, kind)
+        self._count_rows(version, kind, len(prediction.class_index))
+        body = active.body(payload.request_id, prediction)
+        self.log_writer.submit(
+            partial(
+                active.log_format.render,
+                request_id=payload.request_id,
+                received_at=payload.received_at,
+                latency_ms=(done_at - payload.received_at) * 1000.0,
+                model_name=active.bundle.name,
+                model_version=version,
+                track=self.track,
+                rows=payload.rows,
+                class_index=prediction.class_index,
+                probabilities=prediction.probabilities,
             )
-        return results
+        )
+        return WorkerResult(200, body, prediction.class_index, version, kind)
 
     def _observe_call(self, version: str, kind: str, duration: float, requests: int) -> None:
         metrics = self._metrics

@@ -95,7 +95,7 @@ class InlinePredictor:
         api = self.api
         assert api is not None
         api.maintain()
-        return api.predict([payload])[0]
+        return api.predict_one(payload)
 
     def status(self) -> dict[str, Any] | None:
         """What the API process serves (for ``/health``), or None when it answers nothing itself."""

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, cast
 
 import numpy as np
-import orjson
 from pydantic import AllowInfNan, ConfigDict, Field, Strict, TypeAdapter, ValidationError, WithJsonSchema
 from typing_extensions import TypedDict
 
@@ -118,7 +117,6 @@ class RequestSchema:
         self.example = example
         self.feature_names = spec.feature_names
         self.numeric_only = not spec.categorical_features
-        self._int_columns = [i for i, f in enumerate(spec.features) if f.type == "int"]
         self.class_values = list(spec.target.classes)
         self.class_labels = [class_label(spec, c) for c in self.class_values]
         types = [_feature_type(f) for f in spec.features]
@@ -213,9 +211,6 @@ class RequestSchema:
         Numeric-only specs give a float64 array (N, n_features); specs with
         category features give a list of row tuples.
         """
-        fast = self._parse_plain_features(body)
-        if fast is not None:
-            return fast
         parsed = self._validate(self._predict, body)
         if len(parsed) != 1:
             raise RequestError(422, "invalid request", "send exactly one of `features` or `records`")
@@ -226,40 +221,6 @@ class RequestSchema:
             values = np.fromiter(itertools.chain.from_iterable(rows), np.float64, count=len(rows) * width)
             return values.reshape(len(rows), width)
         return rows
-
-    def _parse_plain_features(self, body: bytes) -> np.ndarray | None:
-        """The common body, ``{"features": [[numbers]]}`` of a numeric spec, without pydantic; None otherwise.
-
-        Accepts only what the full validator accepts (JSON numbers, no booleans,
-        rows of exactly the spec's width, 1 to ``MAX_BATCH_ROWS`` rows, finite
-        and within the float32 range, integral for ``int`` features) and returns
-        the same array. Anything else (including every invalid body) returns
-        None, and the full validator answers, with its usual 4xx detail. About
-        five times faster for 1,000 rows, and a tenth of a single-row request.
-        """
-        if not self.numeric_only or b"true" in body or b"false" in body:  # booleans: not numbers, refused below
-            return None
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        if type(parsed) is not dict or len(parsed) != 1:
-            return None
-        rows = parsed.get("features")
-        if type(rows) is not list or not 0 < len(rows) <= self.max_rows:
-            return None
-        try:
-            matrix = np.array(rows)
-        except (ValueError, OverflowError):  # ragged rows, ints beyond 64 bits
-            return None
-        if matrix.ndim != 2 or matrix.shape[1] != len(self.feature_names) or matrix.dtype.kind not in "if":
-            return None  # strings, nulls, objects, nesting: the validator says which
-        matrix = matrix.astype(np.float64, copy=False)
-        if not (np.abs(matrix) <= FLOAT32_MAX).all():  # also inf and nan
-            return None
-        if self._int_columns and not (matrix[:, self._int_columns] == np.round(matrix[:, self._int_columns])).all():
-            return None
-        return matrix
 
     def parse_feedback(self, body: bytes) -> FeedbackRequest:
         """Validate a ``/feedback`` body; labels come back as spec class indices.
