@@ -241,6 +241,7 @@ class ServingContext:
                 if inline is None
                 else {
                     "max_rows": self.config.inline_max_rows,
+                    "pid": inline.get("pid"),
                     "model_version": inline.get("model_version"),
                     "runtime": inline.get("runtime"),
                     "error": _worker_error(inline, detailed) if inline.get("error") else None,

@@ -132,6 +132,7 @@ def guarded(mlflow_store: MlflowStore, tmp_path_factory: pytest.TempPathFactory)
             "MLFLOW_TRACKING_URI": mlflow_store.tracking_uri,
             "MODEL_URI": f"models:/{MODEL_NAME}/{mlflow_store.onnx_version}",
             "WORKERS": "1",
+            "INLINE_MAX_ROWS": "0",  # the worker answers (and logs) every request; test_inline_path.py: the API process
             "MAX_BATCH_ROWS": str(GUARDED_ROWS),
             "MAX_INFLIGHT_BODY_BYTES": str(INFLIGHT_BUDGET),
             "HEADER_TIMEOUT": str(HEADER_TIMEOUT),
