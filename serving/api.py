@@ -8,7 +8,7 @@ feedback receipt, see :mod:`serving.feedback`) plus the predicted class
 indices (which the API process needs for feedback and metrics), and queues one
 prediction-log line per request to its own log file.
 
-Hot swap: between batches (and at least once a second when idle) the worker
+Hot swap: between batches (and every 0.1 s when idle) the worker
 checks the desired-model marker (a ``stat``, at most every 0.1 s). When it
 names another version the worker loads it in a background thread while it
 keeps serving the old one, then swaps the reference between two batches: a
@@ -49,7 +49,9 @@ from serving.supervision import die_with_parent
 
 log = logging.getLogger("serving.worker")
 
-IDLE_POLL_SECONDS = 1.0
+# An idle worker wakes this often to check the desired-model marker (a stat): small requests may all be answered by
+# the API process (serving.inline), so a worker must notice a new version and finish its swap without traffic.
+IDLE_POLL_SECONDS = 0.1
 LOG_FLUSH_SECONDS = 0.25
 INLINE_LOG_FLUSH_SECONDS = 0.05
 
@@ -407,7 +409,7 @@ class ModelAPI(ls.LitAPI):
 class ServingLoop(LitLoop):
     """LitServe worker loop with dynamic batching that blocks while idle.
 
-    Takes the first queued request (waiting up to a second, so an idle worker
+    Takes the first queued request (waiting up to 0.1 s, so an idle worker
     costs nothing and still notices model swaps), then whatever else is queued
     up to ``max_batch_size`` requests or ``batch_row_limit`` rows, waiting at
     most ``batch_timeout`` for more. The row limit keeps big requests apart:
