@@ -62,6 +62,7 @@ class PredictPayload(NamedTuple):
     request_id: str
     rows: np.ndarray | list[tuple[Any, ...]]
     received_at: float  # Unix time the request arrived in the API process
+    traffic: str | None = None  # "smoke" for the platform's own probes (X-ML-Platform-Traffic), logged as such
 
     def __repr__(self) -> str:  # LitServe formats requests into debug messages even when debug is off
         return f"PredictPayload(request_id={self.request_id!r}, rows={len(self.rows)})"
@@ -306,6 +307,7 @@ class ModelAPI(ls.LitAPI):
                 rows=payload.rows,
                 class_index=prediction.class_index,
                 probabilities=prediction.probabilities,
+                traffic=payload.traffic,
             )
         )
         return WorkerResult(200, body, prediction.class_index, version, kind)

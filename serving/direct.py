@@ -40,7 +40,7 @@ from typing import Any
 from serving import metrics
 from serving.api import PredictPayload
 from serving.errors import error_body
-from serving.middleware import REQUEST_ID, is_json_media_type, new_request_id
+from serving.middleware import REQUEST_ID, TRAFFIC_HEADER, is_json_media_type, new_request_id
 from serving.routes import PARSE_INLINE_BYTES
 from serving.schema import RequestError
 from serving.service import ServingContext
@@ -66,7 +66,7 @@ class DirectPredict:
         if inline is None or inline.api is None or len(raw_body) > self.max_body_bytes:
             return None
         body = bytes(raw_body)
-        request_id = content_type = None
+        request_id = content_type = traffic = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")
@@ -76,6 +76,8 @@ class DirectPredict:
                 content_type = value.decode("latin-1")
             elif name == b"transfer-encoding":
                 return None
+            elif name == TRAFFIC_HEADER and value.strip().lower() == b"smoke":
+                traffic = "smoke"
         if not is_json_media_type(content_type):
             return None  # 415
         started = time.perf_counter()
@@ -90,7 +92,7 @@ class DirectPredict:
             if not inline.accepts(len(rows)):
                 return None  # to a worker, through LitServe
             try:
-                result = inline.answer(PredictPayload(request_id, rows, received_at))
+                result = inline.answer(PredictPayload(request_id, rows, received_at, traffic))
             except Exception as exc:  # as the app's error handler would: a JSON 500, never a traceback
                 log.exception("POST /predict failed")
                 status, answer, version = 500, error_body("internal error", type(exc).__name__), ctx.current_version()

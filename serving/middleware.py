@@ -46,6 +46,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("serving")
 
 JSON_BYTES = JSON.encode()
+TRAFFIC_HEADER = b"x-ml-platform-traffic"  # "smoke": the platform's own probes, tagged in the prediction log
 KNOWN_ENDPOINTS = frozenset({"/predict", "/feedback", "/health", "/metrics", "/admin/reload"})
 JSON_BODY_ENDPOINTS = frozenset({"/predict", "/feedback"})
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -140,6 +141,8 @@ class ServingMiddleware:
         valid_id = offered is None or REQUEST_ID.fullmatch(offered) is not None
         request_id = offered if offered and valid_id else new_request_id()
         state["request_id"] = request_id
+        if (_header(scope, TRAFFIC_HEADER) or "").strip().lower() == "smoke":
+            state["traffic"] = "smoke"
         id_header = (b"x-request-id", request_id.encode())
         status = 500  # if the app dies before answering, the error middleware answers 500
 

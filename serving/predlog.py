@@ -273,6 +273,7 @@ class PredictionLogFormat:
         rows: np.ndarray | list[tuple[Any, ...]],
         class_index: np.ndarray,
         probabilities: np.ndarray | None,
+        traffic: str | None = None,
     ) -> tuple[str, bytes]:
         """``(day, line)`` for one request; ``probabilities`` is the (rows, classes) matrix or None."""
         day, stamp = utc_timestamp(received_at)
@@ -304,6 +305,8 @@ class PredictionLogFormat:
             "probabilities": probs,
             "latency_ms": round(latency_ms, 3),
         }
+        if traffic is not None:  # absent for real traffic, to keep lines small
+            record["traffic"] = traffic
         return day, orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
 
 

@@ -119,7 +119,7 @@ def make_predict(ctx: ServingContext, handler: Any) -> PredictEndpoint:
                 rows = await asyncio.to_thread(parse_large, ctx.schema.parse_predict, body)
         except RequestError as exc:
             return exc.status, error_body(exc.error, exc.detail)
-        payload = PredictPayload(state["request_id"], rows, state["received_at"])
+        payload = PredictPayload(state["request_id"], rows, state["received_at"], state.get("traffic"))
         inline = ctx.inline
         if inline is not None and inline.accepts(len(rows)):
             result = inline.answer(payload)  # small request, ONNX: no hop to a worker

@@ -263,6 +263,19 @@ def test_a_failing_log_disk_in_the_api_process_degrades_health_and_logging_resum
         time.sleep(0.1)
 
 
+def test_smoke_traffic_is_tagged_in_the_log_on_both_paths(inline_server: ServingProcess, main_server: ServingProcess):
+    """X-ML-Platform-Traffic: smoke -> "traffic": "smoke" on the log line (absent otherwise), inline or worker."""
+    tag = uuid.uuid4().hex[:8]
+    for server in (inline_server, main_server):
+        smoke, real = f"smoke-{tag}", f"real-{tag}"
+        assert post(server, {"features": [ROW]}, smoke, **{"X-ML-Platform-Traffic": "smoke"}).status_code == 200
+        assert post(server, {"features": [ROW]}, real).status_code == 200
+        assert len(logged_by(server, {smoke, real})) == 2
+        lines = {r["request_id"]: r for r in read_jsonl(server.log_dir, "date=*/predictions-*.jsonl")}
+        assert lines[smoke]["traffic"] == "smoke"
+        assert "traffic" not in lines[real]
+
+
 def test_sigterm_drains_inline_requests_and_flushes_the_api_process_log(inline_server: ServingProcess):
     """Under single-row load, killpg(SIGTERM): nothing reset, every answered request logged, exit 0. Runs last."""
     results: list[tuple[str, str]] = []
