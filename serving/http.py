@@ -12,6 +12,9 @@ public port needs:
   connection closes (httptools itself has no limit);
 - **JSON parser errors**: a request httptools cannot parse gets the documented
   ``{"error": ..., "detail": ...}`` body instead of uvicorn's plain text;
+- **direct answers**: the ASGI task of a ``POST /predict`` is held back until the end of the read that
+  carried its head; if the whole body came with it, :class:`serving.direct.DirectPredict` may answer it
+  right here (small ONNX requests, see that module), else the task starts as usual;
 - **graceful drain**: on shutdown uvicorn closes idle keep-alive connections at
   once, resetting a request that is already on the wire. Here an idle
   connection gets a short grace period, a request that arrives in it (or is
@@ -152,7 +155,11 @@ class ServingHttpProtocol(HttpToolsProtocol):
         self._deferred = None
         cycle, app = deferred
         assert self.direct is not None
-        response = self.direct.answer(cycle.scope, cycle.body, cycle.keep_alive, cycle.default_headers)
+        try:
+            response = self.direct.answer(cycle.scope, cycle.body, cycle.keep_alive, cycle.default_headers)
+        except Exception:  # a bug in the direct path must not break the connection: the ASGI path answers
+            log.exception("direct /predict path failed; answering through the application")
+            response = None
         if response is None:
             super()._start_asgi_task(cycle, app)
             return
