@@ -6,7 +6,7 @@ Run (from the repository root, with the project venv)::
     .venv/bin/python benchmarks/serving.py --duration 20 --workers 2 --max-batch-size 64
 
 All servers serve the same registered model version on 127.0.0.1, one at a
-time, and face the same load generator (aiohttp, in its own process):
+time, and face the same load generator (wrk, one thread, when installed; else aiohttp in its own process):
 
 - single-row requests from ``--concurrency`` (32) connections for ``--duration``
   seconds: requests/s, p50, p99;
@@ -32,6 +32,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import socket
@@ -104,6 +105,7 @@ class LoadResult:
     seconds: float
     latencies_ms: list[float]
     rows_per_request: int
+    percentiles: dict[float, float] | None = None  # wrk reports percentiles, not every latency
 
     @property
     def rps(self) -> float:
@@ -114,6 +116,8 @@ class LoadResult:
         return self.requests * self.rows_per_request / self.seconds
 
     def percentile(self, q: float) -> float:
+        if self.percentiles is not None:
+            return self.percentiles.get(q, float("nan"))
         if not self.latencies_ms:
             return float("nan")
         ordered = sorted(self.latencies_ms)
@@ -168,6 +172,58 @@ def _load_process(url: str, body: bytes, concurrency: int, duration: float, warm
     except ImportError:
         pass
     out.send(asyncio.run(_load(url, body, concurrency, duration, warmup, out.send)))
+
+
+WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _wrk_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise ValueError(f"cannot read wrk latency {text!r}")
+    return float(match.group(1)) * WRK_UNITS[match.group(2)]
+
+
+def generate_load_wrk(
+    url: str,
+    body: bytes,
+    rows: int,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    on_mark: Callable[[str, int], None] | None = None,
+) -> LoadResult:
+    """Closed-loop load with wrk (one thread: it needs far less CPU than any Python client), after a warm-up run."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [==[{body.decode()}]==]\n"
+        )
+    base = ["wrk", "-t1", f"-c{concurrency}", "--latency", "-s", script.name]
+    try:
+        if warmup > 0:
+            subprocess.run([*base, f"-d{max(1, round(warmup))}s", url], check=True, capture_output=True)
+        process = subprocess.Popen([*base, f"-d{max(1, round(duration))}s", url], stdout=subprocess.PIPE, text=True)
+        if on_mark is not None:
+            on_mark("start", process.pid)
+        assert process.stdout is not None
+        output = process.stdout.read()
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: its CPU is still readable
+        if on_mark is not None:
+            on_mark("end", process.pid)
+        process.wait()
+    finally:
+        os.unlink(script.name)
+    total = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", output).group(1))  # type: ignore[union-attr]
+    timing = re.search(r"requests in ([\d.]+\w+)", output)
+    seconds = _wrk_ms(timing.group(1)) / 1000 if timing else duration
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = int(non_2xx.group(1)) if non_2xx else 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    percentiles = {float(q): _wrk_ms(v) for q, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", output, re.M)}
+    return LoadResult(total - (int(non_2xx.group(1)) if non_2xx else 0), errors, seconds, [], rows, percentiles)
 
 
 def generate_load(
@@ -517,9 +573,8 @@ def measure(
         what = "single rows" if rows == 1 else f"{BATCH_ROWS}-row batches"
         print(f"  {name}: {what} x{concurrency} for {args.duration}s ...", file=sys.stderr)
         monitor = TreeMonitor(root) if root is not None else None
-        result = generate_load(
-            url, body, rows, concurrency, args.duration, args.warmup, monitor.mark if monitor else None
-        )
+        load = generate_load_wrk if args.loadgen == "wrk" else generate_load
+        result = load(url, body, rows, concurrency, args.duration, args.warmup, monitor.mark if monitor else None)
         print(f"    {result.requests} ok, {result.errors} errors", file=sys.stderr)
         results.append(result)
         usages.append(monitor.usage if monitor else None)
@@ -636,6 +691,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=None, help="MAX_BATCH_SIZE for our service")
     parser.add_argument("--batch-timeout", type=float, default=None, help="BATCH_TIMEOUT for our service")
     parser.add_argument("--only", default="ours,peer,fastapi,mlflow", help="comma-separated subset of servers")
+    parser.add_argument(
+        "--loadgen",
+        choices=("wrk", "aiohttp"),
+        default="wrk" if shutil.which("wrk") else "aiohttp",
+        help="load generator (default: wrk when installed: apt-get install wrk)",
+    )
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from ml_platform.settings import mlflow_tracking_uri, platform_paths
@@ -40,6 +41,7 @@ log = logging.getLogger("serving")
 def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
     # imported here: they load prometheus_client, which must see PROMETHEUS_MULTIPROC_DIR first
     from serving.api import ModelAPI
+    from serving.inline import InlinePredictor
     from serving.refresher import ModelRefresher
     from serving.schema import RequestSchema
     from serving.server import ChildProcessDied, ServingServer
@@ -66,7 +68,8 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
     refresher = ModelRefresher(ref, registry, layout, schema, bundle, config.model_auto_refresh_seconds)
     refresher.server_version = refresher.probe_server_version()
     context = ServingContext(config, layout, schema, refresher, Path(log_dir))
-    api = ModelAPI(
+    make_api = partial(
+        ModelAPI,
         runtime_root=str(layout.root),
         track=config.track,
         model=config.model_name,
@@ -78,6 +81,9 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
         log_level=config.log_level,
         feedback_key=config.feedback_signing_key,
     )
+    api = make_api()
+    if config.runtime == "auto" and bundle.onnx_verified:
+        context.inline = InlinePredictor(make_api, config.inline_max_rows)  # loads in the API process's lifespan
     server = ServingServer(api, context, config)
     try:
         server.serve()  # returns after SIGTERM/SIGINT, once everything drained

@@ -8,7 +8,7 @@ feedback receipt, see :mod:`serving.feedback`) plus the predicted class
 indices (which the API process needs for feedback and metrics), and queues one
 prediction-log line per request to its own log file.
 
-Hot swap: between batches (and at least once a second when idle) the worker
+Hot swap: between batches (and every 0.1 s when idle) the worker
 checks the desired-model marker (a ``stat``, at most every 0.1 s). When it
 names another version the worker loads it in a background thread while it
 keeps serving the old one, then swaps the reference between two batches: a
@@ -49,7 +49,11 @@ from serving.supervision import die_with_parent
 
 log = logging.getLogger("serving.worker")
 
-IDLE_POLL_SECONDS = 1.0
+# An idle worker wakes this often to check the desired-model marker (a stat): small requests may all be answered by
+# the API process (serving.inline), so a worker must notice a new version and finish its swap without traffic.
+IDLE_POLL_SECONDS = 0.1
+LOG_FLUSH_SECONDS = 0.25
+INLINE_LOG_FLUSH_SECONDS = 0.05
 
 
 class PredictPayload(NamedTuple):
@@ -58,7 +62,7 @@ class PredictPayload(NamedTuple):
     request_id: str
     rows: np.ndarray | list[tuple[Any, ...]]
     received_at: float  # Unix time the request arrived in the API process
-    traffic: str | None = None  # "smoke" for the platform's own smoke requests (ml_platform.monitoring.traffic)
+    traffic: str | None = None  # "smoke" for the platform's own probes (X-ML-Platform-Traffic), logged as such
 
     def __repr__(self) -> str:  # LitServe formats requests into debug messages even when debug is off
         return f"PredictPayload(request_id={self.request_id!r}, rows={len(self.rows)})"
@@ -177,16 +181,39 @@ class ModelAPI(ls.LitAPI):
         self.log_level = log_level
         self.signer = FeedbackSigner(feedback_key)  # the deployment's receipt key, pickled into each worker
         self.parent_pid = os.getpid()  # the main process, which spawns the workers
+        self.inline = False  # True for the copy answering small requests in the API process
+        self.inline_status: dict[str, Any] = {}
 
     # -- LitAPI hooks -----------------------------------------------------------------------
 
     def setup(self, device: str) -> None:
         """Load the desired version, start the log writer, report readiness (runs in the worker)."""
+        logging.basicConfig(level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.worker_id = os.environ.get("LITSERVE_WORKER_ID", str(os.getpid()))
+        self._start_model()
+        # SIGTERM/SIGINT (e.g. sent to the whole process group) do not stop a worker: the API server may still be
+        # draining requests for it. The main process sends a stop message once it has; a worker whose main process
+        # vanished gets SIGTERM from the kernel and stops at its next idle check (see should_stop).
+        self._stop_requested = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        die_with_parent(signal.SIGTERM, self.parent_pid)
+        gc.freeze()  # modules and the loaded model are permanent: keep GC pauses short
+
+    def start_inline(self) -> None:
+        """Serve in the API process itself (see :mod:`serving.inline`): same loading, hash checks, hot swap and log.
+
+        Its status is kept in memory (``inline_status``) rather than in a worker status file, so ``/health``'s
+        worker list stays the list of LitServe workers.
+        """
+        self.worker_id = "api"
+        self.inline = True
+        self._start_model()
+
+    def _start_model(self) -> None:
         from serving import metrics
 
-        logging.basicConfig(level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._metrics = metrics
-        self.worker_id = os.environ.get("LITSERVE_WORKER_ID", str(os.getpid()))
         self.layout = RuntimeLayout(Path(self.runtime_root))
         self.watcher = MarkerWatcher(self.layout)
         desired = self.watcher.poll() or read_desired_model(self.layout)
@@ -202,17 +229,11 @@ class ModelAPI(ls.LitAPI):
             self.track,
             model=self.model,
             on_drop=metrics.LOG_DROPPED.labels(self.model, "prediction", self.track).inc,
+            # the API process writes more often, in smaller bursts: its event loop waits while the thread holds the GIL
+            flush_interval=INLINE_LOG_FLUSH_SECONDS if self.inline else LOG_FLUSH_SECONDS,
         ).start()
         self._publish(self.active)
         self._report()
-        # SIGTERM/SIGINT (e.g. sent to the whole process group) do not stop a worker: the API server may still be
-        # draining requests for it. The main process sends a stop message once it has; a worker whose main process
-        # vanished gets SIGTERM from the kernel and stops at its next idle check (see should_stop).
-        self._stop_requested = False
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
-        die_with_parent(signal.SIGTERM, self.parent_pid)
-        gc.freeze()  # modules and the loaded model are permanent: keep GC pauses short
 
     def decode_request(self, request: PredictPayload) -> PredictPayload:
         """Payloads arrive validated and decoded (LitServe requires the hook and its ``request`` parameter)."""
@@ -223,12 +244,14 @@ class ModelAPI(ls.LitAPI):
         active = self.active  # one version for the whole batch, even if a swap lands meanwhile
         sizes = [len(p.rows) for p in payloads]
         started = time.perf_counter()
+        predictions: list[Prediction | Exception]
         try:
-            merged = active.runtime.predict(_concat([p.rows for p in payloads]))
-            offsets = np.cumsum([0, *sizes])
-            predictions: list[Prediction | Exception] = [
-                _slice(merged, offsets[i], offsets[i + 1]) for i in range(len(payloads))
-            ]
+            if len(payloads) == 1:  # the inline path and unbatched requests: nothing to merge or split
+                predictions = [active.runtime.predict(payloads[0].rows)]
+            else:
+                merged = active.runtime.predict(_concat([p.rows for p in payloads]))
+                offsets = np.cumsum([0, *sizes])
+                predictions = [_slice(merged, offsets[i], offsets[i + 1]) for i in range(len(payloads))]
         except Exception as exc:
             if len(payloads) == 1:
                 predictions = [exc]
@@ -242,37 +265,67 @@ class ModelAPI(ls.LitAPI):
         duration = time.perf_counter() - started
         done_at = time.time()
         version, kind = active.bundle.version, active.runtime.kind
-        self._metrics.INFERENCE_DURATION.labels(self.model, version, self.track, kind).observe(duration)
-        self._metrics.BATCH_REQUESTS.labels(self.model, self.track).observe(len(payloads))
+        self._observe_call(version, kind, duration, len(payloads))
 
-        results = []
-        for payload, prediction in zip(payloads, predictions, strict=True):
-            if isinstance(prediction, Exception):
-                log.warning("model rejected request %s: %s", payload.request_id, prediction)
-                detail = f"{type(prediction).__name__}: {prediction}"[:500]
-                results.append(
-                    WorkerResult(422, error_body("the model rejected the input", detail), None, version, kind)
-                )
-                continue
-            self._metrics.INFERENCE_ROWS.labels(self.model, version, self.track, kind).inc(len(prediction.class_index))
-            body = active.body(payload.request_id, prediction)
-            results.append(WorkerResult(200, body, prediction.class_index, version, kind))
-            self.log_writer.submit(
-                partial(
-                    active.log_format.render,
-                    request_id=payload.request_id,
-                    received_at=payload.received_at,
-                    latency_ms=(done_at - payload.received_at) * 1000.0,
-                    model_name=active.bundle.name,
-                    model_version=version,
-                    track=self.track,
-                    rows=payload.rows,
-                    class_index=prediction.class_index,
-                    probabilities=prediction.probabilities,
-                    traffic=payload.traffic,
-                )
+        return [
+            self._result(active, payload, prediction, done_at)
+            for payload, prediction in zip(payloads, predictions, strict=True)
+        ]
+
+    def predict_one(self, payload: PredictPayload) -> WorkerResult:
+        """``predict([payload])[0]`` without the batch bookkeeping (the API process's inline path)."""
+        active = self.active
+        started = time.perf_counter()
+        prediction: Prediction | Exception
+        try:
+            prediction = active.runtime.predict(payload.rows)
+        except Exception as exc:
+            prediction = exc
+        self._observe_call(active.bundle.version, active.runtime.kind, time.perf_counter() - started, 1)
+        return self._result(active, payload, prediction, time.time())
+
+    def _result(
+        self, active: ActiveModel, payload: PredictPayload, prediction: Prediction | Exception, done_at: float
+    ) -> WorkerResult:
+        """One request's answer; queues its prediction-log line."""
+        version, kind = active.bundle.version, active.runtime.kind
+        if isinstance(prediction, Exception):
+            log.warning("model rejected request %s: %s", payload.request_id, prediction)
+            detail = f"{type(prediction).__name__}: {prediction}"[:500]
+            return WorkerResult(422, error_body("the model rejected the input", detail), None, version, kind)
+        self._count_rows(version, kind, len(prediction.class_index))
+        body = active.body(payload.request_id, prediction)
+        self.log_writer.submit(
+            partial(
+                active.log_format.render,
+                request_id=payload.request_id,
+                received_at=payload.received_at,
+                latency_ms=(done_at - payload.received_at) * 1000.0,
+                model_name=active.bundle.name,
+                model_version=version,
+                track=self.track,
+                rows=payload.rows,
+                class_index=prediction.class_index,
+                probabilities=prediction.probabilities,
+                traffic=payload.traffic,
             )
-        return results
+        )
+        return WorkerResult(200, body, prediction.class_index, version, kind)
+
+    def _observe_call(self, version: str, kind: str, duration: float, requests: int) -> None:
+        metrics = self._metrics
+        if self.inline:  # on the API process's event loop: pending counts, flushed by /metrics
+            metrics.INFERENCE_DURATION_PENDING.observe((self.model, version, self.track, kind), duration)
+            metrics.BATCH_REQUESTS_PENDING.observe((self.model, self.track), requests)
+        else:
+            metrics.INFERENCE_DURATION.labels(self.model, version, self.track, kind).observe(duration)
+            metrics.BATCH_REQUESTS.labels(self.model, self.track).observe(requests)
+
+    def _count_rows(self, version: str, kind: str, rows: int) -> None:
+        if self.inline:
+            self._metrics.INFERENCE_ROWS_PENDING.inc((self.model, version, self.track, kind), rows)
+        else:
+            self._metrics.INFERENCE_ROWS.labels(self.model, version, self.track, kind).inc(rows)
 
     # -- model lifecycle --------------------------------------------------------------------
 
@@ -326,16 +379,16 @@ class ModelAPI(ls.LitAPI):
         info.labels(self.model, active.bundle.name, active.bundle.version, self.track, active.runtime.kind).set(1)
 
     def _report(self) -> None:
-        write_worker_status(
-            self.layout,
-            self.worker_id,
-            {
-                "model_version": self.active.bundle.version,
-                "runtime": self.active.runtime.kind,
-                "loaded_at": self.active.loaded_at,
-                "error": self._error,
-            },
-        )
+        status = {
+            "model_version": self.active.bundle.version,
+            "runtime": self.active.runtime.kind,
+            "loaded_at": self.active.loaded_at,
+            "error": self._error,
+        }
+        if self.inline:
+            self.inline_status = {**status, "worker_id": self.worker_id, "pid": os.getpid()}
+        else:
+            write_worker_status(self.layout, self.worker_id, status)
 
     def close(self) -> None:
         """Flush the prediction log (called when the worker stops)."""
@@ -358,7 +411,7 @@ class ModelAPI(ls.LitAPI):
 class ServingLoop(LitLoop):
     """LitServe worker loop with dynamic batching that blocks while idle.
 
-    Takes the first queued request (waiting up to a second, so an idle worker
+    Takes the first queued request (waiting up to 0.1 s, so an idle worker
     costs nothing and still notices model swaps), then whatever else is queued
     up to ``max_batch_size`` requests or ``batch_row_limit`` rows, waiting at
     most ``batch_timeout`` for more. The row limit keeps big requests apart:

@@ -42,6 +42,7 @@ class ServingConfig:
     max_batch_size: int = 32
     batch_timeout: float = 0.0
     batch_row_limit: int = 512
+    inline_max_rows: int = 64
     max_batch_rows: int = 10_000
     max_body_bytes: int | None = None  # None: derived from MAX_BATCH_ROWS and the request schema
     max_inflight_body_bytes: int = 64 * 1024 * 1024
@@ -83,6 +84,13 @@ def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
         raise ValueError("must be >= 1")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
     return value
 
 
@@ -182,6 +190,14 @@ OPTIONS: tuple[_Option, ...] = (
         _positive_int,
         "rows at which a worker stops merging requests (big requests run alone, spread over workers)",
         512,
+    ),
+    _Option(
+        "inline_max_rows",
+        "INLINE_MAX_ROWS",
+        _non_negative_int,
+        "requests of at most this many rows are answered in the API process when the model runs on ONNX "
+        "(no process hop); larger ones and the sklearn fallback go to the workers; 0: always the workers",
+        64,
     ),
     _Option("max_batch_rows", "MAX_BATCH_ROWS", _positive_int, "rows allowed in one /predict request", 10_000),
     _Option(

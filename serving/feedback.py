@@ -312,47 +312,6 @@ def ledger_from_env(environ: Mapping[str, str], max_requests: int) -> FeedbackLe
     return MemoryLedger(max_requests, max_age_seconds=max_age)
 
 
-@dataclass
-class CachedPrediction:
-    """A past prediction (kept for callers of :class:`PredictionCache`; feedback no longer needs it)."""
-
-    model_version: str
-    class_index: np.ndarray
-    labelled: np.ndarray  # bool per row
-
-    @property
-    def rows(self) -> int:
-        return len(self.class_index)
-
-
-class PredictionCache:
-    """Recent predictions by request id, oldest evicted first (no longer used by /feedback: receipts carry it)."""
-
-    def __init__(self, max_requests: int, max_rows: int | None = None) -> None:
-        self.max_requests = max_requests
-        self.max_rows = max_rows if max_rows is not None else max_requests * ROWS_PER_REQUEST_BUDGET
-        self._entries: OrderedDict[str, CachedPrediction] = OrderedDict()
-        self._rows = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def put(self, request_id: str, model_version: str, class_index: np.ndarray) -> None:
-        """Remember a prediction (a reused request id replaces the earlier one)."""
-        old = self._entries.pop(request_id, None)
-        if old is not None:
-            self._rows -= old.rows
-        entry = CachedPrediction(model_version, class_index, np.zeros(len(class_index), dtype=bool))
-        self._entries[request_id] = entry
-        self._rows += entry.rows
-        while self._entries and (len(self._entries) > self.max_requests or self._rows > self.max_rows):
-            _, evicted = self._entries.popitem(last=False)
-            self._rows -= evicted.rows
-
-    def get(self, request_id: str) -> CachedPrediction | None:
-        return self._entries.get(request_id)
-
-
 class LiveAccuracy:
     """Correct / labelled predictions per model version and track, counted by this process since start-up."""
 

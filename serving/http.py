@@ -12,6 +12,9 @@ public port needs:
   connection closes (httptools itself has no limit);
 - **JSON parser errors**: a request httptools cannot parse gets the documented
   ``{"error": ..., "detail": ...}`` body instead of uvicorn's plain text;
+- **direct answers**: the ASGI task of a ``POST /predict`` is held back until the end of the read that
+  carried its head; if the whole body came with it, :class:`serving.direct.DirectPredict` may answer it
+  right here (small ONNX requests, see that module), else the task starts as usual;
 - **graceful drain**: on shutdown uvicorn closes idle keep-alive connections at
   once, resetting a request that is already on the wire. Here an idle
   connection gets a short grace period, a request that arrives in it (or is
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -35,6 +39,12 @@ from serving.errors import error_body
 log = logging.getLogger("serving.http")
 
 SHUTDOWN_GRACE_SECONDS = 0.5  # an idle connection's grace at shutdown for a request already in flight to us
+
+
+class DirectAnswer(Protocol):
+    """See :class:`serving.direct.DirectPredict`."""
+
+    def answer(self, scope: Any, body: bytes | bytearray, keep_alive: bool, default_headers: Any) -> bytes | None: ...
 
 
 def _response(status: int, reason: str, error: str, detail: str) -> bytes:
@@ -53,11 +63,15 @@ class ServingHttpProtocol(HttpToolsProtocol):
 
     header_timeout: float = 10.0
     max_header_bytes: int = 32 * 1024
+    direct: DirectAnswer | None = None  # answers small POST /predict requests without ASGI (serving.direct)
 
     @classmethod
-    def configured(cls, *, header_timeout: float, max_header_bytes: int) -> type[ServingHttpProtocol]:
+    def configured(
+        cls, *, header_timeout: float, max_header_bytes: int, direct: DirectAnswer | None = None
+    ) -> type[ServingHttpProtocol]:
         """A subclass with these limits (uvicorn instantiates the class it is given once per connection)."""
-        return type(cls.__name__, (cls,), {"header_timeout": header_timeout, "max_header_bytes": max_header_bytes})
+        attributes = {"header_timeout": header_timeout, "max_header_bytes": max_header_bytes, "direct": direct}
+        return type(cls.__name__, (cls,), attributes)
 
     # -- connection lifecycle -----------------------------------------------------------------
 
@@ -66,6 +80,8 @@ class ServingHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._reading_head = True
         self._draining = False
+        self._may_defer = False  # True while uvicorn starts the ASGI task of a request whose head just arrived
+        self._deferred: tuple[Any, Any] | None = None  # (cycle, app) of a POST /predict held back for `direct`
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -76,6 +92,11 @@ class ServingHttpProtocol(HttpToolsProtocol):
         if self._reading_head:
             self._head_bytes += len(data)
         super().data_received(data)
+        deferred = self._deferred
+        if deferred is not None:  # the body did not come with the head: the ASGI path (with BODY_TIMEOUT) takes it
+            self._deferred = None
+            if not self.transport.is_closing():
+                super()._start_asgi_task(*deferred)
         if self._reading_head and self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
             detail = f"the request line and headers must fit in {self.max_header_bytes} bytes (MAX_HEADER_BYTES)"
             self._refuse(431, "Request Header Fields Too Large", "request headers too large", detail)
@@ -105,17 +126,48 @@ class ServingHttpProtocol(HttpToolsProtocol):
             detail = f"the request line and headers must fit in {self.max_header_bytes} bytes (MAX_HEADER_BYTES)"
             self._refuse(431, "Request Header Fields Too Large", "request headers too large", detail)
             return
-        super().on_headers_complete()
+        self._may_defer = self.direct is not None and not self.expect_100_continue
+        try:
+            super().on_headers_complete()
+        finally:
+            self._may_defer = False
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # answer it, then close: the server is shutting down
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        scope = cycle.scope
+        if self._may_defer and scope["method"] == "POST" and scope["path"] == "/predict":
+            self._deferred = (cycle, app)  # answered in on_message_complete if the body is complete by then
+            return
+        super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:
         if not self.transport.is_closing():  # refused (408/431): the rest of the request is ignored
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self.transport.is_closing():
-            super().on_message_complete()
+        if self.transport.is_closing():
+            return
+        super().on_message_complete()
+        deferred = self._deferred
+        if deferred is None or deferred[0] is not self.cycle:
+            return
+        self._deferred = None
+        cycle, app = deferred
+        assert self.direct is not None
+        try:
+            response = self.direct.answer(cycle.scope, cycle.body, cycle.keep_alive, cycle.default_headers)
+        except Exception:  # a bug in the direct path must not break the connection: the ASGI path answers
+            log.exception("direct /predict path failed; answering through the application")
+            response = None
+        if response is None:
+            super()._start_asgi_task(cycle, app)
+            return
+        cycle.response_started = cycle.response_complete = True
+        self.transport.write(response)
+        if not cycle.keep_alive:
+            self.transport.close()
+        self.on_response_complete()  # keep-alive timer, or the next pipelined request
 
     # -- errors -------------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ earlier processes survive into the max.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -106,6 +108,87 @@ BATCH_REQUESTS = Histogram(
 )
 
 
+# --- counts kept in this process until a scrape -------------------------------------------------
+
+
+class PendingCounter:
+    """Increments of a counter kept in a plain dict and added to the shared metric files at :func:`flush_pending`.
+
+    A multiprocess metric costs a ``labels()`` lookup (a lock and a dict) and
+    a locked write to a memory-mapped file per call: for a single-row request
+    answered in the API process, five of them were a tenth of its CPU. Every
+    metric the API process counts per request goes through here, and
+    ``/metrics`` (served by this same process) flushes before it reads the
+    files, so scrapes stay exact. Used on the event-loop thread only.
+    """
+
+    def __init__(self, metric: Counter) -> None:
+        self.metric = metric
+        self.pending: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        pending = self.pending
+        pending[labels] = pending.get(labels, 0.0) + amount
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        for labels, amount in pending.items():
+            self.metric.labels(*labels).inc(amount)
+
+
+class PendingHistogram:
+    """Observations of a histogram kept as bucket counts and a sum until :func:`flush_pending`.
+
+    Flushing adds each bucket's count and the sum to the child's values
+    directly: the same files ``observe`` writes, once per scrape instead of
+    once per request (``_buckets`` and ``_sum`` are pinned by
+    ``test_litserve_contract.py``).
+    """
+
+    def __init__(self, metric: Histogram, buckets: tuple[float, ...]) -> None:
+        self.metric = metric
+        self.bounds = (*buckets, float("inf"))
+        self.pending: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        entry = self.pending.get(labels)
+        if entry is None:
+            entry = self.pending[labels] = [0.0] * (len(self.bounds) + 1)
+        entry[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is >= value, as observe()
+        entry[-1] += value
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        for labels, entry in pending.items():
+            child: Any = self.metric.labels(*labels)
+            for bucket, count in zip(child._buckets, entry[:-1], strict=True):
+                if count:
+                    bucket.inc(count)
+            child._sum.inc(entry[-1])
+
+
+REQUESTS_PENDING = PendingCounter(REQUESTS)
+REQUEST_DURATION_PENDING = PendingHistogram(REQUEST_DURATION, LATENCY_BUCKETS)
+PREDICTIONS_PENDING = PendingCounter(PREDICTIONS)
+INFERENCE_ROWS_PENDING = PendingCounter(INFERENCE_ROWS)
+INFERENCE_DURATION_PENDING = PendingHistogram(INFERENCE_DURATION, LATENCY_BUCKETS)
+BATCH_REQUESTS_PENDING = PendingHistogram(BATCH_REQUESTS, BATCH_BUCKETS)
+_PENDING: tuple[PendingCounter | PendingHistogram, ...] = (
+    REQUESTS_PENDING,
+    REQUEST_DURATION_PENDING,
+    PREDICTIONS_PENDING,
+    INFERENCE_ROWS_PENDING,
+    INFERENCE_DURATION_PENDING,
+    BATCH_REQUESTS_PENDING,
+)
+
+
+def flush_pending() -> None:
+    """Write this process's pending counts to its metric files (before a scrape reads them)."""
+    for pending in _PENDING:
+        pending.flush()
+
+
 def failing_log_writers(model: str, track: str) -> dict[str, int]:
     """``{event: errno}`` for the log writers of any process whose last write failed (read from the metric files)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -126,7 +209,8 @@ def failing_log_writers(model: str, track: str) -> dict[str, int]:
 
 
 def render_metrics() -> tuple[bytes, str]:
-    """The merged metrics of all processes in Prometheus text format."""
+    """The merged metrics of all processes in Prometheus text format (this process's pending counts included)."""
+    flush_pending()
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     return generate_latest(registry), CONTENT_TYPE_LATEST

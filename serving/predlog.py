@@ -46,10 +46,17 @@ log = logging.getLogger(__name__)
 RenderFn = Callable[[], tuple[str, bytes]]
 
 
+_last_second: list[Any] = [None, "", ""]  # second, day, "YYYY-MM-DDTHH:MM:SS" (formatting is most of the cost)
+
+
 def utc_timestamp(epoch: float) -> tuple[str, str]:
     """``(YYYY-MM-DD, ISO 8601 UTC with microseconds and Z)`` for a Unix time."""
     moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    second = moment.replace(microsecond=0)
+    cached = _last_second
+    if cached[0] != second:  # one writer thread per file; a race only recomputes the same strings
+        cached[:] = [second, moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m-%dT%H:%M:%S")]
+    return cached[1], f"{cached[2]}.{moment.microsecond:06d}Z"
 
 
 EVENTS = {"predictions": "prediction"}  # file stem -> metric label (the feedback stem is its own label)
@@ -268,11 +275,22 @@ class PredictionLogFormat:
         probabilities: np.ndarray | None,
         traffic: str | None = None,
     ) -> tuple[str, bytes]:
-        """``(day, line)`` for one request; ``probabilities`` is the (rows, classes) matrix or None.
-
-        ``traffic="smoke"`` marks the platform's own smoke requests (the field is absent otherwise).
-        """
+        """``(day, line)`` for one request; ``probabilities`` is the (rows, classes) matrix or None."""
         day, stamp = utc_timestamp(received_at)
+        if len(class_index) == 1 and isinstance(rows, np.ndarray):  # a single row: plain lists, no transposes
+            index = int(class_index[0])
+            values = rows[0].tolist()
+            features: dict[str, Any] = {name: [v] for name, v in zip(self.feature_names, values, strict=True)}
+            predictions: Any = [self._class_values[index]]
+            probs: Any = (
+                None
+                if probabilities is None
+                else {label: [p] for label, p in zip(self.class_labels, probabilities[0].tolist(), strict=True)}
+            )
+        else:
+            features = self._features(rows)
+            predictions = self._predictions(class_index)
+            probs = self._probabilities(probabilities)
         record = {
             "event": "prediction",
             "model": self.model,
@@ -282,12 +300,12 @@ class PredictionLogFormat:
             "model_version": model_version,
             "track": track,
             "rows": len(class_index),
-            "features": self._features(rows),
-            "predictions": self._predictions(class_index),
-            "probabilities": self._probabilities(probabilities),
+            "features": features,
+            "predictions": predictions,
+            "probabilities": probs,
             "latency_ms": round(latency_ms, 3),
         }
-        if traffic is not None:
+        if traffic is not None:  # absent for real traffic, to keep lines small
             record["traffic"] = traffic
         return day, orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
 

@@ -21,6 +21,7 @@ import numpy as np
 from serving import metrics
 from serving.config import ServingConfig
 from serving.feedback import LiveAccuracy, Receipt, ReceiptExpired, ledger_from_env
+from serving.inline import InlinePredictor
 from serving.predlog import JsonlWriter, render_feedback
 from serving.refresher import ModelRefresher
 from serving.schema import FeedbackRequest, RequestError, RequestSchema
@@ -76,6 +77,7 @@ class ServingContext:
             on_drop=metrics.LOG_DROPPED.labels(self.model, "feedback", config.track).inc,
         )
         self.workers_ready: Callable[[], bool] = lambda: False
+        self.inline: InlinePredictor | None = None  # small ONNX requests answered in this process
         self._class_labels = schema.class_labels
         self._class_values = schema.class_values
 
@@ -84,10 +86,14 @@ class ServingContext:
     def start(self) -> None:
         metrics.REGISTRY_UP.labels(self.model, self.track).set(1 if self.refresher.reachable else 0)
         self.feedback_log.start()
+        if self.inline is not None:
+            self.inline.start()
         self.refresher.start()
 
     def stop(self) -> None:
         self.refresher.stop()
+        if self.inline is not None:
+            self.inline.stop()
         self.feedback_log.close()
         self.ledger.close()
 
@@ -107,7 +113,8 @@ class ServingContext:
             counts = enumerate(np.bincount(class_index, minlength=len(self._class_labels)).tolist())
         for index, count in counts:
             if count:
-                metrics.PREDICTIONS.labels(self.model, self._class_labels[index], model_version, self.track).inc(count)
+                labels = (self.model, self._class_labels[index], model_version, self.track)
+                metrics.PREDICTIONS_PENDING.inc(labels, count)
 
     # -- feedback ---------------------------------------------------------------------------
 
@@ -182,8 +189,10 @@ class ServingContext:
         workers = read_worker_statuses(self.layout)
         ready = self.workers_ready()
         desired = self.refresher.current
-        serving_versions = sorted({w["model_version"] for w in workers if w.get("model_version")})
-        runtimes = sorted({w["runtime"] for w in workers if w.get("runtime")})
+        inline = self.inline.status() if self.inline is not None else None
+        answering = [*workers, inline] if inline else workers
+        serving_versions = sorted({w["model_version"] for w in answering if w.get("model_version")})
+        runtimes = sorted({w["runtime"] for w in answering if w.get("runtime")})
         problems = []
         if not ready or not serving_versions:
             status = "unavailable"
@@ -195,6 +204,8 @@ class ServingContext:
             elif self.refresher.last_refresh_error:
                 problems.append("the last model refresh failed; serving the loaded model")
             problems += [f"worker {w['worker_id']}: {_worker_error(w, detailed)}" for w in workers if w.get("error")]
+            if inline and inline.get("error"):
+                problems.append(f"API process model: {_worker_error(inline, detailed)}")
             for event, code in sorted(metrics.failing_log_writers(self.model, self.track).items()):
                 name = errno.errorcode.get(code, str(code))
                 problems.append(f"the {event} log cannot be written ({name}); its lines are dropped and counted")
@@ -227,6 +238,15 @@ class ServingContext:
                     }
                     for w in workers
                 ],
+                "inline": None
+                if inline is None
+                else {
+                    "max_rows": self.config.inline_max_rows,
+                    "pid": inline.get("pid"),
+                    "model_version": inline.get("model_version"),
+                    "runtime": inline.get("runtime"),
+                    "error": _worker_error(inline, detailed) if inline.get("error") else None,
+                },
             },
             "mlflow": self.refresher.snapshot(detailed),
         }

@@ -112,6 +112,7 @@ def fleet(mlflow_store: MlflowStore, tmp_path_factory: pytest.TempPathFactory) -
                 **common,
                 "MODEL_URI": f"models:/{MODEL_NAME}/{mlflow_store.onnx_version}",
                 "WORKERS": "2",
+                "INLINE_MAX_ROWS": "0",  # every request through the workers (test_inline_path.py: the API process)
                 "ADMIN_API_TOKEN": ADMIN_TOKEN,
                 "FEEDBACK_SIGNING_KEY": FEEDBACK_KEY,
                 "MAX_BATCH_ROWS": str(MAIN_MAX_BATCH_ROWS),

@@ -16,7 +16,6 @@ import pytest
 
 from ml_platform.spec import FeatureSpec, load_spec
 from serving.config import ConfigError, load_config
-from serving.feedback import PredictionCache
 from serving.predlog import JsonlWriter, PredictionLogFormat
 from serving.refresher import ModelRefresher
 from serving.registry import ModelBundle, ModelResolutionError, RegistryClient, parse_model_uri, redact_uri
@@ -58,16 +57,6 @@ def test_model_uris():
             parse_model_uri(bad)
         with pytest.raises(ConfigError, match="MODEL_URI"):
             load_config([], {"MODEL_URI": bad})
-
-
-def test_prediction_cache_is_bounded_by_requests_and_rows():
-    cache = PredictionCache(max_requests=3, max_rows=10)
-    for i in range(4):
-        cache.put(f"r{i}", "1", np.zeros(2, dtype=np.uint16))
-    assert cache.get("r0") is None and len(cache) == 3
-
-    cache.put("big", "1", np.zeros(9, dtype=np.uint16))  # 9 + 2 + 2 rows > 10: oldest go
-    assert [cache.get(k) is not None for k in ("r1", "r2", "r3", "big")] == [False, False, False, True]
 
 
 def test_schema_from_a_spec_with_int_and_category_features():

@@ -79,3 +79,37 @@ def test_uvicorn_protocol_hooks_and_config_accept_our_class():
     config.load()
     assert config.http_protocol_class is protocol
     assert issubclass(protocol, HttpToolsProtocol) and protocol.header_timeout == 2.0
+
+
+def test_uvicorn_members_the_direct_predict_path_relies_on():
+    """serving.http holds back a POST /predict's ASGI task and may answer it itself (serving.direct)."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    assert params(HttpToolsProtocol._start_asgi_task) == ["self", "cycle", "app"]
+    headers_complete = inspect.getsource(HttpToolsProtocol.on_headers_complete)
+    assert "self._start_asgi_task(self.cycle, app)" in headers_complete  # the hook we defer
+    assert "self.pipeline.appendleft((self.cycle, app))" in headers_complete  # pipelined: started later, not held
+    assert "self.expect_100_continue" in inspect.getsource(HttpToolsProtocol.on_message_begin)
+    assert "self.cycle.more_body = False" in inspect.getsource(HttpToolsProtocol.on_message_complete)
+    assert "self.cycle.body += body" in inspect.getsource(HttpToolsProtocol.on_body)
+    complete = inspect.getsource(HttpToolsProtocol.on_response_complete)
+    assert "self.pipeline.pop()" in complete and "timeout_keep_alive_handler" in complete
+    cycle_init = params(RequestResponseCycle.__init__)
+    for name in ("scope", "default_headers", "keep_alive", "on_response"):
+        assert name in cycle_init, name
+    cycle_source = inspect.getsource(RequestResponseCycle)
+    for attribute in ("self.body = bytearray()", "self.response_started = ", "self.response_complete = "):
+        assert attribute in cycle_source, attribute
+
+
+def test_prometheus_histogram_members_the_pending_counts_flush_into():
+    """serving.metrics.PendingHistogram adds bucket counts and sums to a histogram child's values directly."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    histogram = Histogram("contract_seconds", "x", ["a"], buckets=(0.1, 1.0), registry=CollectorRegistry())
+    child = histogram.labels("x")
+    assert [float(b) for b in child._upper_bounds] == [0.1, 1.0, float("inf")]
+    assert len(child._buckets) == 3 and all(callable(b.inc) for b in child._buckets)
+    assert callable(child._sum.inc)
+    observe = inspect.getsource(Histogram.observe)
+    assert "self._sum.inc(amount)" in observe and "self._buckets[i].inc(1)" in observe
