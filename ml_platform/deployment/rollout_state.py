@@ -83,6 +83,7 @@ class RolloutRecord:
     held: int = 0  # analyses past the step's pause that did not pass (inconclusive)
     analyses: list[dict[str, Any]] = field(default_factory=list)
     canary_baseline: dict[str, Any] | None = None  # first canary counters: live accuracy survives a resume
+    stable_baseline: dict[str, Any] | None = None  # the same for stable (accuracy relative to stable)
     deadline: float | None = None
     decision: str = ""
     reason: str = ""
