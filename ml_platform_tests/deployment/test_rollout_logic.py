@@ -405,7 +405,7 @@ class HookServer:
         received = self.received = []  # type: list[tuple[str, dict[str, Any]]]
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 hook = self.path.strip("/")
                 received.append((self.headers["X-ML-Platform-Hook"], body))
