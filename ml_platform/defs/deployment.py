@@ -15,6 +15,15 @@ While a deployment run of this model is queued or running nothing is requested (
 time per model; other models roll out independently); otherwise the newest waiting version newer
 than the cursor is requested (run key ``<registered name>:<version>``) and older waiting versions are
 tagged ``deployment_status=superseded``.
+
+Crash safety: before anything else, each tick reads the model's rollout record (the backend's
+rollout-state store). A record whose driving process is gone (or, on another host, whose Dagster run
+ended or whose heartbeat is stale) is a rollout left half-way: the dead run is marked failed in Dagster
+and a resume run of the same version is requested (run key ``<name>:<version>:resume:<attempt>``), which
+carries the rollout on by the documented resume rule (docs/canary.md) before any new version is deployed.
+
+A rejected version's partition fails (the asset raises after recording the decision), so the
+Partitions view shows rejections in red; its metadata and the ``canary_verdict`` check say why.
 """
 
 import time
@@ -32,6 +41,7 @@ VALIDATED_AT_RUN_TAG = "ml_platform/validated_at"
 REQUESTED_AT_RUN_TAG = "ml_platform/requested_at"
 MODEL_VERSION_RUN_TAG = "ml_platform/model_version"
 PIPELINE_TAG = "ml_platform/pipeline"
+RESUME_OF_RUN_TAG = "ml_platform/resume_of"
 
 
 class CanaryConfig(dg.Config):
@@ -49,6 +59,9 @@ class CanaryConfig(dg.Config):
     failure_limit: int | None = Field(default=None, description="failed analyses before a rollback")
     inconclusive_limit: int | None = Field(default=None, description="held analyses before a rollback")
     startup_timeout_seconds: float | None = Field(default=None, description="serving start/swap timeout")
+    error_limit: int | None = Field(default=None, description="measurement errors in a row before a rollback")
+    progress_deadline_seconds: float | None = Field(default=None, description="no decision by then: rollback")
+    max_attempts: int | None = Field(default=None, description="runs that may drive one rollout")
 
 
 def _tag_time(tags: dict[str, str], key: str) -> dict[str, float]:
@@ -72,7 +85,10 @@ def _metadata(result: Any, deployer: Deployer, metric_source: MetricSource, link
         "policy": dg.MetadataValue.md(result.policy.markdown()),
         "steps_run": dg.MetadataValue.int(len(result.steps)),
         "analyses": dg.MetadataValue.int(sum(len(s.analyses) for s in result.steps)),
+        "attempts": dg.MetadataValue.int(result.attempts),
     }
+    if result.resumed_from:
+        metadata["resumed_from"] = result.resumed_from
     if result.smoke is not None:
         metadata["smoke_test"] = f"{'passed' if result.smoke.passed else 'FAILED'}: {result.smoke.detail}"
     for name, table in result.step_tables().items():
@@ -106,6 +122,65 @@ def _validated_at(context: dg.SensorEvaluationContext, model: ModelContext, mode
         if entry is not None and str(entry.value) == str(model_version.version):
             return float(event.timestamp)
     return float(model_version.creation_timestamp) / 1000.0
+
+
+def _reconcile(
+    context: dg.SensorEvaluationContext, model: ModelContext, deployer: Deployer, job_name: str
+) -> dg.SensorResult | None:
+    """The rollout left half-way by a dead run, if any: a resume request (or a reason to wait). None: no record."""
+    from ml_platform.deployment.policy import PolicyError, load_policy
+    from ml_platform.deployment.rollout_state import RolloutStateError, store_for
+
+    try:
+        record = store_for(deployer.backend_for(model.name)).load(model.name)
+    except RolloutStateError as exc:
+        return dg.SensorResult(skip_reason=f"the rollout record of {model.name} is unreadable: {exc}")
+    if record is None:
+        return None
+    run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
+    run_active = run is not None and run.status in ACTIVE_STATUSES
+    try:
+        policy = load_policy(model.spec)
+        stale_after = max(120.0, policy.startup_timeout_seconds + 3 * policy.analysis_interval_seconds)
+    except PolicyError:
+        stale_after = 600.0
+    alive = record.owner_alive()
+    if alive or (alive is None and run_active and not record.orphaned(stale_after)):
+        return dg.SensorResult(skip_reason=f"rollout in progress: {record.describe()}", cursor=context.cursor)
+    others = [
+        r
+        for r in context.instance.get_runs(
+            filters=dg.RunsFilter(tags={**model.tags, PIPELINE_TAG: "deployment"}, statuses=ACTIVE_STATUSES), limit=5
+        )
+        if r.run_id != record.run_id
+    ]
+    if others:
+        return dg.SensorResult(
+            skip_reason=f"run {others[0].run_id} is taking over the rollout: {record.describe()}",
+            cursor=context.cursor,
+        )
+    why = "its process is gone" if alive is False else "its run ended or its heartbeat is stale"
+    if run is not None and run_active:
+        context.instance.report_run_failed(
+            run, message=f"the process driving the rollout of v{record.version} died ({why}); the sensor resumes it"
+        )
+    context.log.info(f"resuming a rollout left half-way ({why}): {record.describe()}")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"{model.registered_name}:{record.version}:resume:{record.attempts}:{record.run_id[:8]}",
+                job_name=job_name,
+                partition_key=record.version,
+                tags={
+                    REQUESTED_AT_RUN_TAG: f"{time.time():.3f}",
+                    **model.tags,
+                    MODEL_VERSION_RUN_TAG: record.version,
+                    RESUME_OF_RUN_TAG: record.run_id or "-",
+                },
+            )
+        ],
+        cursor=context.cursor,
+    )
 
 
 def build_deployment_defs(model: ModelContext) -> dg.Definitions:
@@ -177,8 +252,26 @@ def build_deployment_defs(model: ModelContext) -> dg.Definitions:
         result = rollout.run()
         context.log.info(f"{result.decision} after {time.monotonic() - started:.1f}s: {result.reason}")
         link = mlflow_registry.ui_link(model=spec.model.name, version=version)
+        metadata = _metadata(result, deployer, metric_source, link)
+        if result.decision == REJECTED:
+            context.log_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=model.key("canary_deployment"),
+                    check_name="canary_verdict",
+                    passed=False,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=f"{result.decision}: {result.reason}",
+                    metadata={"decision": result.decision},
+                )
+            )
+            # A failed partition: the Partitions view shows the rejection in red (a materialization would be green).
+            raise dg.Failure(
+                description=f"{spec.model.name} v{version} rejected: {result.reason}",
+                metadata=metadata,
+                allow_retries=False,
+            )
         return dg.MaterializeResult(
-            metadata=_metadata(result, deployer, metric_source, link),
+            metadata=metadata,
             check_results=[
                 dg.AssetCheckResult(
                     check_name="canary_verdict",
@@ -203,12 +296,17 @@ def build_deployment_defs(model: ModelContext) -> dg.Definitions:
         ),
     )
     def model_version_sensor(
-        context: dg.SensorEvaluationContext, mlflow_registry: MlflowRegistryResource
+        context: dg.SensorEvaluationContext,
+        mlflow_registry: MlflowRegistryResource,
+        deployer: dg.ResourceParam[Deployer],
     ) -> dg.SensorResult:
-        """Request a canary deployment of the newest validated, undeployed model version."""
+        """Resume a rollout whose run died, else request a canary deployment of the newest waiting version."""
         from ml_platform.deployment.registry_ops import DEPLOYMENT_STATUS_TAG, set_tags, waiting_versions
 
         name = model.registered_name
+        resumed = _reconcile(context, model, deployer, job_name)
+        if resumed is not None:
+            return resumed
         active = context.instance.get_runs(
             filters=dg.RunsFilter(tags={**model.tags, PIPELINE_TAG: "deployment"}, statuses=ACTIVE_STATUSES), limit=1
         )

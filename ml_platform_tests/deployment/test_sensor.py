@@ -20,6 +20,7 @@ from ml_platform.defs.deployment import (
 )
 from ml_platform.defs.model_context import ModelContext
 from ml_platform.defs.resources import MlflowRegistryResource
+from ml_platform.deployment.deployer import LocalDeployer
 from ml_platform_tests.pipeline.helpers import defs_for_entry, registry_client
 
 MODEL = "iris-random-forest"
@@ -48,7 +49,9 @@ def add_version(client: Any, validated: bool = True, **tags: str) -> str:
 
 def evaluate(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
     context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"mlflow_registry": MlflowRegistryResource()}
+        instance=instance,
+        cursor=cursor,
+        resources={"mlflow_registry": MlflowRegistryResource(), "deployer": LocalDeployer()},
     )
     result = SENSOR(context)
     assert isinstance(result, dg.SensorResult)
