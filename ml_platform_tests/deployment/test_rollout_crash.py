@@ -176,9 +176,10 @@ def wait_for_phase(platform: Platform, run: subprocess.Popen[bytes], phase: str,
             record = platform.store.load(PLATFORM_MODEL)
         except Exception:  # a torn read cannot happen (atomic rename), but do not fail the poll on it
             record = None
-        if record is not None and record.phase == phase and record.step >= step:
-            if phase != "progressing" or record.analyses:  # mid-step: the step's first analysis is done
-                return record
+        reached = record is not None and record.phase == phase and record.step >= step
+        # mid-step means the weight is set and the step's first analysis is done
+        if reached and record is not None and (phase != "progressing" or record.analyses):
+            return record
         assert run.poll() is None, f"the run ended before {phase}: see {platform.home}/run-*.log"
         time.sleep(0.02)
     raise AssertionError(f"the rollout never reached {phase}")
