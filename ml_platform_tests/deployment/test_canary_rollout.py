@@ -372,8 +372,16 @@ def assert_rolled_back(platform: Platform, deployment: Deployment, before: dict[
     assert reason in deployment.value("reason"), deployment.value("reason")
     assert deployment.check_passed is False
     assert deployment.tags["deployment_status"] == "rejected"
-    assert reason in deployment.tags["deployment.reason"]
+    assert reason in deployment.tags["deployment.reason"] and reason in deployment.tags["rejected_reason"]
     assert aliases() == before["aliases"]
+    assert "challenger" not in registry_client().get_model_version(MODEL, deployment.version).aliases
+    # The Partitions view shows the rejection: the partition failed (it does not read as materialized).
+    status = platform.instance.get_status_by_partition(
+        dg.AssetKey([PLATFORM_MODEL, "canary_deployment"]),
+        [deployment.version],
+        dg.DynamicPartitionsDefinition(name=f"{PLATFORM_MODEL}_model_versions"),
+    )
+    assert status is not None and status[deployment.version] == dg.AssetPartitionStatus.FAILED, status
     state = platform.state()
     assert state.canary is None and state.canary_weight == 0
     assert (state.stable.pid, state.stable.version) == (before["stable_pid"], before["aliases"]["champion"])

@@ -41,7 +41,7 @@ from ml_platform.deployment.rollout_state import FileRolloutStateStore, RolloutR
 from ml_platform.deployment.state import StateStore
 from ml_platform.simulate import TrafficSimulator
 from ml_platform_tests.conftest import REPO_ROOT, free_port, reset_mlflow_globals
-from ml_platform_tests.deployment.helpers import nginx_binary
+from ml_platform_tests.deployment.helpers import nginx_binary, record_report
 from ml_platform_tests.pipeline.helpers import defs_for_entry
 from ml_platform_tests.registry_helpers import hash_tags, pass_gates, register_fitted
 
@@ -239,6 +239,7 @@ def test_a_rollout_whose_run_is_killed_is_finished_by_the_next_sensor_tick(
         try:
             left = wait_for_phase(platform, run, phase, step)
             os.killpg(run.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
         finally:
             run.wait(30)
         dead_run = left.run_id
@@ -251,15 +252,23 @@ def test_a_rollout_whose_run_is_killed_is_finished_by_the_next_sensor_tick(
         time.sleep(1.0)  # traffic goes on against the half-way state
         assert platform.instance.get_run_by_id(dead_run).status == dg.DagsterRunStatus.STARTED  # Dagster cannot tell
 
+        tick_at = time.monotonic()
         tick = sensor_tick(platform)
         (request,) = tick.run_requests
         assert request.partition_key == version and ":resume:" in (request.run_key or "")
         assert request.tags["ml_platform/resume_of"] == dead_run
         assert platform.instance.get_run_by_id(dead_run).status == dg.DagsterRunStatus.FAILURE
         result = run_request(platform, request)
+        consistent_at = time.monotonic()
         time.sleep(1.0)
     finally:
         report = traffic.stop()
+    record_report(
+        f"rollout_killed_{phase}",
+        traffic=report.as_dict(),
+        tick_to_consistent_seconds=round(consistent_at - tick_at, 2),
+        kill_to_tick_seconds=round(tick_at - killed_at, 2),
+    )
 
     (materialization,) = result.asset_materializations_for_node(f"{PLATFORM_MODEL}__canary_deployment")
     metadata = {k: v.value for k, v in materialization.metadata.items()}
@@ -277,4 +286,32 @@ def test_a_rollout_whose_run_is_killed_is_finished_by_the_next_sensor_tick(
     assert platform.store.load(PLATFORM_MODEL) is None
     assert not sensor_tick(platform).run_requests  # nothing left to resume, nothing waiting
     assert report.predictions_ok > 50, report.summary()
+    assert report.predictions_failed == 0, report.summary()
+
+
+def test_the_documented_commands_deploy_one_version_by_hand(platform: Platform, tmp_path: Path) -> None:
+    """docs/canary.md "Run one by hand": add the version partition without the UI, then materialize it."""
+    version = new_candidate(platform)
+    config = tmp_path / "run_config.yaml"
+    one_step = {**POLICY, "steps": [50]}  # the command is under test here, not the steps
+    config.write_text(yaml.safe_dump({"ops": {f"{PLATFORM_MODEL}__canary_deployment": {"config": one_step}}}))
+    env = {**platform.env, "DAGSTER_HOME": str(platform.dagster_home)}
+    add = (
+        "import dagster as dg; "
+        f"dg.DagsterInstance.get().add_dynamic_partitions('{PLATFORM_MODEL}_model_versions', ['{version}'])"
+    )
+    subprocess.run([sys.executable, "-c", add], env=env, cwd=REPO_ROOT, check=True, timeout=120)
+    command = [
+        *(sys.executable, "-m", "dagster", "asset", "materialize", "-m", "ml_platform"),
+        *("--select", f"{PLATFORM_MODEL}/canary_deployment", "--partition", version, "-c", str(config)),
+    ]
+    traffic = TrafficSimulator(f"http://127.0.0.1:{platform.port}", rate=20.0, concurrency=4)
+    traffic.start()
+    try:
+        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        report = traffic.stop()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert str(platform.client.get_model_version_by_alias(MODEL, "champion").version) == version
+    assert platform.client.get_model_version(MODEL, version).tags["deployment_status"] == "promoted"
     assert report.predictions_failed == 0, report.summary()
