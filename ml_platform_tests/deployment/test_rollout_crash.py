@@ -155,7 +155,7 @@ def start_run(platform: Platform, version: str, config: Path) -> subprocess.Pope
             "-m",
             "ml_platform",
             "-j",
-            "canary_deployment_job",
+            f"{PLATFORM_MODEL}_canary_deployment_job",
             "-c",
             str(config),
             "--tags",
