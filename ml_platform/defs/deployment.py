@@ -19,7 +19,7 @@ tagged ``deployment_status=superseded``.
 Crash safety: before anything else, each tick reads the model's rollout record (the backend's
 rollout-state store). A record whose driving process is gone (or, on another host, whose Dagster run
 ended or whose heartbeat is stale) is a rollout left half-way: the dead run is marked failed in Dagster
-and a resume run of the same version is requested (run key ``<name>:<version>:resume:<attempt>``), which
+and a resume run of the same version is requested (run key ``<name>:<version>:resume:<dead run>:<n>``), which
 carries the rollout on by the documented resume rule (docs/canary.md) before any new version is deployed.
 
 A rejected version's partition fails (the asset raises after recording the decision), so the
@@ -101,6 +101,7 @@ def _metadata(result: Any, deployer: Deployer, metric_source: MetricSource, link
 
 
 DEFAULT_INTERVAL_SECONDS = 30
+ENDED_STATUSES = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -145,7 +146,8 @@ def _reconcile(
     except PolicyError:
         stale_after = 600.0
     alive = record.owner_alive()
-    if alive or (alive is None and run_active and not record.orphaned(stale_after)):
+    run_ended = run is not None and run.status in ENDED_STATUSES
+    if not run_ended and (alive or (alive is None and not record.orphaned(stale_after))):
         return dg.SensorResult(skip_reason=f"rollout in progress: {record.describe()}", cursor=context.cursor)
     others = [
         r
@@ -160,6 +162,7 @@ def _reconcile(
             cursor=context.cursor,
         )
     why = "its process is gone" if alive is False else "its run ended or its heartbeat is stale"
+    earlier = context.instance.get_runs(filters=dg.RunsFilter(tags={RESUME_OF_RUN_TAG: record.run_id or "-"}))
     if run is not None and run_active:
         context.instance.report_run_failed(
             run, message=f"the process driving the rollout of v{record.version} died ({why}); the sensor resumes it"
@@ -168,7 +171,8 @@ def _reconcile(
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=f"{model.registered_name}:{record.version}:resume:{record.attempts}:{record.run_id[:8]}",
+                # unique per try: a resume run that died before claiming the record is followed by another
+                run_key=f"{model.registered_name}:{record.version}:resume:{record.run_id or '-'}:{len(earlier)}",
                 job_name=job_name,
                 partition_key=record.version,
                 tags={

@@ -614,6 +614,11 @@ class CanaryRollout:
         if recorded is not None and (champion is None or str(champion.version) != recorded):
             restore_champion(self.client, self.name, recorded, self.record.previous_champion)
             champion = alias_version(self.client, self.name, CHAMPION_ALIAS)
+        elif recorded is None and champion is not None and str(champion.version) == self.version:
+            # a first deployment rolled back by a later run: no champion before, none after
+            restore_champion(self.client, self.name, None, None)
+            self.backend.shutdown()
+            champion = None
         self.result.champion_after = str(champion.version) if champion is not None else None
         if decision == REJECTED:
             self._reject_tags(reason)
