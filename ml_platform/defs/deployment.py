@@ -189,8 +189,14 @@ def _reconcile(
 
 def build_deployment_defs(model: ModelContext) -> dg.Definitions:
     """``<model>/canary_deployment`` and ``<model>_model_version_sensor``."""
+    from ml_platform.deployment.policy import PolicyError, load_policy
+
     spec = model.spec
     job_name = model.job_name("canary_deployment_job")
+    try:  # a malformed `rollout:` section fails the code location load, not the first canary weeks later
+        load_policy(spec)
+    except PolicyError as exc:
+        raise dg.DagsterInvalidDefinitionError(f"model {model.name}: spec {spec.name}: {exc}") from exc
 
     @dg.asset(
         **model.asset_kwargs("canary_deployment"),

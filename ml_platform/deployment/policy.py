@@ -14,6 +14,7 @@ and a run may override them again through the asset's run config::
       error_limit: 3               # consecutive measurement errors (metric source unreachable) before a rollback
       progress_deadline_seconds: 1800   # no decision by then: rolled back
       max_attempts: 3              # runs that may drive one rollout (a run died: the next one resumes)
+      replicas: 2                  # serving replicas per track (deployer; default ML_PLATFORM_REPLICAS)
       metrics:                     # each with its own limit (omit: the four flat thresholds below)
         - {metric: error_rate, max: 0.01, min_samples: 20}
         - {metric: latency, quantile: 0.99, max_ms: 800, min_samples: 20}
@@ -187,6 +188,7 @@ class RolloutPolicy:
     max_attempts: int = 3
     metrics: tuple[MetricCheck, ...] = ()
     webhooks: tuple[tuple[str, Webhook], ...] = ()
+    replicas: int | None = None  # serving replicas per track (read by the deployer; None: ML_PLATFORM_REPLICAS)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -214,6 +216,8 @@ class RolloutPolicy:
         ):
             if int(getattr(self, name)) < 1:
                 raise PolicyError(f"rollout.{name} must be >= 1")
+        if self.replicas is not None and (isinstance(self.replicas, bool) or int(self.replicas) < 1):
+            raise PolicyError(f"rollout.replicas must be >= 1, got {self.replicas!r}")
         metrics = self.metrics
         if not isinstance(metrics, list | tuple):
             raise PolicyError("rollout.metrics must be a list of metric checks")

@@ -197,3 +197,14 @@ def test_a_rollout_whose_process_died_is_resumed_and_its_run_marked_failed(regis
         (request,) = evaluate(instance, "0").run_requests
         assert request.partition_key == "5"
     store.clear("iris")
+
+
+def test_a_malformed_rollout_policy_fails_the_definitions_load_with_the_key_named() -> None:
+    from dataclasses import replace
+
+    from ml_platform.defs.deployment import build_deployment_defs
+
+    entry = IRIS.entry
+    bad = replace(entry, spec=replace(entry.spec, rollout={"metrics": [{"metric": "latency", "max_ms": -1}]}))
+    with pytest.raises(dg.DagsterInvalidDefinitionError, match=r"model iris: .*rollout.metrics\[latency\]"):
+        build_deployment_defs(ModelContext(bad))
