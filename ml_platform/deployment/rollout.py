@@ -178,7 +178,8 @@ class CanaryRollout:
         self.lock_timeout = lock_timeout
         self.sleep = sleep
         self.store = state_store if state_store is not None else store_for(backend)
-        self.record = RolloutRecord(model=backend.model, version=self.version, registered_name=self.name)
+        model = backend.model or "default"  # a backend built without a platform model name (single-model setups)
+        self.record = RolloutRecord(model=model, version=self.version, registered_name=self.name)
         self.canary_base: TrackReading | None = None
         self.stable_base: TrackReading | None = None
         self.result = RolloutResult(self.name, self.version, "running", "", policy)
@@ -245,7 +246,7 @@ class CanaryRollout:
             raise RolloutError(f"{self.name} v{self.version} has not passed the training gates (validation_status)")
         holder = f"canary rollout of {self.name} v{self.version} (Dagster run {self.run_id or '-'})"
         with self.backend.lock(self.lock_timeout, holder=holder, log=self.log):
-            found = self.store.load(self.backend.model)
+            found = self.store.load(self.record.model)
             if found is not None and found.version != self.version:
                 self._abandon(found)
                 found = None

@@ -179,7 +179,9 @@ class Platform:
         if injector:
             assert injector.fired, "the fault was never injected"
         node = f"{PLATFORM_MODEL}__canary_deployment"
-        (check,) = result.get_asset_check_evaluations()
+        # from the run's event log, as the UI reads it (a rejection logs the check before the step fails)
+        (logged,) = self.instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        check = logged.get_dagster_event().event_specific_data
         if result.success:
             (materialization,) = result.asset_materializations_for_node(node)
             metadata = dict(materialization.metadata)
