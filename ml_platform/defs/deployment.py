@@ -89,6 +89,7 @@ def _metadata(result: Any, deployer: Deployer, metric_source: MetricSource, link
     }
     if result.resumed_from:
         metadata["resumed_from"] = result.resumed_from
+        metadata["analysis_history"] = dg.MetadataValue.md(result.history_table())
     if result.smoke is not None:
         metadata["smoke_test"] = f"{'passed' if result.smoke.passed else 'FAILED'}: {result.smoke.detail}"
     for name, table in result.step_tables().items():

@@ -108,6 +108,7 @@ class RolloutResult:
     first_deployment: bool = False
     resumed_from: str = ""  # the phase a previous (dead) run left this rollout in
     attempts: int = 1
+    history: list[dict[str, Any]] = field(default_factory=list)  # every analysis, across runs (compact)
 
     @property
     def promoted(self) -> bool:
@@ -137,6 +138,17 @@ class RolloutResult:
                 if "traffic_at" in t:
                     out["analysis_overhead_seconds"] = t["decision_at"] - t["traffic_at"] - pauses
         return out
+
+    def history_table(self) -> str:
+        """Every analysis of the rollout, including those of runs that died (from the persisted record)."""
+        rows = ["| step | weight | verdict | metrics (observed, samples, verdict) |", "|---|---|---|---|"]
+        for entry in self.history:
+            cells = "; ".join(
+                f"{name}={'-' if v[0] is None else round(v[0], 4)} ({v[1]:g}, {v[2]})"
+                for name, v in dict(entry.get("metrics") or {}).items()
+            )
+            rows.append(f"| {entry.get('step')} | {entry.get('weight')}% | {entry.get('verdict')} | {cells} |")
+        return "\n".join(rows)
 
     def step_tables(self) -> dict[str, str]:
         origin = self.timings.get("traffic_at", 0.0)
@@ -203,6 +215,7 @@ class CanaryRollout:
 
     def _finish(self, decision: str, reason: str) -> RolloutResult:
         self.result.decision, self.result.reason = decision, reason
+        self.result.history = list(self.record.analyses)
         self._mark("finished_at")
         self.store.clear(self.record.model)
         self.log(f"{self.name} v{self.version}: {decision}: {reason}")

@@ -460,3 +460,16 @@ def test_an_unreachable_webhook_refuses(tmp_path: Path) -> None:
     registry = Registry(validated("1"), validated("2"), champion="1")
     result = run_with(registry, Backend(), Metrics(per_read=20), FileRolloutStateStore(tmp_path), policy)
     assert result.decision == "refused" and "unreachable" in result.reason
+
+
+def test_the_history_keeps_the_analyses_of_the_dead_run(tmp_path: Path) -> None:
+    store = FileRolloutStateStore(tmp_path)
+    dead = {"step": 1, "weight": 10, "at": 1.0, "verdict": "fail", "metrics": {"error_rate": [0.5, 20, "fail"]}}
+    left_by_a_dead_run(store, "progressing", step=2, weight=50, step_started_at=0.0, traffic_at=0.0)
+    record = store.load("iris")
+    record.analyses = [dead]
+    store.save(record)
+    registry = Registry(validated("1"), validated("2"), champion="1")
+    result = run_with(registry, Backend(), Metrics(per_read=20), store)
+    assert result.history[0] == dead and len(result.history) > 1
+    assert "| 1 | 10% | fail | error_rate=0.5 (20, fail) |" in result.history_table()
