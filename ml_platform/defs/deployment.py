@@ -215,8 +215,10 @@ def build_deployment_defs(model: ModelContext) -> dg.Definitions:
             f"Rolls one validated `{model.registered_name}` version out (partition = version): smoke test before "
             "traffic, canary traffic steps with pauses and live analysis (error rate, p95 latency, live accuracy "
             "from feedback), then promotion (`champion` moves, the old one becomes `previous_champion`) or "
-            "rollback (the version is tagged rejected). With no champion yet, the version goes straight to "
-            "stable. Metadata: one markdown table per step, the decision and the validation-to-decision time."
+            "rollback (the version is tagged rejected and loses `challenger`; the partition fails, so the "
+            "Partitions view shows it). With no champion yet, the version goes straight to stable. Progress "
+            "is persisted at every step: a run that dies is resumed by the next sensor tick. Metadata: one "
+            "markdown table per step, the decision and the validation-to-decision time."
         ),
     )
     def canary_deployment(
