@@ -121,6 +121,7 @@ def status(deployer: AnyDeployer, model: str) -> int:
 def rollback(deployer: AnyDeployer, model: str, wait: float, reason: str, force: bool = False) -> int:
     """Move ``model``'s ``champion`` back to ``previous_champion`` and make stable serve it (under its lock)."""
     from ml_platform.deployment.registry_ops import DEPLOYMENT_STATUS_TAG, iso, set_tags
+    from ml_platform.deployment.rollout_state import store_for
     from ml_platform.ml.registry import CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS
 
     name = get_model(model).spec.model.name
@@ -143,6 +144,7 @@ def rollback(deployer: AnyDeployer, model: str, wait: float, reason: str, force:
                 _stderr(f"nothing to roll back to: @champion={current}, @previous_champion={previous}")
                 return 2
             backend.retire_canary()
+            store_for(backend).clear(model)  # the operator took over: no half-way rollout is resumed after this
             client.set_registered_model_alias(name, CHAMPION_ALIAS, previous)
             client.delete_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS)
             try:

@@ -15,6 +15,15 @@ While a deployment run of this model is queued or running nothing is requested (
 time per model; other models roll out independently); otherwise the newest waiting version newer
 than the cursor is requested (run key ``<registered name>:<version>``) and older waiting versions are
 tagged ``deployment_status=superseded``.
+
+Crash safety: before anything else, each tick reads the model's rollout record (the backend's
+rollout-state store). A record whose driving process is gone (or, on another host, whose Dagster run
+ended or whose heartbeat is stale) is a rollout left half-way: the dead run is marked failed in Dagster
+and a resume run of the same version is requested (run key ``<name>:<version>:resume:<dead run>:<n>``), which
+carries the rollout on by the documented resume rule (docs/canary.md) before any new version is deployed.
+
+A rejected version's partition fails (the asset raises after recording the decision), so the
+Partitions view shows rejections in red; its metadata and the ``canary_verdict`` check say why.
 """
 
 import time
@@ -32,6 +41,7 @@ VALIDATED_AT_RUN_TAG = "ml_platform/validated_at"
 REQUESTED_AT_RUN_TAG = "ml_platform/requested_at"
 MODEL_VERSION_RUN_TAG = "ml_platform/model_version"
 PIPELINE_TAG = "ml_platform/pipeline"
+RESUME_OF_RUN_TAG = "ml_platform/resume_of"
 
 
 class CanaryConfig(dg.Config):
@@ -49,6 +59,9 @@ class CanaryConfig(dg.Config):
     failure_limit: int | None = Field(default=None, description="failed analyses before a rollback")
     inconclusive_limit: int | None = Field(default=None, description="held analyses before a rollback")
     startup_timeout_seconds: float | None = Field(default=None, description="serving start/swap timeout")
+    error_limit: int | None = Field(default=None, description="measurement errors in a row before a rollback")
+    progress_deadline_seconds: float | None = Field(default=None, description="no decision by then: rollback")
+    max_attempts: int | None = Field(default=None, description="runs that may drive one rollout")
 
 
 def _tag_time(tags: dict[str, str], key: str) -> dict[str, float]:
@@ -72,7 +85,11 @@ def _metadata(result: Any, deployer: Deployer, metric_source: MetricSource, link
         "policy": dg.MetadataValue.md(result.policy.markdown()),
         "steps_run": dg.MetadataValue.int(len(result.steps)),
         "analyses": dg.MetadataValue.int(sum(len(s.analyses) for s in result.steps)),
+        "attempts": dg.MetadataValue.int(result.attempts),
     }
+    if result.resumed_from:
+        metadata["resumed_from"] = result.resumed_from
+        metadata["analysis_history"] = dg.MetadataValue.md(result.history_table())
     if result.smoke is not None:
         metadata["smoke_test"] = f"{'passed' if result.smoke.passed else 'FAILED'}: {result.smoke.detail}"
     for name, table in result.step_tables().items():
@@ -85,6 +102,7 @@ def _metadata(result: Any, deployer: Deployer, metric_source: MetricSource, link
 
 
 DEFAULT_INTERVAL_SECONDS = 30
+ENDED_STATUSES = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -108,10 +126,78 @@ def _validated_at(context: dg.SensorEvaluationContext, model: ModelContext, mode
     return float(model_version.creation_timestamp) / 1000.0
 
 
+def _reconcile(
+    context: dg.SensorEvaluationContext, model: ModelContext, deployer: Deployer, job_name: str
+) -> dg.SensorResult | None:
+    """The rollout left half-way by a dead run, if any: a resume request (or a reason to wait). None: no record."""
+    from ml_platform.deployment.policy import PolicyError, load_policy
+    from ml_platform.deployment.rollout_state import RolloutStateError, store_for
+
+    try:
+        record = store_for(deployer.backend_for(model.name)).load(model.name)
+    except RolloutStateError as exc:
+        return dg.SensorResult(skip_reason=f"the rollout record of {model.name} is unreadable: {exc}")
+    if record is None:
+        return None
+    run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
+    run_active = run is not None and run.status in ACTIVE_STATUSES
+    try:
+        policy = load_policy(model.spec)
+        stale_after = max(120.0, policy.startup_timeout_seconds + 3 * policy.analysis_interval_seconds)
+    except PolicyError:
+        stale_after = 600.0
+    alive = record.owner_alive()
+    run_ended = run is not None and run.status in ENDED_STATUSES
+    if not run_ended and (alive or (alive is None and not record.orphaned(stale_after))):
+        return dg.SensorResult(skip_reason=f"rollout in progress: {record.describe()}", cursor=context.cursor)
+    others = [
+        r
+        for r in context.instance.get_runs(
+            filters=dg.RunsFilter(tags={**model.tags, PIPELINE_TAG: "deployment"}, statuses=ACTIVE_STATUSES), limit=5
+        )
+        if r.run_id != record.run_id
+    ]
+    if others:
+        return dg.SensorResult(
+            skip_reason=f"run {others[0].run_id} is taking over the rollout: {record.describe()}",
+            cursor=context.cursor,
+        )
+    why = "its process is gone" if alive is False else "its run ended or its heartbeat is stale"
+    earlier = context.instance.get_runs(filters=dg.RunsFilter(tags={RESUME_OF_RUN_TAG: record.run_id or "-"}))
+    if run is not None and run_active:
+        context.instance.report_run_failed(
+            run, message=f"the process driving the rollout of v{record.version} died ({why}); the sensor resumes it"
+        )
+    context.log.info(f"resuming a rollout left half-way ({why}): {record.describe()}")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                # unique per try: a resume run that died before claiming the record is followed by another
+                run_key=f"{model.registered_name}:{record.version}:resume:{record.run_id or '-'}:{len(earlier)}",
+                job_name=job_name,
+                partition_key=record.version,
+                tags={
+                    REQUESTED_AT_RUN_TAG: f"{time.time():.3f}",
+                    **model.tags,
+                    MODEL_VERSION_RUN_TAG: record.version,
+                    RESUME_OF_RUN_TAG: record.run_id or "-",
+                },
+            )
+        ],
+        cursor=context.cursor,
+    )
+
+
 def build_deployment_defs(model: ModelContext) -> dg.Definitions:
     """``<model>/canary_deployment`` and ``<model>_model_version_sensor``."""
+    from ml_platform.deployment.policy import PolicyError, load_policy
+
     spec = model.spec
     job_name = model.job_name("canary_deployment_job")
+    try:  # a malformed `rollout:` section fails the code location load, not the first canary weeks later
+        load_policy(spec)
+    except PolicyError as exc:
+        raise dg.DagsterInvalidDefinitionError(f"model {model.name}: spec {spec.name}: {exc}") from exc
 
     @dg.asset(
         **model.asset_kwargs("canary_deployment"),
@@ -129,8 +215,10 @@ def build_deployment_defs(model: ModelContext) -> dg.Definitions:
             f"Rolls one validated `{model.registered_name}` version out (partition = version): smoke test before "
             "traffic, canary traffic steps with pauses and live analysis (error rate, p95 latency, live accuracy "
             "from feedback), then promotion (`champion` moves, the old one becomes `previous_champion`) or "
-            "rollback (the version is tagged rejected). With no champion yet, the version goes straight to "
-            "stable. Metadata: one markdown table per step, the decision and the validation-to-decision time."
+            "rollback (the version is tagged rejected and loses `challenger`; the partition fails, so the "
+            "Partitions view shows it). With no champion yet, the version goes straight to stable. Progress "
+            "is persisted at every step: a run that dies is resumed by the next sensor tick. Metadata: one "
+            "markdown table per step, the decision and the validation-to-decision time."
         ),
     )
     def canary_deployment(
@@ -177,8 +265,26 @@ def build_deployment_defs(model: ModelContext) -> dg.Definitions:
         result = rollout.run()
         context.log.info(f"{result.decision} after {time.monotonic() - started:.1f}s: {result.reason}")
         link = mlflow_registry.ui_link(model=spec.model.name, version=version)
+        metadata = _metadata(result, deployer, metric_source, link)
+        if result.decision == REJECTED:
+            context.log_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=model.key("canary_deployment"),
+                    check_name="canary_verdict",
+                    passed=False,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=f"{result.decision}: {result.reason}",
+                    metadata={"decision": result.decision},
+                )
+            )
+            # A failed partition: the Partitions view shows the rejection in red (a materialization would be green).
+            raise dg.Failure(
+                description=f"{spec.model.name} v{version} rejected: {result.reason}",
+                metadata=metadata,
+                allow_retries=False,
+            )
         return dg.MaterializeResult(
-            metadata=_metadata(result, deployer, metric_source, link),
+            metadata=metadata,
             check_results=[
                 dg.AssetCheckResult(
                     check_name="canary_verdict",
@@ -203,12 +309,17 @@ def build_deployment_defs(model: ModelContext) -> dg.Definitions:
         ),
     )
     def model_version_sensor(
-        context: dg.SensorEvaluationContext, mlflow_registry: MlflowRegistryResource
+        context: dg.SensorEvaluationContext,
+        mlflow_registry: MlflowRegistryResource,
+        deployer: dg.ResourceParam[Deployer],
     ) -> dg.SensorResult:
-        """Request a canary deployment of the newest validated, undeployed model version."""
+        """Resume a rollout whose run died, else request a canary deployment of the newest waiting version."""
         from ml_platform.deployment.registry_ops import DEPLOYMENT_STATUS_TAG, set_tags, waiting_versions
 
         name = model.registered_name
+        resumed = _reconcile(context, model, deployer, job_name)
+        if resumed is not None:
+            return resumed
         active = context.instance.get_runs(
             filters=dg.RunsFilter(tags={**model.tags, PIPELINE_TAG: "deployment"}, statuses=ACTIVE_STATUSES), limit=1
         )

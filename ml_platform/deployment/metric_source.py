@@ -111,9 +111,7 @@ class MetricSource(BaseModel):
     def describe(self) -> str:
         return "scrape of /metrics" if self.backend == "scrape" else f"Prometheus at {self.prometheus_url}"
 
-    def read(
-        self, track: str, model_version: str | None, targets: list[str], model: str | None = None
-    ) -> TrackReading:
+    def read(self, track: str, model_version: str | None, targets: list[str], model: str | None = None) -> TrackReading:
         """Cumulative counters of ``track`` (``targets``: the /metrics URLs, used by ``scrape``).
 
         ``model`` (the platform model name) keeps two models with the same track and version number apart.

@@ -3,7 +3,10 @@
 Tags written on a model version (beside ``validation_status``):
 
 - ``deployment_status``: ``in_progress``, ``promoted``, ``rejected``,
-  ``superseded``, ``failed`` (an error, not a verdict), ``rolled_back_manually``
+  ``superseded``, ``failed`` (an error, not a verdict), ``refused`` (a webhook
+  said no, not a verdict on the model), ``rolled_back_manually``
+- ``rejected_reason``: why a rejected version was rejected (a rejected version
+  also loses the ``challenger`` alias)
 - ``deployment.reason``, ``deployment.decided_at`` (ISO time), ``deployment.dagster_run_id``
 - ``deployment.step_<n>``: weight, verdict and measurements of step n
 - ``deployment.decision_overhead_seconds``: validated -> decision, minus the pauses
@@ -77,6 +80,15 @@ def move_champion(client: MlflowClient, name: str, version: str) -> str | None:
         client.set_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS, str(old.version))
     client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
     return str(old.version) if old is not None else None
+
+
+def drop_alias_if(client: MlflowClient, name: str, alias: str, version: str) -> bool:
+    """Delete ``alias`` when it points at ``version`` (a rejected version loses ``challenger``)."""
+    current = alias_version(client, name, alias)
+    if current is None or str(current.version) != str(version):
+        return False
+    client.delete_registered_model_alias(name, alias)
+    return True
 
 
 def restore_champion(client: MlflowClient, name: str, version: str | None, previous: str | None) -> None:

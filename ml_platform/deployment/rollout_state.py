@@ -210,13 +210,15 @@ class FileRolloutStateStore:
 
 
 def store_for(backend: Any) -> RolloutStateStore:
-    """The backend's rollout-state store: ``backend.rollout_state_store()`` when it has one, else (local
-    backend) a :class:`FileRolloutStateStore` on its deployments folder."""
+    """The backend's rollout-state store: ``backend.rollout_state_store()`` when it has one, else a
+    :class:`FileRolloutStateStore` on its deployments folder (local backend) or the platform home's."""
     method = getattr(backend, "rollout_state_store", None)
     if callable(method):
         store: RolloutStateStore = method()
         return store
     root = getattr(backend, "root", None)
-    if root is None:
-        raise RolloutStateError(f"the {getattr(backend, 'kind', '?')} backend has no rollout-state store")
+    if root is None:  # a backend without its own store: the platform home (durable only where the home is)
+        from ml_platform import settings
+
+        root = settings.platform_paths().deployments_root
     return FileRolloutStateStore(Path(root))

@@ -133,7 +133,9 @@ class Platform:
     ) -> Deployment:
         """Sensor tick -> run request -> canary_deployment_job for that partition, under simulated traffic."""
         context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, resources={"mlflow_registry": MlflowRegistryResource()}
+            instance=self.instance,
+            cursor=self.cursor,
+            resources={"mlflow_registry": MlflowRegistryResource(), "deployer": deployer or self.deployer()},
         )
         model_defs = defs_for_entry(get_model(PLATFORM_MODEL))
         tick = model_defs.resolve_sensor_def(f"{PLATFORM_MODEL}_model_version_sensor")(context)
@@ -167,7 +169,7 @@ class Platform:
                 instance=self.instance,
                 run_config={"ops": {f"{PLATFORM_MODEL}__canary_deployment": {"config": TEST_POLICY}}},
                 tags=request.tags,
-                raise_on_error=True,
+                raise_on_error=False,
             )
             time.sleep(1.0)  # traffic keeps flowing after the decision too
         finally:
@@ -176,10 +178,20 @@ class Platform:
                 injector.stop()
         if injector:
             assert injector.fired, "the fault was never injected"
-        (materialization,) = result.asset_materializations_for_node(f"{PLATFORM_MODEL}__canary_deployment")
-        (check,) = result.get_asset_check_evaluations()
+        node = f"{PLATFORM_MODEL}__canary_deployment"
+        # from the run's event log, as the UI reads it (a rejection logs the check before the step fails)
+        (logged,) = self.instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        check = logged.get_dagster_event().event_specific_data
+        if result.success:
+            (materialization,) = result.asset_materializations_for_node(node)
+            metadata = dict(materialization.metadata)
+        else:  # a rejection fails the partition (red in the Partitions view); the failure carries the metadata
+            failure = result.failure_data_for_node(node)
+            assert failure is not None and failure.user_failure_data is not None, failure
+            metadata = dict(failure.user_failure_data.metadata)
+            assert metadata["decision"].value == "rejected", failure
         tags = registry_client().get_model_version(MODEL, request.partition_key).tags
-        return Deployment(request.partition_key, result, dict(materialization.metadata), check.passed, traffic, tags)
+        return Deployment(request.partition_key, result, metadata, check.passed, traffic, tags)
 
 
 class FaultInjector(threading.Thread):
@@ -362,8 +374,16 @@ def assert_rolled_back(platform: Platform, deployment: Deployment, before: dict[
     assert reason in deployment.value("reason"), deployment.value("reason")
     assert deployment.check_passed is False
     assert deployment.tags["deployment_status"] == "rejected"
-    assert reason in deployment.tags["deployment.reason"]
+    assert reason in deployment.tags["deployment.reason"] and reason in deployment.tags["rejected_reason"]
     assert aliases() == before["aliases"]
+    assert "challenger" not in registry_client().get_model_version(MODEL, deployment.version).aliases
+    # The Partitions view shows the rejection: the partition failed (it does not read as materialized).
+    status = platform.instance.get_status_by_partition(
+        dg.AssetKey([PLATFORM_MODEL, "canary_deployment"]),
+        [deployment.version],
+        dg.DynamicPartitionsDefinition(name=f"{PLATFORM_MODEL}_model_versions"),
+    )
+    assert status is not None and status[deployment.version] == dg.AssetPartitionStatus.FAILED, status
     state = platform.state()
     assert state.canary is None and state.canary_weight == 0
     assert (state.stable.pid, state.stable.version) == (before["stable_pid"], before["aliases"]["champion"])

@@ -8,8 +8,10 @@ held-too-long, a promotion that fails half-way, supersession, an error.
 from __future__ import annotations
 
 import math
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from ml_platform.deployment.backend import DeploymentError
 from ml_platform.deployment.measurements import TrackReading
 from ml_platform.deployment.policy import RolloutPolicy
 from ml_platform.deployment.rollout import CanaryRollout
+from ml_platform.deployment.rollout_state import FileRolloutStateStore
 from ml_platform.deployment.smoke import SmokeResult
 from ml_platform.spec import load_spec
 
@@ -153,6 +156,7 @@ def run(registry: Registry, backend: Backend, metrics: Metrics, version: str = "
         client=registry,
         policy=POLICY,
         log=lambda message: None,
+        state_store=FileRolloutStateStore(Path(tempfile.mkdtemp(prefix="rollout-state-"))),
     ).run()
 
 
@@ -244,3 +248,228 @@ def test_an_unvalidated_version_is_refused() -> None:
     registry = Registry(validated("1"), Version("2", {"validation_status": "pending"}), champion="1")
     with pytest.raises(rollout_module.RolloutError, match="has not passed the training gates"):
         run(registry, Backend(), Metrics(per_read=20))
+
+
+# -- crash safety: the record a dead run left is carried on by the next run ------------------
+
+
+def run_with(registry: Registry, backend: Backend, metrics: Metrics, store: Any, policy: Any = POLICY) -> Any:
+    return CanaryRollout(
+        spec=load_spec("iris"),
+        version="2",
+        backend=backend,  # type: ignore[arg-type]
+        metric_source=metrics,  # type: ignore[arg-type]
+        client=registry,
+        policy=policy,
+        run_id="run-2",
+        log=lambda message: None,
+        state_store=store,
+    ).run()
+
+
+def left_by_a_dead_run(store: Any, phase: str, **fields: Any) -> None:
+    from ml_platform.deployment.rollout_state import RolloutRecord
+
+    record = RolloutRecord(model="iris", version="2", phase=phase, champion="1", weights=[10, 50], **fields)
+    record.run_id, record.owner = "run-1", {"pid": 999999, "host": "h", "operation": "x", "since": 0.0}
+    record.deadline = record.started_at + 3600
+    store.save(record)
+
+
+def test_the_record_follows_the_rollout_and_is_cleared_at_the_decision(tmp_path: Path) -> None:
+    store = FileRolloutStateStore(tmp_path)
+    seen: list[tuple[str, int]] = []
+
+    class Watching(Backend):
+        def set_canary_weight(self, weight: int) -> None:
+            record = store.load("iris")
+            seen.append((record.phase, record.step))
+            super().set_canary_weight(weight)
+
+        def serve_on_stable(self, version: str, timeout: float) -> None:
+            seen.append((store.load("iris").phase, 0))
+            super().serve_on_stable(version, timeout)
+
+    registry = Registry(validated("1"), validated("2"), champion="1")
+    result = run_with(registry, Watching(), Metrics(per_read=20), store)
+    assert result.decision == "promoted"
+    assert seen == [("progressing", 1), ("progressing", 2), ("promoting", 0)]
+    assert store.load("iris") is None
+
+
+def test_a_run_dead_mid_step_is_resumed_at_its_step_and_weight(tmp_path: Path) -> None:
+    store = FileRolloutStateStore(tmp_path)
+    left_by_a_dead_run(store, "progressing", step=2, weight=50, step_started_at=0.0, traffic_at=0.0, failures=1)
+    registry = Registry(validated("1"), validated("2", deployment_status="in_progress"), champion="1")
+    backend = Backend()
+    result = run_with(registry, backend, Metrics(per_read=20), store)
+    assert result.decision == "promoted" and result.resumed_from == "progressing" and result.attempts == 2
+    # no new canary, no step 1 again: the weight of step 2 is set again (idempotent), then promotion
+    assert backend.calls == [("weight", 50), ("serve_on_stable", "2"), ("retire_canary", None)]
+    assert registry.aliases == {"champion": "2", "previous_champion": "1"}
+    assert store.load("iris") is None
+
+
+def test_a_run_dead_before_traffic_starts_over_from_a_clean_canary(tmp_path: Path) -> None:
+    store = FileRolloutStateStore(tmp_path)
+    left_by_a_dead_run(store, "pending")
+    registry = Registry(validated("1"), validated("2", deployment_status="in_progress"), champion="1")
+    backend = Backend()
+    result = run_with(registry, backend, Metrics(per_read=20), store)
+    assert result.decision == "promoted"
+    assert backend.calls[:3] == [("retire_canary", None), ("ensure_stable", "1"), ("start_canary", "2")]
+
+
+def test_a_run_dead_during_promotion_is_promoted_by_the_next(tmp_path: Path) -> None:
+    store = FileRolloutStateStore(tmp_path)
+    left_by_a_dead_run(store, "promoting", step=2, weight=50, decision="promoted")
+    registry = Registry(validated("1"), validated("2", deployment_status="in_progress"), champion="2")
+    registry.aliases["previous_champion"] = "1"  # the dead run had moved the alias already
+    backend = Backend()
+    result = run_with(registry, backend, Metrics(per_read=20), store)
+    assert result.decision == "promoted"
+    assert backend.calls == [("serve_on_stable", "2"), ("retire_canary", None)]
+    assert registry.aliases == {"champion": "2", "previous_champion": "1"}
+    assert registry.versions["2"].tags["deployment_status"] == "promoted"
+
+
+def test_a_run_dead_while_rolling_back_is_rolled_back_and_the_champion_restored(tmp_path: Path) -> None:
+    store = FileRolloutStateStore(tmp_path)
+    left_by_a_dead_run(store, "rolling_back", decision="rejected", reason="2 failed analyses")
+    registry = Registry(validated("1"), validated("2", deployment_status="in_progress"), champion="1")
+    registry.aliases["challenger"] = "2"
+    backend = Backend()
+    result = run_with(registry, backend, Metrics(per_read=20), store)
+    assert result.decision == "rejected" and result.reason == "2 failed analyses"
+    assert backend.calls == [("retire_canary", None)]
+    tags = registry.versions["2"].tags
+    assert tags["deployment_status"] == "rejected" and tags["rejected_reason"] == "2 failed analyses"
+    assert registry.aliases == {"champion": "1"}  # the rejected version lost `challenger`
+
+
+def test_past_the_deadline_or_too_many_dead_runs_the_rollout_is_rolled_back(tmp_path: Path) -> None:
+    store = FileRolloutStateStore(tmp_path)
+    left_by_a_dead_run(store, "progressing", step=1, weight=10, step_started_at=0.0)
+    record = store.load("iris")
+    record.deadline = 1.0
+    store.save(record)
+    registry = Registry(validated("1"), validated("2"), champion="1")
+    result = run_with(registry, Backend(), Metrics(per_read=20), store)
+    assert result.decision == "rejected" and "progress deadline exceeded" in result.reason
+
+    left_by_a_dead_run(store, "progressing", step=1, weight=10, step_started_at=0.0, attempts=POLICY.max_attempts)
+    registry = Registry(validated("1"), validated("2"), champion="1")
+    result = run_with(registry, Backend(), Metrics(per_read=20), store)
+    assert result.decision == "rejected" and "runs died driving this rollout" in result.reason
+
+
+class Unreachable(Metrics):
+    def read(self, track: str, version: str | None, targets: list[str], model: str | None = None) -> TrackReading:
+        return TrackReading(at=0.0, reachable=False, detail="Prometheus query failed: ConnectError")
+
+
+def test_an_unreachable_metric_source_is_an_error_with_its_own_limit_not_a_failure(tmp_path: Path) -> None:
+    registry = Registry(validated("1"), validated("2"), champion="1")
+    policy = POLICY.with_overrides({"error_limit": 4})
+    result = run_with(registry, Backend(), Unreachable(per_read=0), FileRolloutStateStore(tmp_path), policy)
+    assert result.decision == "rejected"
+    assert "4 measurement errors in a row (error_limit 4)" in result.reason and "ConnectError" in result.reason
+    verdicts = [a.verdict for a in result.steps[0].analyses]
+    assert verdicts == ["error"] * 4  # neither failures nor held analyses
+
+
+def test_metrics_listed_in_the_policy_are_the_ones_judged(tmp_path: Path) -> None:
+    registry = Registry(validated("1"), validated("2"), champion="1")
+    policy = POLICY.with_overrides(
+        {
+            "metrics": [
+                {"metric": "error_rate", "max": 0.05, "min_samples": 10},
+                {"metric": "latency", "quantile": 0.99, "max_ms": 20, "min_samples": 10},
+            ]
+        }
+    )
+    result = run_with(registry, Backend(), Metrics(per_read=20), FileRolloutStateStore(tmp_path), policy)
+    assert result.decision == "rejected"  # every request takes up to 50 ms: p99 > 20 ms
+    assert "p99_latency" in result.reason
+    assert [m.name for m in result.steps[0].analyses[0].metrics] == ["error_rate", "p99_latency"]
+
+
+class HookServer:
+    """A real HTTP server on 127.0.0.1 answering each hook with a chosen status; records the bodies."""
+
+    def __init__(self, statuses: dict[str, int]) -> None:
+        import http.server
+        import json
+        import threading
+
+        received = self.received = []  # type: list[tuple[str, dict[str, Any]]]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook = self.path.strip("/")
+                received.append((self.headers["X-ML-Platform-Hook"], body))
+                self.send_response(statuses.get(hook, 200))
+                self.end_headers()
+                self.wfile.write(b"change freeze" if statuses.get(hook, 200) >= 300 else b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.mark.parametrize("refusing", ["pre_rollout", "confirm_promotion", None])
+def test_webhooks_are_asked_and_a_non_2xx_answer_refuses(tmp_path: Path, refusing: str | None) -> None:
+    server = HookServer({refusing: 403} if refusing else {})
+    try:
+        policy = POLICY.with_overrides(
+            {"webhooks": {hook: {"url": f"{server.url}/{hook}"} for hook in ("pre_rollout", "confirm_promotion")}}
+        )
+        registry = Registry(validated("1"), validated("2"), champion="1")
+        registry.aliases["challenger"] = "2"
+        backend = Backend()
+        result = run_with(registry, backend, Metrics(per_read=20), FileRolloutStateStore(tmp_path), policy)
+    finally:
+        server.close()
+    hooks = [hook for hook, _ in server.received]
+    if refusing == "pre_rollout":
+        assert result.decision == "refused" and "HTTP 403" in result.reason and "change freeze" in result.reason
+        assert hooks == ["pre_rollout"] and backend.calls == []  # nothing deployed
+    elif refusing == "confirm_promotion":
+        assert result.decision == "refused" and hooks == ["pre_rollout", "confirm_promotion"]
+        assert ("serve_on_stable", "2") not in backend.calls and backend.calls[-1] == ("retire_canary", None)
+        assert registry.aliases["champion"] == "1"
+        assert server.received[1][1]["steps"]  # the analyses went with the question
+    else:
+        assert result.decision == "promoted" and hooks == ["pre_rollout", "confirm_promotion"]
+    assert server.received[0][1]["version"] == "2" and server.received[0][1]["champion"] == "1"
+    assert registry.versions["2"].tags["deployment_status"] == result.decision
+    assert registry.aliases.get("challenger") == "2"  # a refusal is not a verdict on the model
+
+
+def test_an_unreachable_webhook_refuses(tmp_path: Path) -> None:
+    from ml_platform.deployment.processes import free_port
+
+    policy = POLICY.with_overrides({"webhooks": {"pre_rollout": f"http://127.0.0.1:{free_port()}/hook"}})
+    registry = Registry(validated("1"), validated("2"), champion="1")
+    result = run_with(registry, Backend(), Metrics(per_read=20), FileRolloutStateStore(tmp_path), policy)
+    assert result.decision == "refused" and "unreachable" in result.reason
+
+
+def test_the_history_keeps_the_analyses_of_the_dead_run(tmp_path: Path) -> None:
+    store = FileRolloutStateStore(tmp_path)
+    dead = {"step": 1, "weight": 10, "at": 1.0, "verdict": "fail", "metrics": {"error_rate": [0.5, 20, "fail"]}}
+    left_by_a_dead_run(store, "progressing", step=2, weight=50, step_started_at=0.0, traffic_at=0.0)
+    record = store.load("iris")
+    record.analyses = [dead]
+    store.save(record)
+    registry = Registry(validated("1"), validated("2"), champion="1")
+    result = run_with(registry, Backend(), Metrics(per_read=20), store)
+    assert result.history[0] == dead and len(result.history) > 1
+    assert "| 1 | 10% | fail | error_rate=0.5 (20, fail) |" in result.history_table()

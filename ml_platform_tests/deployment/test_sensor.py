@@ -20,6 +20,7 @@ from ml_platform.defs.deployment import (
 )
 from ml_platform.defs.model_context import ModelContext
 from ml_platform.defs.resources import MlflowRegistryResource
+from ml_platform.deployment.deployer import LocalDeployer
 from ml_platform_tests.pipeline.helpers import defs_for_entry, registry_client
 
 MODEL = "iris-random-forest"
@@ -48,7 +49,9 @@ def add_version(client: Any, validated: bool = True, **tags: str) -> str:
 
 def evaluate(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
     context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"mlflow_registry": MlflowRegistryResource()}
+        instance=instance,
+        cursor=cursor,
+        resources={"mlflow_registry": MlflowRegistryResource(), "deployer": LocalDeployer()},
     )
     result = SENSOR(context)
     assert isinstance(result, dg.SensorResult)
@@ -115,3 +118,93 @@ def test_versions_that_did_not_pass_the_gates_are_ignored(registry: Any) -> None
         (request,) = evaluate(instance, str(int(validated) - 1)).run_requests
         assert request.partition_key == validated
         assert not evaluate(instance, validated).run_requests
+
+
+# -- crash safety: a rollout record whose run died ------------------------------------------------
+
+
+def record_of(run_id: str, owner: dict[str, Any] | None, version: str = "5", **fields: Any) -> Any:
+    from ml_platform.deployment.rollout_state import RolloutRecord
+
+    return RolloutRecord(
+        model="iris",
+        version=version,
+        phase="progressing",
+        step=1,
+        weight=10,
+        run_id=run_id,
+        owner=owner,
+        champion="4",
+        **fields,
+    )
+
+
+def dead_owner() -> dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    code = "from ml_platform.deployment.state import LockHolder; print(LockHolder.me('x').dump())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out))
+
+
+def test_a_rollout_whose_process_died_is_resumed_and_its_run_marked_failed(registry: Any) -> None:
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from ml_platform.deployment.rollout_state import FileRolloutStateStore, RolloutRecord
+    from ml_platform.settings import platform_paths
+
+    store = FileRolloutStateStore(platform_paths().deployments_root)
+    with dg.instance_for_test() as instance:
+        tags = {**IRIS.tags, PIPELINE_TAG: "deployment"}
+        dead = instance.add_run(
+            DagsterRun(job_name="iris_canary_deployment_job", status=dg.DagsterRunStatus.STARTED, tags=tags)
+        )
+        live = RolloutRecord(model="iris", version="5", phase="progressing", run_id=dead.run_id)
+        live.claim(dead.run_id, "this test process")  # a live driver: wait
+        store.save(live)
+        waiting = evaluate(instance, "0")
+        assert not waiting.run_requests and "rollout in progress" in skip(waiting)
+
+        store.save(record_of(dead.run_id, dead_owner()))  # its process is gone
+        result = evaluate(instance, "0")
+        (request,) = result.run_requests
+        assert request.partition_key == "5" and request.run_key == f"{MODEL}:5:resume:{dead.run_id}:0"
+        assert request.tags["ml_platform/resume_of"] == dead.run_id
+        assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+
+        instance.add_run(  # the resume run is starting: wait for it, request nothing more
+            DagsterRun(
+                job_name="iris_canary_deployment_job",
+                status=dg.DagsterRunStatus.STARTING,
+                tags={**tags, "ml_platform/resume_of": dead.run_id},
+            )
+        )
+        assert "taking over" in skip(evaluate(instance, "0"))
+
+    with dg.instance_for_test() as instance:
+        other_host = {**dead_owner(), "host": "another-node"}
+        run = instance.add_run(
+            DagsterRun(job_name="iris_canary_deployment_job", status=dg.DagsterRunStatus.STARTED, tags=tags)
+        )
+        store.save(record_of(run.run_id, other_host))  # fresh heartbeat, run active: in progress
+        assert "rollout in progress" in skip(evaluate(instance, "0"))
+        stale = record_of(run.run_id, other_host)
+        store.save(stale)
+        raw = store.path("iris").read_text().replace(f'"updated": {stale.updated}', '"updated": 1.0')
+        store.path("iris").write_text(raw)  # no heartbeat for decades
+        (request,) = evaluate(instance, "0").run_requests
+        assert request.partition_key == "5"
+    store.clear("iris")
+
+
+def test_a_malformed_rollout_policy_fails_the_definitions_load_with_the_key_named() -> None:
+    from dataclasses import replace
+
+    from ml_platform.defs.deployment import build_deployment_defs
+
+    entry = IRIS.entry
+    bad = replace(entry, spec=replace(entry.spec, rollout={"metrics": [{"metric": "latency", "max_ms": -1}]}))
+    with pytest.raises(dg.DagsterInvalidDefinitionError, match=r"model iris: .*rollout.metrics\[latency\]"):
+        build_deployment_defs(ModelContext(bad))

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,7 +195,11 @@ def test_a_canary_of_one_model_runs_while_the_other_stays_stable_and_neither_see
         view = two.iris.router_view()
         assert view is not None
         two.predict("/models/iris/predict", "iris", **{"X-ML-Track": "canary"})
-        assert view.read_new(), "the router view of iris's canary saw no attempt"
+        attempts, deadline = view.read_new(), time.monotonic() + 5.0
+        while not attempts and time.monotonic() < deadline:  # nginx logs after the answer is sent
+            time.sleep(0.05)
+            attempts = view.read_new()
+        assert attempts, "the router view of iris's canary saw no attempt"
         for model in ("iris", "wine"):
             folder = two.home / "logs" / "predictions" / model
             lines = [json.loads(x) for p in folder.rglob("*.jsonl") for x in p.read_text().splitlines()]
