@@ -7,8 +7,6 @@ landed into ``data/<model>/evaluation/incoming/``, each gated by the same GX sui
 Its data version is the hash of its accepted files' contents.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import dagster as dg
