@@ -213,7 +213,10 @@ def log_and_register_model(
 
     with tempfile.TemporaryDirectory(prefix="ml_platform_model_") as tmp:
         workdir = Path(tmp)
-        onnx_export = convert_to_onnx(model, spec, train_frame, workdir)
+        from ml_platform.ml.training import all_cores
+
+        with all_cores(model, spec):  # the check predicts every training row with sklearn too
+            onnx_export = convert_to_onnx(model, spec, train_frame, workdir)
         spec_file = workdir / SPEC_FILENAME
         if spec.source_path is not None:
             spec_file.write_text(spec.source_path.read_text())

@@ -7,6 +7,8 @@ imported inside the functions so importing this module stays cheap.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -160,6 +162,21 @@ def fit_model(split: TrainingSplit, spec: DatasetSpec) -> Any:
     model.fit(split.x_train, split.y_train)
     model.set_params(**{str(param): 1})
     return model
+
+
+@contextmanager
+def all_cores(model: Any, spec: DatasetSpec) -> Iterator[Any]:
+    """Within the block the model predicts on ``training.n_jobs`` cores (e.g. to verify ONNX on every
+    training row); afterwards it is single-threaded again, as it is registered."""
+    param = _n_jobs_param(model)
+    if param is None or "n_jobs" in spec.model.params or spec.training.n_jobs is None:
+        yield model
+        return
+    model.set_params(**{str(param): spec.training.n_jobs})
+    try:
+        yield model
+    finally:
+        model.set_params(**{str(param): 1})
 
 
 def class_label(spec: DatasetSpec, value: Any) -> str:

@@ -150,7 +150,12 @@ def test_regression_against_champion_blocks_a_weaker_candidate(platform_home: Pa
         # only the comparison with the champion can stop it.
         raw = yaml.safe_load((iris.source.parent / "spec.yaml").read_text())
         raw["model"].update(estimator="sklearn.dummy.DummyClassifier", params={"strategy": "most_frequent"})
-        raw["thresholds"] = {"min_accuracy": 0.0, "regression_tolerance": 0.02}
+        raw["thresholds"] = {
+            "min_accuracy": 0.0,
+            "regression_tolerance": 0.02,
+            "min_class_recall": None,
+            "min_predicted_classes": 1,
+        }
         weak_spec = tmp_path / "iris_weak.yaml"
         weak_spec.write_text(yaml.safe_dump(raw))
         weak = dataclasses.replace(iris, spec=load_spec_file(weak_spec))
