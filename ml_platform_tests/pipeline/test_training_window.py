@@ -47,8 +47,15 @@ def _batches(frames: dict[str, tuple[pd.DataFrame, float]]) -> tuple[list[Batch]
 
 
 def _iris() -> pd.DataFrame:
-    return pd.read_csv(IRIS_CSV, dtype={"sepal_length": "float64", "sepal_width": "float64",
-                                        "petal_length": "float64", "petal_width": "float64"})
+    return pd.read_csv(
+        IRIS_CSV,
+        dtype={
+            "sepal_length": "float64",
+            "sepal_width": "float64",
+            "petal_length": "float64",
+            "petal_width": "float64",
+        },
+    )
 
 
 def test_row_hash_identifies_rows_whatever_the_file() -> None:
@@ -136,7 +143,7 @@ def test_spec_rejects_more_predicted_classes_than_exist() -> None:
     }
     with pytest.raises(SpecError, match="min_predicted_classes"):
         parse_spec(raw)
-    with pytest.raises(SpecError, match="training.n_jobs"):
+    with pytest.raises(SpecError, match=r"training\.n_jobs"):
         parse_spec({**raw, "thresholds": {}, "training": {"n_jobs": 0}})
 
 
