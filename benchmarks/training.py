@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,9 +73,34 @@ def tree_rss(root: int) -> int:
     return total
 
 
-def timed_job(env: dict[str, str], log: Path) -> tuple[float, int, int]:
+STEP_EVENT = re.compile(r"^(\S+ \S+) \+0000 - dagster - \w+ - \S+ - \S+ - \d+ - (\S+) - STEP_(START|SUCCESS|FAILURE)")
+
+
+def step_table(log: Path, samples: list[tuple[float, int]]) -> str:
+    """Seconds and peak process-tree RSS of every step of the run (from the log's step events)."""
+    import datetime
+
+    starts: dict[str, float] = {}
+    rows = ["| step | seconds | peak RSS (MiB) |", "|---|---|---|"]
+    for line in log.read_text(errors="replace").splitlines():
+        match = STEP_EVENT.match(line)
+        if not match:
+            continue
+        when = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.UTC).timestamp()
+        step, event = match.group(2), match.group(3)
+        if event == "START":
+            starts[step] = when
+            continue
+        began = starts.pop(step, when)
+        peak = max((rss for t, rss in samples if began - 1 <= t <= when + 1), default=0)
+        rows.append(f"| {step} | {when - began:.0f} | {peak / 2**20:.0f} |")
+    return "\n".join(rows)
+
+
+def timed_job(env: dict[str, str], log: Path, samples: list[tuple[float, int]] | None = None) -> tuple[float, int, int]:
     """Run ``training_job``; return (wall seconds, peak process-tree RSS bytes, exit code)."""
     peak = 0
+    samples = [] if samples is None else samples
     command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "ml_platform", "-j", "training_job"]
     started = time.perf_counter()
     with log.open("w") as out:
@@ -84,7 +110,9 @@ def timed_job(env: dict[str, str], log: Path) -> tuple[float, int, int]:
         def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, tree_rss(process.pid))
+                rss = tree_rss(process.pid)
+                samples.append((time.time(), rss))
+                peak = max(peak, rss)
                 time.sleep(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -122,7 +150,9 @@ def main() -> int:
         old = time.time() - 60
         os.utime(final, (old, old))
         load = os.getloadavg()
-        wall, peak, code = timed_job(env, home / "big_run.log")
+        samples: list[tuple[float, int]] = []
+        wall, peak, code = timed_job(env, home / "big_run.log", samples)
+        print(step_table(home / "big_run.log", samples))
         print(
             f"| {args.rows:,} rows ({size / 2**20:.0f} MiB) | {wall:.1f} s | {peak / 2**20:.0f} MiB | exit {code} | "
             f"load {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end |"
