@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from ml_platform.ml.datasets import row_hashes
 from ml_platform.ml.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from ml_platform_tests.pipeline.helpers import (
     age,
@@ -23,6 +24,7 @@ from ml_platform_tests.pipeline.helpers import (
     model_versions,
     registry_client,
     run_training,
+    spec_of,
 )
 
 pytestmark = pytest.mark.slow
@@ -48,26 +50,38 @@ def _train_champion(instance: dg.DagsterInstance) -> None:
 
 
 def test_exact_relanding_of_accepted_data_passes_the_regression_gate(platform_home: Path) -> None:
+    iris = pd.read_csv(IRIS_CSV)
+    evaluation_dir = platform_home / "data/iris/evaluation"
     with dg.instance_for_test() as instance:
         _train_champion(instance)
+        first_version = registry_client().get_model_version(NAME, "1").tags["evaluation_set_version"]
         target = landing_zone().incoming_dir / "iris_again.csv"
         target.write_bytes(IRIS_CSV.read_bytes())  # the very same bytes, landed again
         age(target)
+        # the evaluation set grows by landing files into its own folder, gated like training data
+        _land(iris.iloc[:10], "curated.csv", evaluation_dir / "incoming")
+        _land(iris.iloc[:10].assign(target=7), "bad_labels.csv", evaluation_dir / "incoming")
         result = run_training(instance)
 
     assert result.success, check_outcomes(result)
+    quarantined = [p.name for p in (evaluation_dir / "quarantine").iterdir()]
+    assert any(n.startswith("bad_labels@") and n.endswith(".csv.report.md") for n in quarantined)
+    curated_hashes = set(row_hashes(iris.iloc[:10].astype({"target": "int64"}), spec_of()))
+    training = pd.read_parquet(result.output_for_node("iris__training_dataset")["path"])
+    assert not curated_hashes & set(row_hashes(training, spec_of()))  # evaluation rows never train
     regression = _check(result, "no_regression_against_champion")
     assert regression.passed
     metadata = regression.metadata
     assert metadata["champion_version"].value == 1
-    # both scored on the same evaluation rows, which neither trained on
-    assert metadata["evaluation_rows"].value == 30
+    # both scored on the same evaluation rows (30 seeded + 10 curated), which neither trained on
+    assert metadata["evaluation_rows"].value == 40
     assert abs(metadata["candidate_accuracy"].value - metadata["champion_accuracy"].value) <= 0.02
     table = metadata["candidate_vs_champion"].value
     assert "| recall versicolor |" in table and "| metric | candidate | champion | threshold |" in table
     version = registry_client().get_model_version(NAME, "2")
     assert version.tags["validation_status"] == "passed"
     assert version.tags["evaluation_set_version"][:16] == metadata["evaluation_set_version"].value
+    assert version.tags["evaluation_set_version"] != first_version  # a new evaluation-set version
     assert version.tags["training_batches_count"] == "2"
 
 
