@@ -292,7 +292,7 @@ def build_training_defs(model: ModelContext) -> dg.Definitions:
             if failures
             else f"accuracy {candidate['accuracy']:.4f} >= {spec.min_accuracy:.4f}"
             + (f", macro F1 {candidate['macro_f1']:.4f} >= {min_f1:.4f}" if min_f1 is not None else "")
-            + ", every class above the recall floor"
+            + (", every class above the recall floor" if spec.thresholds.min_class_recall is not None else "")
         ) + f" (evaluation set {candidate_model['judged_on']['evaluation_set_version'][:16]})"
         return _gate_result(
             mlflow_registry,

@@ -51,6 +51,10 @@ def _train_champion(instance: dg.DagsterInstance) -> None:
 
 def test_exact_relanding_of_accepted_data_passes_the_regression_gate(platform_home: Path) -> None:
     iris = pd.read_csv(IRIS_CSV)
+    # 15 new labelled rows of all three classes (no model trained on them)
+    curated = iris.iloc[[*range(0, 5), *range(50, 55), *range(100, 105)]].assign(
+        sepal_width=lambda f: (f["sepal_width"] + 0.05).round(2)
+    )
     evaluation_dir = platform_home / "data/iris/evaluation"
     with dg.instance_for_test() as instance:
         _train_champion(instance)
@@ -59,22 +63,24 @@ def test_exact_relanding_of_accepted_data_passes_the_regression_gate(platform_ho
         target.write_bytes(IRIS_CSV.read_bytes())  # the very same bytes, landed again
         age(target)
         # the evaluation set grows by landing files into its own folder, gated like training data
-        _land(iris.iloc[:10], "curated.csv", evaluation_dir / "incoming")
-        _land(iris.iloc[:10].assign(target=7), "bad_labels.csv", evaluation_dir / "incoming")
+        _land(curated, "curated.csv", evaluation_dir / "incoming")
+        _land(curated.assign(target=7), "bad_labels.csv", evaluation_dir / "incoming")
+        _land(curated, "curated_copy.csv")  # the same rows landed as training data: they must not train
         result = run_training(instance)
 
     assert result.success, check_outcomes(result)
     quarantined = [p.name for p in (evaluation_dir / "quarantine").iterdir()]
     assert any(n.startswith("bad_labels@") and n.endswith(".csv.report.md") for n in quarantined)
-    curated_hashes = set(row_hashes(iris.iloc[:10].astype({"target": "int64"}), spec_of()))
+    assert any(n.startswith("curated@") for n in (p.name for p in (evaluation_dir / "accepted").iterdir()))
+    curated_hashes = set(row_hashes(curated, spec_of()))
     training = pd.read_parquet(result.output_for_node("iris__training_dataset")["path"])
     assert not curated_hashes & set(row_hashes(training, spec_of()))  # evaluation rows never train
     regression = _check(result, "no_regression_against_champion")
     assert regression.passed
     metadata = regression.metadata
     assert metadata["champion_version"].value == 1
-    # both scored on the same evaluation rows (30 seeded + 10 curated), which neither trained on
-    assert metadata["evaluation_rows"].value == 40
+    # both scored on the same evaluation rows (30 seeded + 15 curated), which neither trained on
+    assert metadata["evaluation_rows"].value == 45
     assert abs(metadata["candidate_accuracy"].value - metadata["champion_accuracy"].value) <= 0.02
     table = metadata["candidate_vs_champion"].value
     assert "| recall versicolor |" in table and "| metric | candidate | champion | threshold |" in table
