@@ -132,10 +132,13 @@ def build_training_defs(model: ModelContext) -> dg.Definitions:
         import pandas as pd
 
         from ml_platform.ml.registry import (
+            CHAMPION_ALIAS,
             EVALUATION_SET_VERSION_TAG,
+            JUDGED_AGAINST_TAG,
             TRAINING_BATCHES_ARTIFACT,
             TRAINING_BATCHES_COUNT_TAG,
             TRAINING_WINDOW_TAG,
+            alias_version,
             code_version,
             git_commit,
             log_and_register_model,
@@ -152,7 +155,9 @@ def build_training_defs(model: ModelContext) -> dg.Definitions:
         data_version = training_dataset["data_version"]
         code = code_version(spec)
         client = context.resources.mlflow_registry.client()
-        twin = rejected_twin(client, model.registered_name, data_version, code)
+        current = alias_version(client, model.registered_name, CHAMPION_ALIAS)
+        champion_now = None if current is None else str(current.version)
+        twin = rejected_twin(client, model.registered_name, data_version, code, champion_now)
         if twin is not None:
             found, why = twin
             reason = (
@@ -187,6 +192,7 @@ def build_training_defs(model: ModelContext) -> dg.Definitions:
             EVALUATION_SET_VERSION_TAG: evaluation_set["version"],
             TRAINING_BATCHES_COUNT_TAG: str(len(batches)),
             TRAINING_WINDOW_TAG: window[:250],
+            JUDGED_AGAINST_TAG: champion["version"] or "none",
         }
         try:
             mlflow.set_tags(

@@ -47,6 +47,7 @@ EVALUATION_SET_VERSION_TAG = "evaluation_set_version"
 TRAINING_BATCHES_ARTIFACT = "training_batches.json"
 TRAINING_BATCHES_COUNT_TAG = "training_batches_count"
 TRAINING_WINDOW_TAG = "training_window"
+JUDGED_AGAINST_TAG = "judged_against_champion"
 VALIDATED_AT_TAG = "validated_at"
 # The blocking model gates (asset checks on candidate_model); a version is validated only when all passed.
 BLOCKING_MODEL_GATES = ("metric_thresholds", "no_regression", "serving_smoke_test")
@@ -319,10 +320,15 @@ def rejection_of(tags: dict[str, str]) -> str | None:
     return None
 
 
-def rejected_twin(client: MlflowClient, model_name: str, data_version: str, code: str) -> tuple[Any, str] | None:
+def rejected_twin(
+    client: MlflowClient, model_name: str, data_version: str, code: str, champion: str | None = None
+) -> tuple[Any, str] | None:
     """A rejected version of ``model_name`` trained on the same data version by the same code version.
 
-    Returns ``(model version, why it was rejected)``, the newest such version, or None.
+    Returns ``(model version, why it was rejected)``, the newest such version, or None. Rejections that
+    the same model might not meet again do not count: a failed serving smoke test (it can be the
+    environment), and a failed regression gate when the champion (``champion``, its version or None)
+    is no longer the one the version was judged against (tag ``judged_against_champion``).
     """
     from mlflow.exceptions import MlflowException
 
@@ -339,6 +345,11 @@ def rejected_twin(client: MlflowClient, model_name: str, data_version: str, code
     for found in sorted(versions, key=lambda v: int(v.version), reverse=True):
         tags = dict(found.tags or {})
         if tags.get("data_version") != data_version or tags.get("code_version") != code:
+            continue
+        gate = tags.get("rejected_by")
+        if gate == "serving_smoke_test":
+            continue
+        if gate == "no_regression" and tags.get(JUDGED_AGAINST_TAG) != (champion or "none"):
             continue
         why = rejection_of(tags)
         if why is not None:
