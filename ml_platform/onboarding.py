@@ -67,7 +67,7 @@ target:
 model:
   name: {registered}                       # registered model name in MLflow
   estimator: sklearn.ensemble.RandomForestClassifier   # sklearn.<module>.<Classifier>, allowlisted modules
-  params: {{n_estimators: 100, max_depth: 8, random_state: 42, n_jobs: 1}}
+  params: {{n_estimators: 100, max_depth: 8, random_state: 42}}
   test_size: 0.25                          # held-out share for the metric gates
   random_state: 42                         # seed of the split
 thresholds:

@@ -242,8 +242,80 @@ class Thresholds:
         default=0.02,
         ge=0.0,
         le=1.0,
-        description="How much accuracy the candidate may trail the champion by, on the same evaluation rows.",
+        description="How much accuracy the candidate may trail the champion by, both scored on the model's "
+        "evaluation set.",
     )
+    min_class_recall: float | None = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Per-class recall floor on the evaluation set: every class present there must reach it. "
+        "Unset: not checked.",
+    )
+    min_predicted_classes: int = Field(
+        default=2,
+        ge=1,
+        description="The candidate must predict at least this many distinct classes on the evaluation set "
+        "(a model that answers one class for everything is refused). At most the number of classes.",
+    )
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class TrainingWindow:
+    """Which accepted rows a training run uses (bounded, so training cost does not grow forever)."""
+
+    max_age_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Only batches accepted (by the batch gate) in the last N days train. Unset: every accepted "
+        "batch, however old.",
+    )
+    max_rows: int | None = Field(
+        default=1_000_000,
+        ge=1,
+        description="At most this many rows train (after the evaluation rows are excluded), chosen by `sampling`. "
+        "Unset (null): every row of the windowed batches.",
+    )
+    sampling: Literal["newest_first", "hash_sample"] = Field(
+        default="newest_first",
+        description="How `max_rows` chooses rows. `newest_first`: whole batches, newest accepted first, the last "
+        "one cut in file order. `hash_sample`: the `max_rows` rows with the smallest row hash across every "
+        "windowed batch (a deterministic, uniform sample: the same data always gives the same rows).",
+    )
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class TrainingSpec:
+    """How the training dataset is bounded and how many cores fitting uses."""
+
+    window: TrainingWindow = Field(default_factory=TrainingWindow, description="The training window.")
+    n_jobs: int | None = Field(
+        default=-1,
+        description="Cores for estimators that take `n_jobs` (-1: all cores), unless `model.params` sets "
+        "`n_jobs`. The registered model predicts with `n_jobs=1` (serving runs its own workers). "
+        "Null: leave the estimator's default.",
+    )
+
+    @field_validator("n_jobs", mode="after")
+    @classmethod
+    def _not_zero(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("must be a positive number of cores, -1 (all cores) or null; got 0")
+        return value
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class EvaluationSpec:
+    """The model's evaluation set: curated rows no model trains on; every model gate scores on it."""
+
+    holdout_percent: float = Field(
+        default=20.0,
+        gt=0.0,
+        le=50.0,
+        description="Seed size: this share of the rows accepted before the evaluation set first existed is held "
+        "out (the rows with the smallest row hash), at most `max_seed_rows`.",
+    )
+    max_seed_rows: int = Field(default=10_000, ge=1, description="At most this many seed rows.")
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -340,6 +412,10 @@ class DatasetSpec:
         description="Canary rollout policy overrides (steps, pauses, analysis thresholds, limits); keys and "
         "defaults in docs/canary.md, validated by the rollout policy when a canary starts.",
     )
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training window and cores.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="The evaluation set every model gate scores on."
+    )
     source_path: SkipJsonSchema[Path | None] = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -354,6 +430,11 @@ class DatasetSpec:
             raise ValueError(
                 f"validation.min_classes: must be between 1 and {len(self.target.classes)} (the number of "
                 f"target classes), got {self.validation.min_classes}"
+            )
+        if self.thresholds.min_predicted_classes > len(self.target.classes):
+            raise ValueError(
+                f"thresholds.min_predicted_classes: must be at most {len(self.target.classes)} (the number of "
+                f"target classes), got {self.thresholds.min_predicted_classes}"
             )
         return self
 

@@ -12,6 +12,7 @@ HEAVY = ["great_expectations", "evidently", "mlflow", "sklearn", "onnxruntime", 
 LIFECYCLE = [
     "raw_batch",
     "landing_report",
+    "evaluation_set",
     "training_dataset",
     "candidate_model",
     "reference_snapshot",

@@ -142,7 +142,7 @@ def test_several_problems_are_reported_together_with_the_feature_name(tmp_path: 
     assert text.startswith(f"{path.resolve()}: 3 problems:")
     assert "features[3].type (feature 'petal_width'): must be one of" in text
     assert "model.estimator: must be a public scikit-learn classifier" in text
-    assert "colour: unknown key; allowed here: bootstrap_file, description, drift, features" in text
+    assert "colour: unknown key; allowed here: bootstrap_file, description, drift, evaluation, features" in text
 
 
 def test_unreadable_and_non_mapping_files_are_spec_errors(tmp_path: Path) -> None:

@@ -1,8 +1,6 @@
 """Ingestion of one model: landed files (one partition each) through the batch gate, the training
 dataset, the landing report, their checks, and the incoming-data sensor."""
 
-import hashlib
-import io
 import json
 from typing import Any
 
@@ -10,6 +8,7 @@ import dagster as dg
 
 from ml_platform.defs.model_context import ModelContext
 from ml_platform.defs.resources import LandingZoneResource
+from ml_platform.validation.names import stored_hash
 
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
 
@@ -22,13 +21,6 @@ def _outcome_table(files: list[dict[str, Any]]) -> str:
         problem = (f["problems"] or [""])[0].replace("|", "\\|")[:160]
         lines.append(f"| `{f['partition_key'][:90]}` | {f['status']} | {problem} | `{f['stored_path'] or ''}` |")
     return "\n".join(lines)
-
-
-def _content_version(accepted_hashes: list[str]) -> str:
-    digest = hashlib.sha256()
-    for file_hash in sorted(accepted_hashes):
-        digest.update(file_hash.encode())
-    return digest.hexdigest()
 
 
 def _rejection_lines(files: list[dict[str, Any]], rejected: list[str]) -> list[str]:
@@ -138,18 +130,25 @@ def build_ingestion_defs(model: ModelContext) -> dg.Definitions:
     @dg.asset(
         **model.asset_kwargs("training_dataset"),
         deps=[raw_batch],
+        ins={"evaluation_set": dg.AssetIn(key=model.key("evaluation_set"))},
         kinds={"pandas", "parquet"},
         io_manager_key="json_io_manager",
         description=(
-            f"All accepted {model.name} batches combined into one Parquet file. Its data version is a hash of "
-            "the accepted files' contents, so identical data always has the same version."
+            f"The accepted {model.name} rows one training run uses, as one Parquet file: the batches inside the "
+            "spec's training window (`training.window`: age of the landing, at most N rows, newest first or a "
+            "hash sample), minus every row of the evaluation set. Its data version hashes the evaluation-set "
+            "version, the window and the rows taken from each batch, so it covers exactly the rows used; "
+            "identical data always has the same version."
         ),
     )
     def training_dataset(
-        context: dg.AssetExecutionContext, landing_zone: LandingZoneResource
+        context: dg.AssetExecutionContext, landing_zone: LandingZoneResource, evaluation_set: dict[str, Any]
     ) -> dg.Output[dict[str, Any]]:
-        """Combine every accepted batch; fails clearly when nothing has been accepted yet."""
+        """Select the windowed rows of the accepted batches; fails clearly when there are none."""
+        import numpy as np
         import pandas as pd
+
+        from ml_platform.ml.datasets import Batch, build_training_rows, key_of_stored, read_rows, row_hashes
 
         zone = landing_zone.for_model(model.name)
         folders = zone.folders
@@ -161,30 +160,55 @@ def build_ingestion_defs(model: ModelContext) -> dg.Definitions:
                     "land a CSV file in incoming/ and let the batch gate accept it"
                 )
             )
-        hashes, frames = [], []
+        batches = []
         for path in files:
             try:
-                data = folders.read_accepted(path)  # read once, checked against the hash it was accepted with
+                digest = stored_hash(path.name)
+                accepted_at = path.lstat().st_mtime
+            except (OSError, ValueError) as exc:
+                raise dg.Failure(description=f"refusing to train on {path}: {exc}") from exc
+            batches.append(Batch(path, key_of_stored(path, digest), digest, accepted_at))
+
+        def read(batch: Batch, nrows: int | None) -> pd.DataFrame:
+            try:
+                data = folders.read_accepted(batch.path)  # checked against the hash it was accepted with
             except (OSError, ValueError) as exc:
                 raise dg.Failure(
                     description=(
-                        f"refusing to train on {path}: {exc}. Only files the batch gate stored may be in "
+                        f"refusing to train on {batch.path}: {exc}. Only files the batch gate stored may be in "
                         f"{folders.accepted_dir}; land the data again through incoming/ instead of editing it."
                     )
                 ) from exc
-            hashes.append(hashlib.sha256(data).hexdigest())
-            frame = pd.read_csv(io.BytesIO(data), skipinitialspace=True, encoding="utf-8-sig")
-            frames.append(frame.rename(columns=lambda c: str(c).strip())[spec.columns])
-        data_version = _content_version(hashes)
+            return read_rows(data, spec, nrows)
+
+        evaluation = pd.read_parquet(evaluation_set["path"])
+        evaluation_hashes = np.unique(row_hashes(evaluation, spec))
+        rows = build_training_rows(batches, read, spec, evaluation_hashes, evaluation_set["version"])
+        combined = rows.frame
+        if combined.empty:
+            raise dg.Failure(
+                description=(
+                    f"no training rows for model {model.name!r}: the training window {rows.window} holds no "
+                    f"accepted batch ({len(rows.skipped_old)} older ones left out), or every row of it is in the "
+                    "evaluation set"
+                )
+            )
+        data_version = rows.data_version
         target = zone.datasets_dir / f"{data_version[:16]}.parquet"
-        combined = pd.concat(frames, ignore_index=True)
         if not target.exists():
             tmp = target.with_suffix(".parquet.tmp")
             combined.to_parquet(tmp, index=False)
             tmp.replace(target)
         counts = combined[spec.target.name].value_counts().sort_index()
         balance = "\n".join(["| class | rows |", "|---|---|"] + [f"| {k} | {v} |" for k, v in counts.items()])
-        context.log.info(f"training dataset {data_version[:16]}: {len(combined)} rows from {len(files)} batch(es)")
+        used = "\n".join(
+            ["| batch | rows used |", "|---|---|"] + [f"| `{u['key'][:100]}` | {u['rows']} |" for u in rows.used]
+        )
+        context.log.info(
+            f"training dataset {data_version[:16]}: {len(combined)} rows from {len(rows.used)} batch(es) "
+            f"(window {rows.window}; {rows.excluded_evaluation_rows} evaluation rows excluded; "
+            f"{len(rows.skipped_old)} batch(es) older than the window)"
+        )
         return dg.Output(
             {
                 "model": model.name,
@@ -192,15 +216,24 @@ def build_ingestion_defs(model: ModelContext) -> dg.Definitions:
                 "path": str(target),
                 "data_version": data_version,
                 "rows": len(combined),
-                "batches": [p.name for p in files],
+                "batches": rows.used,
+                "window": rows.window,
+                "evaluation_set_version": evaluation_set["version"],
+                "evaluation_set_path": evaluation_set["path"],
+                "excluded_evaluation_rows": rows.excluded_evaluation_rows,
             },
             data_version=dg.DataVersion(data_version[:16]),
             metadata={
                 "dagster/row_count": len(combined),
-                "batches": len(files),
+                "batches": len(rows.used),
+                "batches_outside_window": len(rows.skipped_old),
+                "excluded_evaluation_rows": rows.excluded_evaluation_rows,
+                "evaluation_set_version": evaluation_set["version"][:16],
                 "data_version": data_version[:16],
+                "window": dg.MetadataValue.json(rows.window),
                 "path": dg.MetadataValue.path(str(target)),
                 "class_balance": dg.MetadataValue.md(balance),
+                "batches_used": dg.MetadataValue.md(used),
             },
         )
 

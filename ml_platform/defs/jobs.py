@@ -16,7 +16,14 @@ def build_jobs_defs(model: ModelContext) -> dg.Definitions:
     training = dg.AssetSelection.assets(
         *(
             model.key(name)
-            for name in ("raw_batch", "training_dataset", "candidate_model", "reference_snapshot", "landing_report")
+            for name in (
+                "raw_batch",
+                "evaluation_set",
+                "training_dataset",
+                "candidate_model",
+                "reference_snapshot",
+                "landing_report",
+            )
         )
     )
     deployment = dg.AssetSelection.assets(model.key("canary_deployment"))

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from ml_platform.defs.deployment import build_deployment_defs
+from ml_platform.defs.evaluation import build_evaluation_defs
 from ml_platform.defs.ingestion import build_ingestion_defs
 from ml_platform.defs.jobs import build_jobs_defs
 from ml_platform.defs.model_context import ModelContext
@@ -13,9 +14,10 @@ from ml_platform.defs.training import build_training_defs
 
 
 def build_model_defs(model: ModelContext) -> dg.Definitions:
-    """Ingestion, training, reference snapshot, deployment, monitoring, jobs and retraction of ``model``."""
+    """Ingestion, evaluation set, training, reference snapshot, deployment, monitoring, jobs and retraction of ``model``."""
     return dg.Definitions.merge(
         build_ingestion_defs(model),
+        build_evaluation_defs(model),
         build_training_defs(model),
         build_reference_defs(model),
         build_deployment_defs(model),

@@ -46,15 +46,16 @@ def build_reference_defs(model: ModelContext) -> dg.Definitions:
         split = split_dataset(pd.read_parquet(candidate_model["dataset_path"]), spec)
         snapshot = split.x_train.copy()
         snapshot[spec.target.name] = split.y_train.to_numpy()
-        snapshot["prediction"] = loaded.predict(split.x_train)
-        if hasattr(loaded, "predict_proba"):
-            probabilities = loaded.predict_proba(split.x_train)
-            for index, cls in enumerate(loaded.classes_):
-                snapshot[f"proba_{class_label(spec, cls)}"] = probabilities[:, index]
         cap = reference_max_rows(spec)
         total_rows = len(snapshot)
-        if total_rows > cap:
+        if total_rows > cap:  # sample first: predicting rows that are then dropped costs minutes at millions of rows
             snapshot = snapshot.sample(n=cap, random_state=spec.model.random_state)
+        features = snapshot[spec.feature_names]
+        snapshot["prediction"] = loaded.predict(features)
+        if hasattr(loaded, "predict_proba"):
+            probabilities = loaded.predict_proba(features)
+            for index, cls in enumerate(loaded.classes_):
+                snapshot[f"proba_{class_label(spec, cls)}"] = probabilities[:, index]
         snapshot["model_name"], snapshot["model_version"] = name, str(version)
 
         uri = reference_uri(name, version)

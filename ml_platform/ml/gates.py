@@ -20,6 +20,8 @@ from ml_platform.ml.registry import CHALLENGER_ALIAS, VALIDATION_STATUS_TAG, ali
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from ml_platform.spec import DatasetSpec
+
 
 def record_gate(client: MlflowClient, name: str, version: str, gate: str, passed: bool, reason: str) -> None:
     """Tag the version with the gate's outcome; on failure mark it rejected and drop ``challenger``."""
@@ -32,6 +34,66 @@ def record_gate(client: MlflowClient, name: str, version: str, gate: str, passed
     challenger = alias_version(client, name, CHALLENGER_ALIAS)
     if challenger is not None and str(challenger.version) == str(version):
         client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
+
+
+def threshold_failures(candidate: dict[str, Any], spec: DatasetSpec) -> list[str]:
+    """Why the candidate's evaluation-set metrics miss the spec's thresholds (empty: they meet them).
+
+    ``candidate`` is an :class:`ml_platform.ml.training.Evaluation` as a dict. Checked: accuracy,
+    macro F1, the per-class recall floor (classes present in the evaluation set) and the minimum
+    number of distinct classes predicted.
+    """
+    thresholds = spec.thresholds
+    failures = []
+    if candidate["accuracy"] < spec.min_accuracy:
+        failures.append(f"accuracy {candidate['accuracy']:.4f} < {spec.min_accuracy:.4f}")
+    if thresholds.min_macro_f1 is not None and candidate["macro_f1"] < thresholds.min_macro_f1:
+        failures.append(f"macro F1 {candidate['macro_f1']:.4f} < {thresholds.min_macro_f1:.4f}")
+    present = candidate.get("extra", {}).get("classes_present", list(candidate["per_class_recall"]))
+    if thresholds.min_class_recall is not None:
+        for label in present:
+            recall = candidate["per_class_recall"].get(label, 0.0)
+            if recall < thresholds.min_class_recall:
+                failures.append(f"recall of class {label} {recall:.4f} < {thresholds.min_class_recall:.4f}")
+    predicted = candidate.get("extra", {}).get("predicted_classes", [])
+    if len(predicted) < thresholds.min_predicted_classes:
+        failures.append(
+            f"predicts {len(predicted)} distinct class(es) ({', '.join(map(str, predicted)) or 'none'}) "
+            f"< {thresholds.min_predicted_classes}"
+        )
+    return failures
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def comparison_table(candidate: dict[str, Any], champion: dict[str, Any] | None, spec: DatasetSpec) -> str:
+    """Candidate and champion on the evaluation set, overall and per class, with the thresholds (markdown)."""
+    thresholds = spec.thresholds
+    rows = [
+        "| metric | candidate | champion | threshold |",
+        "|---|---|---|---|",
+        f"| accuracy | {_fmt(candidate['accuracy'])} | {_fmt(champion['accuracy'] if champion else None)} | "
+        f">= {spec.min_accuracy:.4f} |",
+        f"| macro F1 | {_fmt(candidate['macro_f1'])} | {_fmt(champion['macro_f1'] if champion else None)} | "
+        + (f">= {thresholds.min_macro_f1:.4f} |" if thresholds.min_macro_f1 is not None else "not set |"),
+    ]
+    floor = f">= {thresholds.min_class_recall:.4f}" if thresholds.min_class_recall is not None else "not set"
+    for label in candidate["class_labels"]:
+        champ = champion["per_class_recall"].get(label) if champion else None
+        rows.append(f"| recall {label} | {_fmt(candidate['per_class_recall'][label])} | {_fmt(champ)} | {floor} |")
+    for label in candidate["class_labels"]:
+        champ = champion["per_class_precision"].get(label) if champion else None
+        rows.append(f"| precision {label} | {_fmt(candidate['per_class_precision'][label])} | {_fmt(champ)} | |")
+    predicted = candidate.get("extra", {}).get("predicted_classes", [])
+    champ_predicted = champion.get("extra", {}).get("predicted_classes", []) if champion else None
+    rows.append(
+        f"| classes predicted | {len(predicted)} | {'n/a' if champ_predicted is None else len(champ_predicted)} | "
+        f">= {thresholds.min_predicted_classes} |"
+    )
+    rows.append(f"| evaluation rows | {candidate['test_rows']} | {champion['test_rows'] if champion else 'n/a'} | |")
+    return "\n".join(rows)
 
 
 @dataclass

@@ -19,6 +19,7 @@ gate in :data:`BLOCKING_MODEL_GATES` has recorded ``passed``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import tempfile
@@ -42,6 +43,11 @@ MODEL_ARTIFACT_NAME = "model"
 SPEC_FILENAME = "dataset_spec.yaml"
 INPUT_EXAMPLE_FILENAME = "input_example.json"
 VALIDATION_STATUS_TAG = "validation_status"
+EVALUATION_SET_VERSION_TAG = "evaluation_set_version"
+TRAINING_BATCHES_ARTIFACT = "training_batches.json"
+TRAINING_BATCHES_COUNT_TAG = "training_batches_count"
+TRAINING_WINDOW_TAG = "training_window"
+JUDGED_AGAINST_TAG = "judged_against_champion"
 VALIDATED_AT_TAG = "validated_at"
 # The blocking model gates (asset checks on candidate_model); a version is validated only when all passed.
 BLOCKING_MODEL_GATES = ("metric_thresholds", "no_regression", "serving_smoke_test")
@@ -94,12 +100,42 @@ def git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
-def code_version() -> str:
+def package_version() -> str:
     """The installed ml_platform package version."""
     try:
         return metadata.version("ml_platform")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def training_config_hash(spec: DatasetSpec) -> str:
+    """Hash of what in the spec shapes the trained model and its gates.
+
+    Features, target, estimator and params, training window and cores, evaluation-set rules and the
+    effective thresholds (``MODEL_MIN_ACCURACY`` included). Drift, rollout, reference and free text
+    are left out: changing them does not change what training produces or how it is judged.
+    """
+    from pydantic import TypeAdapter
+
+    raw = TypeAdapter(DatasetSpec).dump_python(spec, mode="json")
+    kept = {k: raw[k] for k in ("name", "features", "target", "model", "thresholds", "training", "evaluation")}
+    kept["thresholds"] = {**kept["thresholds"], "min_accuracy": spec.min_accuracy}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def code_version(spec: DatasetSpec | None = None) -> str:
+    """What produced a model, besides its data: ``<package>[+g<commit>][.s<training config>]``.
+
+    The package version alone does not change between commits, so the git commit (when known) and,
+    with ``spec``, :func:`training_config_hash` are part of it: a retrain after a code or spec change
+    is a different (data_version, code_version) pair and is not mistaken for a rejected one.
+    """
+    version = package_version()
+    commit = git_commit()
+    parts = [f"g{commit[:12]}"] if commit != "unknown" else []
+    if spec is not None:
+        parts.append(f"s{training_config_hash(spec)[:12]}")
+    return version + ("+" + ".".join(parts) if parts else "")
 
 
 def model_signature(spec: DatasetSpec) -> Any:
@@ -178,7 +214,10 @@ def log_and_register_model(
 
     with tempfile.TemporaryDirectory(prefix="ml_platform_model_") as tmp:
         workdir = Path(tmp)
-        onnx_export = convert_to_onnx(model, spec, train_frame, workdir)
+        from ml_platform.ml.training import all_cores
+
+        with all_cores(model, spec):  # the check predicts every training row with sklearn too
+            onnx_export = convert_to_onnx(model, spec, train_frame, workdir)
         spec_file = workdir / SPEC_FILENAME
         if spec.source_path is not None:
             spec_file.write_text(spec.source_path.read_text())
@@ -205,7 +244,7 @@ def log_and_register_model(
     tags = {
         "dataset": spec.name,
         "data_version": data_version,
-        "code_version": code_version(),
+        "code_version": code_version(spec),
         "git_commit": git_commit(),
         "onnx": "verified" if onnx_export.verified else f"unavailable: {onnx_export.reason}"[:250],
         VALIDATION_STATUS_TAG: "pending",
@@ -246,3 +285,73 @@ def version_metric(client: MlflowClient, model_version: Any, metric: str) -> flo
     run = client.get_run(model_version.run_id)
     value = run.data.metrics.get(metric)
     return None if value is None else float(value)
+
+
+def training_batches(client: MlflowClient, model_name: str, version: str) -> list[str]:
+    """The keys (``<name>@<sha256>``) of the landed batches whose rows ``version`` trained on.
+
+    Read from the ``training_batches.json`` artifact of the version's MLflow run (written by
+    ``candidate_model``); empty for versions trained before it existed.
+    """
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    model_version = client.get_model_version(model_name, str(version))
+    if not model_version.run_id:
+        return []
+    try:
+        payload = mlflow.artifacts.load_dict(
+            client.get_run(model_version.run_id).info.artifact_uri.rstrip("/") + "/" + TRAINING_BATCHES_ARTIFACT
+        )
+    except (MlflowException, OSError):
+        return []
+    return [str(item["key"]) for item in payload] if isinstance(payload, list) else []
+
+
+def rejection_of(tags: dict[str, str]) -> str | None:
+    """Why a version counts as rejected (a model gate, or a canary), or None."""
+    if tags.get("rejected_by"):
+        return f"gate {tags['rejected_by']}: {tags.get('rejection_reason', '')}".strip()
+    if tags.get("deployment_status") == "rejected":
+        reason = tags.get("rejected_reason") or tags.get("deployment.reason") or ""
+        return f"canary rejected it{': ' + reason if reason else ''}"
+    if tags.get(VALIDATION_STATUS_TAG) == "failed":
+        return "its model gates failed"
+    return None
+
+
+def rejected_twin(
+    client: MlflowClient, model_name: str, data_version: str, code: str, champion: str | None = None
+) -> tuple[Any, str] | None:
+    """A rejected version of ``model_name`` trained on the same data version by the same code version.
+
+    Returns ``(model version, why it was rejected)``, the newest such version, or None. Rejections that
+    the same model might not meet again do not count: a failed serving smoke test (it can be the
+    environment), and a failed regression gate when the champion (``champion``, its version or None)
+    is no longer the one the version was judged against (tag ``judged_against_champion``).
+    """
+    from mlflow.exceptions import MlflowException
+
+    query = f"name='{model_name}' and tags.data_version='{data_version}'"
+    versions: list[Any]
+    try:
+        versions = list(client.search_model_versions(query))
+    except MlflowException:
+        versions = [
+            v
+            for v in client.search_model_versions(f"name='{model_name}'")
+            if (v.tags or {}).get("data_version") == data_version
+        ]
+    for found in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = dict(found.tags or {})
+        if tags.get("data_version") != data_version or tags.get("code_version") != code:
+            continue
+        gate = tags.get("rejected_by")
+        if gate == "serving_smoke_test":
+            continue
+        if gate == "no_regression" and tags.get(JUDGED_AGAINST_TAG) != (champion or "none"):
+            continue
+        why = rejection_of(tags)
+        if why is not None:
+            return found, why
+    return None

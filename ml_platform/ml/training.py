@@ -7,6 +7,8 @@ imported inside the functions so importing this module stays cheap.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -137,11 +139,44 @@ def build_estimator(spec: DatasetSpec) -> Any:
     return Pipeline([("encode", encoder), ("estimator", estimator)])
 
 
+def _n_jobs_param(model: Any) -> str | None:
+    """The ``n_jobs`` parameter name of the estimator (inside a pipeline too), if it takes one."""
+    params = model.get_params(deep=True)
+    return next((name for name in ("n_jobs", "estimator__n_jobs") if name in params), None)
+
+
 def fit_model(split: TrainingSplit, spec: DatasetSpec) -> Any:
-    """Fit the spec's estimator on the training split."""
+    """Fit the spec's estimator on the training split, on every core unless the spec says otherwise.
+
+    ``training.n_jobs`` (default -1: all cores) applies to estimators that take ``n_jobs`` and whose
+    ``model.params`` do not set it. The fitted model is then set back to ``n_jobs=1`` so the
+    registered model predicts single-threaded: serving scales with its own workers.
+    """
     model = build_estimator(spec)
+    param = _n_jobs_param(model)
+    chosen = spec.training.n_jobs
+    if param is None or "n_jobs" in spec.model.params or chosen is None:
+        model.fit(split.x_train, split.y_train)
+        return model
+    model.set_params(**{str(param): chosen})
     model.fit(split.x_train, split.y_train)
+    model.set_params(**{str(param): 1})
     return model
+
+
+@contextmanager
+def all_cores(model: Any, spec: DatasetSpec) -> Iterator[Any]:
+    """Within the block the model predicts on ``training.n_jobs`` cores (e.g. to verify ONNX on every
+    training row); afterwards it is single-threaded again, as it is registered."""
+    param = _n_jobs_param(model)
+    if param is None or "n_jobs" in spec.model.params or spec.training.n_jobs is None:
+        yield model
+        return
+    model.set_params(**{str(param): spec.training.n_jobs})
+    try:
+        yield model
+    finally:
+        model.set_params(**{str(param): 1})
 
 
 def class_label(spec: DatasetSpec, value: Any) -> str:
@@ -153,22 +188,35 @@ def class_label(spec: DatasetSpec, value: Any) -> str:
 
 def evaluate_model(model: Any, split: TrainingSplit, spec: DatasetSpec) -> Evaluation:
     """Accuracy, macro F1, per-class precision/recall and the confusion matrix on the test split."""
+    return evaluate_predictions(split.y_test, model.predict(split.x_test), spec)
+
+
+def evaluate_on_frame(model: Any, frame: pd.DataFrame, spec: DatasetSpec) -> Evaluation:
+    """The same metrics on a labelled frame (e.g. the evaluation set)."""
+    return evaluate_predictions(frame[spec.target.name], model.predict(feature_frame(frame, spec)), spec)
+
+
+def evaluate_predictions(y_true: Any, predictions: Any, spec: DatasetSpec) -> Evaluation:
+    """Metrics of ``predictions`` against ``y_true`` over the spec's classes."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-    predictions = model.predict(split.x_test)
     classes = list(spec.target.classes)
-    precision, recall, _, _ = precision_recall_fscore_support(
-        split.y_test, predictions, labels=classes, zero_division=0
-    )
+    present = set(y_true.tolist() if hasattr(y_true, "tolist") else y_true)
+    precision, recall, _, _ = precision_recall_fscore_support(y_true, predictions, labels=classes, zero_division=0)
     labels = [class_label(spec, c) for c in classes]
+    matrix = confusion_matrix(y_true, predictions, labels=classes).tolist()
     return Evaluation(
-        accuracy=float(accuracy_score(split.y_test, predictions)),
-        macro_f1=float(f1_score(split.y_test, predictions, labels=classes, average="macro", zero_division=0)),
+        accuracy=float(accuracy_score(y_true, predictions)),
+        macro_f1=float(f1_score(y_true, predictions, labels=classes, average="macro", zero_division=0)),
         per_class_precision={label: float(p) for label, p in zip(labels, precision, strict=True)},
         per_class_recall={label: float(r) for label, r in zip(labels, recall, strict=True)},
-        confusion_matrix=confusion_matrix(split.y_test, predictions, labels=classes).tolist(),
+        confusion_matrix=matrix,
         class_labels=labels,
-        test_rows=len(split.y_test),
+        test_rows=len(y_true),
+        extra={
+            "predicted_classes": sorted({class_label(spec, p) for p in predictions}),
+            "classes_present": [class_label(spec, c) for c in classes if c in present],
+        },
     )
 
 

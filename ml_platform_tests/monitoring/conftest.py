@@ -125,7 +125,8 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
         descriptor = registered.to_dict() | {"dataset_path": str(dataset_path), "dataset": spec.name}
         (io_dir / "__unpartitioned__.json").write_text(json.dumps(descriptor))
         defs = build_defs()
-        keys = [dg.AssetKey(["iris", name]) for name in ("training_dataset", "candidate_model", "reference_snapshot")]
+        names = ("evaluation_set", "training_dataset", "candidate_model", "reference_snapshot")
+        keys = [dg.AssetKey(["iris", name]) for name in names]
         with dg.instance_for_test() as instance:
             result = dg.materialize(
                 [defs.get_assets_def(key) for key in keys],

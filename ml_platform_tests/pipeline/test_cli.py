@@ -45,6 +45,13 @@ def test_cli_exits_zero_when_gates_pass_and_nonzero_when_a_blocking_check_fails(
     versions = model_versions("iris-random-forest")
     assert [v.tags.get("validation_status") for v in versions] == ["passed", "failed"]
 
+    # the same retrain again (same data, code and gate settings as the rejected v2): skipped, exit 0
+    again = _execute({"MODEL_MIN_ACCURACY": "1.01"})
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
+    assert "not retrained: version 2 of iris-random-forest" in output
+    assert len(model_versions("iris-random-forest")) == 2
+
 
 def test_cli_sweep_trains_the_good_file_and_exits_nonzero_naming_the_rejected_one(platform_home: Path) -> None:
     from ml_platform.spec import load_spec

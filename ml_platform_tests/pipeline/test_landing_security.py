@@ -215,10 +215,13 @@ def test_links_pipes_folders_and_long_names_are_quarantined_unread_and_the_good_
 
 
 def _ingest(instance: dg.DagsterInstance, zone: ModelLandingZone) -> dg.ExecuteInProcessResult:
-    """Materialize raw_batch, training_dataset and the batch check of ``zone``'s model, nothing else."""
+    """Materialize raw_batch, evaluation_set, training_dataset and the batch check of ``zone``'s model, nothing else."""
+    from ml_platform.defs.evaluation import build_evaluation_defs
+
     model = ModelContext(get_model(zone.model))
-    defs = build_ingestion_defs(model)
-    assets = [a for a in defs.assets or [] if a.key in (model.key("raw_batch"), model.key("training_dataset"))]
+    defs = dg.Definitions.merge(build_ingestion_defs(model), build_evaluation_defs(model))
+    wanted = (model.key("raw_batch"), model.key("evaluation_set"), model.key("training_dataset"))
+    assets = [a for a in defs.assets or [] if a.key in wanted]
     checks = [c for c in defs.asset_checks or [] if c.check_key.name == "batch_passes_expectation_suite"]
     return dg.materialize(
         [*assets, *checks],

@@ -34,7 +34,14 @@ from ml_platform_tests.pipeline.helpers import (
 pytestmark = pytest.mark.slow
 
 REGISTERED = {"iris": "iris-random-forest", "wine": "wine-gradient-boosting"}
-TRAINING_ASSETS = {"raw_batch", "training_dataset", "candidate_model", "reference_snapshot", "landing_report"}
+TRAINING_ASSETS = {
+    "raw_batch",
+    "evaluation_set",
+    "training_dataset",
+    "candidate_model",
+    "reference_snapshot",
+    "landing_report",
+}
 
 
 def _land_and_train(instance: dg.DagsterInstance, model: str) -> tuple[str, dg.ExecuteInProcessResult]:

@@ -54,4 +54,4 @@ def test_training_job_against_a_real_mlflow_server(platform_home: Path, mlflow_s
     assert not (platform_home / "mlflow" / "mlflow.db").exists()
     run = client.get_run(version.run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
-    assert run.data.metrics["accuracy"] > 0.9
+    assert run.data.metrics["accuracy"] >= 0.85  # on the 30 rows of the evaluation set

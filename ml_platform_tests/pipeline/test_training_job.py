@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 ALL_CHECKS = {
     "batch_passes_expectation_suite",
+    "evaluation_set_covers_every_class",
     "every_landed_file_accepted",
     "meets_metric_thresholds",
     "no_regression_against_champion",
@@ -34,6 +35,7 @@ def test_fresh_home_trains_a_gated_challenger_with_full_lineage(platform_home: P
         assert check_outcomes(result) == dict.fromkeys(ALL_CHECKS, True)
         assert materialized(result) == {
             "raw_batch",
+            "evaluation_set",
             "training_dataset",
             "candidate_model",
             "reference_snapshot",
@@ -70,8 +72,28 @@ def test_fresh_home_trains_a_gated_challenger_with_full_lineage(platform_home: P
     assert snapshot_uri.startswith(str(platform_home)) and "/iris-random-forest/v1/" in snapshot_uri
     snapshot = pd.read_parquet(snapshot_uri)
     assert {"target", "prediction", "proba_setosa", "model_version"} <= set(snapshot.columns)
-    assert len(snapshot) == 112  # 75% of 150 rows
+    assert len(snapshot) == int(run.data.params["train_rows"])  # 75% of the rows outside the evaluation set
     assert (snapshot["model_version"] == "1").all()
+
+    # the evaluation set (30 = 20% of 150 rows) never trains, and every gate judged on it
+    evaluation_version = tags["evaluation_set_version"]
+    evaluation_files = list((platform_home / "data/iris/evaluation/sets").glob("*.parquet"))
+    assert [p.name for p in evaluation_files] == [f"{evaluation_version[:16]}.parquet"]
+    evaluation = pd.read_parquet(evaluation_files[0])
+    assert len(evaluation) == 30
+    merged = snapshot.merge(evaluation, on=[*evaluation.columns])
+    assert merged.empty, "a row of the evaluation set was trained on"
+    assert int(run.data.params["evaluation_rows"]) == 30
+    for check in ("meets_metric_thresholds", "no_regression_against_champion"):
+        evaluation_event = next(e for e in result.get_asset_check_evaluations() if e.check_name == check)
+        assert evaluation_event.metadata["evaluation_set_version"].value == evaluation_version[:16]
+        assert "| recall setosa |" in evaluation_event.metadata["candidate_vs_champion"].value
+    # the version's training batches: the bundled file, readable by the plain reader
+    from ml_platform.ml.registry import training_batches
+
+    digest = accepted[0].name.split("@")[1].removesuffix(".csv")
+    assert training_batches(client, "iris-random-forest", "1") == [f"iris.csv@{digest}"]
+    assert tags["training_batches_count"] == "1"
 
 
 def test_reference_snapshot_respects_uri_and_row_cap(platform_home: Path, monkeypatch, tmp_path: Path) -> None:
@@ -128,7 +150,12 @@ def test_regression_against_champion_blocks_a_weaker_candidate(platform_home: Pa
         # only the comparison with the champion can stop it.
         raw = yaml.safe_load((iris.source.parent / "spec.yaml").read_text())
         raw["model"].update(estimator="sklearn.dummy.DummyClassifier", params={"strategy": "most_frequent"})
-        raw["thresholds"] = {"min_accuracy": 0.0, "regression_tolerance": 0.02}
+        raw["thresholds"] = {
+            "min_accuracy": 0.0,
+            "regression_tolerance": 0.02,
+            "min_class_recall": None,
+            "min_predicted_classes": 1,
+        }
         weak_spec = tmp_path / "iris_weak.yaml"
         weak_spec.write_text(yaml.safe_dump(raw))
         weak = dataclasses.replace(iris, spec=load_spec_file(weak_spec))
@@ -152,6 +179,7 @@ def test_second_model_trains_end_to_end_by_its_own_job(platform_home: Path) -> N
     assert result.success, check_outcomes(result)
     assert materialized(result, "wine") == {
         "raw_batch",
+        "evaluation_set",
         "training_dataset",
         "candidate_model",
         "reference_snapshot",
