@@ -14,7 +14,7 @@ from ml_platform.defs.training import build_training_defs
 
 
 def build_model_defs(model: ModelContext) -> dg.Definitions:
-    """Ingestion, evaluation set, training, reference snapshot, deployment, monitoring, jobs and retraction of ``model``."""
+    """One model's ingestion, evaluation set, training, reference, deployment, monitoring, jobs, retraction."""
     return dg.Definitions.merge(
         build_ingestion_defs(model),
         build_evaluation_defs(model),

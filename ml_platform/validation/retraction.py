@@ -12,9 +12,7 @@ Every key is validated (and found) before anything moves: one bad key in a list 
 from __future__ import annotations
 
 import getpass
-import json
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,52 +46,27 @@ def default_actor(via: str) -> str:
     return f"{via}:{user}"
 
 
-def _keys_of_artifact(data: Any, source: str) -> list[str]:
-    if not isinstance(data, list):
-        raise RetractionError(f"{source} is not a list of batches")
-    keys = []
-    for item in data:
-        key = item.get("key") if isinstance(item, dict) else None
-        if not isinstance(key, str):
-            raise RetractionError(f"{source} holds an entry without a string 'key': {str(item)[:200]}")
-        keys.append(key)
-    return keys
-
-
 def training_batches(client: Any, model_name: str, version: str) -> list[str]:
     """The partition keys of the batches ``model_name`` version ``version`` trained on.
 
-    Uses ``ml_platform.ml.registry.training_batches`` when the registry module provides it;
-    otherwise reads the version's run artifact ``training_batches.json`` itself
-    (``[{"key": ..., "sha256": ..., "rows": N}, ...]``). :class:`RetractionError` when the
-    version is unknown or has no such record (registered before versions recorded their batches).
+    Read through :func:`ml_platform.ml.registry.training_batches` (the version's run artifact
+    ``training_batches.json``). :class:`RetractionError` when the version is unknown or records no
+    batches (registered before versions recorded them).
     """
-    from ml_platform.ml import registry
-
-    reader = getattr(registry, "training_batches", None)
-    if reader is not None:
-        return list(reader(client, model_name, version))
     from mlflow.exceptions import MlflowException
 
+    from ml_platform.ml.registry import training_batches as recorded_batches
+
     try:
-        model_version = client.get_model_version(model_name, str(version))
+        keys = recorded_batches(client, model_name, str(version))
     except MlflowException as exc:
         raise RetractionError(f"{model_name} has no version {version!r}: {exc.message}") from exc
-    source = f"{TRAINING_BATCHES_ARTIFACT} of {model_name} v{version} (run {model_version.run_id})"
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            path = client.download_artifacts(model_version.run_id, TRAINING_BATCHES_ARTIFACT, folder)
-        except (MlflowException, OSError) as exc:
-            raise RetractionError(
-                f"{model_name} v{version} records no training batches ({source} is missing); it was registered "
-                "before versions recorded them: retract its batches by key instead"
-            ) from exc
-        try:
-            with open(path) as handle:
-                data = json.load(handle)
-        except (OSError, ValueError) as exc:
-            raise RetractionError(f"{source} cannot be read: {exc}") from exc
-    return _keys_of_artifact(data, source)
+    if not keys:
+        raise RetractionError(
+            f"{model_name} v{version} records no training batches ({TRAINING_BATCHES_ARTIFACT} is missing); it was "
+            "registered before versions recorded them: retract its batches by key instead"
+        )
+    return keys
 
 
 def retract_batches(
