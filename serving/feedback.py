@@ -178,6 +178,10 @@ class ReceiptExpired(Exception):
     """The receipt is older than the ledger remembers: it can no longer be counted exactly once."""
 
 
+class LedgerUnavailable(Exception):
+    """The shared ledger could not be reached in time (locked or unreadable): nothing was counted, retry later."""
+
+
 class FeedbackLedger:
     """Which rows of which request ids were labelled: ``claim`` marks rows, or names those already labelled."""
 
@@ -252,26 +256,48 @@ class SqliteLedger(FeedbackLedger):
         self._lock = threading.Lock()
         self._pruned_at = 0.0
 
+    OPEN_TIMEOUT_SECONDS = 10.0
+
     def _db(self) -> sqlite3.Connection:
         if self._connection is None or self._pid != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS labelled (request_id TEXT NOT NULL, row INTEGER NOT NULL, "
-                "issued_at REAL NOT NULL, PRIMARY KEY (request_id, row)) WITHOUT ROWID"
+            connection = sqlite3.connect(
+                self.path, timeout=self.OPEN_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
             )
-            connection.execute("CREATE INDEX IF NOT EXISTS labelled_issued ON labelled (issued_at)")
+            # Replicas starting together race to switch the file to WAL and create the table; switching the
+            # journal mode does not wait on the busy timeout, so retry until the deadline.
+            deadline = time.monotonic() + self.OPEN_TIMEOUT_SECONDS
+            while True:
+                try:
+                    self._prepare(connection)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        connection.close()
+                        raise LedgerUnavailable(f"feedback ledger {self.path}: {exc}") from None
+                    time.sleep(0.02)
             with self._lock:
                 self._connection, self._pid = connection, os.getpid()
         return self._connection
+
+    @staticmethod
+    def _prepare(connection: sqlite3.Connection) -> None:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS labelled (request_id TEXT NOT NULL, row INTEGER NOT NULL, "
+            "issued_at REAL NOT NULL, PRIMARY KEY (request_id, row)) WITHOUT ROWID"
+        )
+        connection.execute("CREATE INDEX IF NOT EXISTS labelled_issued ON labelled (issued_at)")
 
     def claim(self, request_id: str, rows: list[int], issued_at: float) -> list[int]:
         self.check_age(issued_at)
         db = self._db()
         with self._lock:
-            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for another process's claim
+            except sqlite3.OperationalError as exc:
+                raise LedgerUnavailable(f"feedback ledger {self.path}: {exc}") from None
             try:
                 labelled = {r for (r,) in db.execute("SELECT row FROM labelled WHERE request_id = ?", (request_id,))}
                 already = sorted(labelled.intersection(rows))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +21,7 @@ import numpy as np
 
 from serving import metrics
 from serving.config import ServingConfig
-from serving.feedback import LiveAccuracy, Receipt, ReceiptExpired, ledger_from_env
+from serving.feedback import LedgerUnavailable, LiveAccuracy, Receipt, ReceiptExpired, ledger_from_env
 from serving.inline import InlinePredictor
 from serving.predlog import JsonlWriter, render_feedback
 from serving.refresher import ModelRefresher
@@ -46,6 +47,9 @@ def derived_body_limit(schema: RequestSchema) -> int:
         row += len(json.dumps(feature.name)) + LAYOUT_BYTES + value
     label = max(len(json.dumps(v)) for v in [*schema.class_values, *schema.class_labels]) + LAYOUT_BYTES
     return BODY_OVERHEAD_BYTES + schema.max_rows * max(row, label)
+
+
+log = logging.getLogger(__name__)
 
 
 class ServingContext:
@@ -141,6 +145,9 @@ class ServingContext:
             already = self.ledger.claim(feedback.request_id, rows.tolist(), receipt.issued_at)
         except ReceiptExpired as exc:
             raise RequestError(404, "receipt expired", str(exc)) from None
+        except LedgerUnavailable as exc:  # nothing counted: the client retries (503, like a full server)
+            log.warning("feedback not recorded: %s", exc)
+            raise RequestError(503, "feedback ledger busy", "nothing was recorded; retry shortly") from None
         if already:
             raise RequestError(
                 409, "feedback already recorded", f"rows {already[:20]} of {feedback.request_id!r} are labelled"

@@ -26,6 +26,7 @@ A rejected version's partition fails (the asset raises after recording the decis
 Partitions view shows rejections in red; its metadata and the ``canary_verdict`` check say why.
 """
 
+import contextlib
 import time
 from typing import Any
 
@@ -99,6 +100,29 @@ def _metadata(result: Any, deployer: Deployer, metric_source: MetricSource, link
     if link:
         metadata["mlflow_model_version"] = dg.MetadataValue.url(link)
     return metadata
+
+
+def _retraction_hint(client: Any, model: str, registered_name: str, version: str) -> dict[str, Any]:
+    """What a rejected version trained on, and the one command that retracts it all (also tagged on the version)."""
+    from ml_platform.ml.registry import training_batches
+
+    try:
+        keys = training_batches(client, registered_name, version)
+    except Exception as exc:  # the record is a convenience: a registry hiccup must not hide the rejection
+        return {"trained_on_batches": f"unknown: {type(exc).__name__}: {exc}"[:300]}
+    if not keys:
+        return {"trained_on_batches": "not recorded for this version"}
+    command = f'python -m ml_platform.cli retract --model {model} --trained-into {version} --reason "..."'
+    with contextlib.suppress(Exception):  # the metadata below still carries it
+        client.set_model_version_tag(registered_name, version, "rejected_retract_command", command)
+    listing = "\n".join(f"- `{key}`" for key in keys[:50])
+    if len(keys) > 50:
+        listing += f"\n- ... {len(keys) - 50} more"
+    return {
+        "trained_on_batches": dg.MetadataValue.md(listing),
+        "trained_on_batch_count": dg.MetadataValue.int(len(keys)),
+        "retract_command": dg.MetadataValue.text(command),
+    }
 
 
 DEFAULT_INTERVAL_SECONDS = 30
@@ -267,6 +291,7 @@ def build_deployment_defs(model: ModelContext) -> dg.Definitions:
         link = mlflow_registry.ui_link(model=spec.model.name, version=version)
         metadata = _metadata(result, deployer, metric_source, link)
         if result.decision == REJECTED:
+            metadata.update(_retraction_hint(client, model.name, spec.model.name, version))
             context.log_event(
                 dg.AssetCheckEvaluation(
                     asset_key=model.key("canary_deployment"),

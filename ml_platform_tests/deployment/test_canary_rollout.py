@@ -320,6 +320,9 @@ def stable_health(platform: Platform) -> dict[str, Any]:
     return httpx.get(f"http://127.0.0.1:{state.stable.port}/health", timeout=5).json()
 
 
+BAD_BATCH_KEY = "labels-rotated.csv@abababababababababababababababababababababababababababababababab"
+
+
 def register(*, params: dict[str, Any] | None = None, shuffle_labels: bool = False, copy_of: str | None = None) -> str:
     """Register a version outside Dagster and tag it validated, as a notebook user would."""
     client = registry_client()
@@ -354,6 +357,9 @@ def register(*, params: dict[str, Any] | None = None, shuffle_labels: bool = Fal
                 metrics=evaluate_model(model, split, spec).flat_metrics(),
                 extra_tags={"registered_by": "test notebook"},
             )
+            if shuffle_labels:  # what candidate_model records: the batches the version trained on
+                batches = [{"key": BAD_BATCH_KEY, "sha256": "0" * 64, "rows": len(frame)}]
+                mlflow.log_dict(batches, "training_batches.json")
         version, tags = registered.version, {}
     for key, value in tags.items():
         if value:
@@ -526,9 +532,14 @@ def test_manual_rollback_returns_to_the_previous_champion_without_failed_request
 
 def test_bad_model_is_rolled_back_on_live_accuracy(deployed: Platform) -> None:
     before = snapshot(deployed)
-    register(shuffle_labels=True)
+    version = register(shuffle_labels=True)
     deployment = deployed.deploy()
     assert_rolled_back(deployed, deployment, before, "live_accuracy")
+    # The rejection names what the version trained on and the one command that retracts it all.
+    command = f"python -m ml_platform.cli retract --model {PLATFORM_MODEL} --trained-into {version}"
+    assert BAD_BATCH_KEY in deployment.value("trained_on_batches"), deployment.metadata
+    assert deployment.value("retract_command").startswith(command)
+    assert registry_client().get_model_version(MODEL, version).tags["rejected_retract_command"].startswith(command)
     assert deployment.traffic.feedback_failed == 0, deployment.traffic.summary()
     report("fault_bad_model", deployment)
 

@@ -16,6 +16,7 @@ import pytest
 
 from ml_platform import cli
 from ml_platform.catalog import get_model
+from ml_platform.defs.evaluation import build_evaluation_defs
 from ml_platform.defs.ingestion import build_ingestion_defs
 from ml_platform.defs.model_context import ModelContext
 from ml_platform.defs.resources import JsonIOManager, MlflowRegistryResource
@@ -194,7 +195,7 @@ def test_retract_job_records_lineage_and_changes_the_next_training_dataset(platf
     _land(zone, "good.csv")
     _land(zone, "other.csv", OTHER_ROWS)
     ingestion = build_ingestion_defs(model)
-    by_name = {a.key.path[-1]: a for a in ingestion.assets or []}
+    by_name = {a.key.path[-1]: a for a in [*(ingestion.assets or []), *(build_evaluation_defs(model).assets or [])]}
     resources = {
         "landing_zone": landing_resource(),
         "json_io_manager": JsonIOManager(),
@@ -202,8 +203,12 @@ def test_retract_job_records_lineage_and_changes_the_next_training_dataset(platf
     }
 
     def dataset_version(instance: dg.DagsterInstance) -> tuple[str, dict]:
-        result = dg.materialize([by_name["training_dataset"]], instance=instance, resources=resources)
-        (event,) = result.get_asset_materialization_events()
+        # training_dataset leaves out the evaluation set's rows, so both are materialised
+        assets = [by_name["evaluation_set"], by_name["training_dataset"]]
+        result = dg.materialize(assets, instance=instance, resources=resources)
+        (event,) = [
+            e for e in result.get_asset_materialization_events() if e.asset_key == by_name["training_dataset"].key
+        ]
         return str(event.materialization.tags["dagster/data_version"]), result.output_for_node("iris__training_dataset")
 
     with dg.instance_for_test() as instance:
@@ -211,7 +216,7 @@ def test_retract_job_records_lineage_and_changes_the_next_training_dataset(platf
         keys = sweep.output_for_node("iris__raw_batch")["accepted"]
         assert len(keys) == 2
         before, dataset = dataset_version(instance)
-        assert dataset["rows"] == 40
+        assert dataset["rows"] + dataset["excluded_evaluation_rows"] == 40  # both batches, less the evaluation rows
 
         defs = dg.Definitions.merge(build_retraction_defs(model), dg.Definitions(resources=resources))
         job = defs.resolve_job_def("iris_retract_batch_job")
@@ -230,7 +235,8 @@ def test_retract_job_records_lineage_and_changes_the_next_training_dataset(platf
 
         after, dataset = dataset_version(instance)
         assert after != before
-        assert dataset["rows"] == 20 and len(dataset["batches"]) == 1
+        assert [batch["key"] for batch in dataset["batches"]] == [keys[1]]
+        assert dataset["rows"] + dataset["excluded_evaluation_rows"] == 20
 
         bad = {"ops": {"iris_retract_batches": {"config": {"keys": ["../x"], "reason": "attack"}}}}
         refused = job.execute_in_process(run_config=bad, instance=instance, raise_on_error=False)

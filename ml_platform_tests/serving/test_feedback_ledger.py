@@ -11,6 +11,7 @@ import pytest
 
 from serving.feedback import (
     FeedbackSigner,
+    LedgerUnavailable,
     MemoryLedger,
     ReceiptExpired,
     SqliteLedger,
@@ -95,3 +96,21 @@ def test_the_ledger_comes_from_the_environment(tmp_path: Path) -> None:
     for bad in ("0", "-1", "soon"):
         with pytest.raises(ValueError, match="FEEDBACK_RECEIPT_MAX_AGE_SECONDS"):
             ledger_from_env({"FEEDBACK_RECEIPT_MAX_AGE_SECONDS": bad}, 10)
+
+
+def test_a_ledger_held_by_another_process_fails_clearly_and_counts_nothing(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "ledger.sqlite"
+    SqliteLedger(path).claim("warm", [0], time.time())  # the file exists, in WAL mode
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # e.g. a stuck replica mid-transaction
+    ledger = SqliteLedger(path)
+    ledger.OPEN_TIMEOUT_SECONDS = 0.3
+    try:
+        with pytest.raises(LedgerUnavailable, match="locked"):
+            ledger.claim("req", [1], time.time())
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert ledger.claim("req", [1], time.time()) == []  # nothing was counted while it was held
