@@ -276,7 +276,8 @@ def build_monitoring_defs(model: ModelContext) -> dg.Definitions:
     @dg.asset(
         **model.asset_kwargs("production_window"),
         partitions_def=model.days,
-        deps=[model.key("canary_deployment")],
+        # every deployed version may have served a day: no one-to-one partition mapping, so depend on them all
+        deps=[dg.AssetDep(model.key("canary_deployment"), partition_mapping=dg.AllPartitionMapping())],
         kinds={"parquet", "pandas"},
         io_manager_key="json_io_manager",
         description=(
