@@ -21,7 +21,7 @@ from typing import Any
 from ml_platform.ml.safe_load import ModelRefused
 from serving.registry import ModelBundle, ModelRef, ModelResolutionError, RegistryClient, load_bundle_spec, redact_uri
 from serving.schema import RequestSchema
-from serving.state import RuntimeLayout, publish_desired_model
+from serving.state import MarkerWatcher, RuntimeLayout, publish_desired_model
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class ModelRefresher:
         self.failures = 0
         self.on_reachability: Callable[[bool], None] | None = None  # set by the serving context
         self._lock = threading.Lock()
+        self._watcher = MarkerWatcher(layout, interval=0.0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -142,6 +143,29 @@ class ModelRefresher:
             return self.interval
         base = min(1.0, self.interval)
         return min(base * 2 ** (self.failures - 1), max(self.interval, BACKOFF_CAP_FLOOR))
+
+    def follow_published(self) -> bool:
+        """Adopt a version another API server process published (its refresh or ``/admin/reload``).
+
+        Every API server process runs a refresher; the one that sees a new version first publishes
+        the desired-model marker, and the others take it from there instead of waiting for their own
+        next look at the registry, so ``/health`` answers the same whichever process gets the
+        request. Non-blocking (skipped while this process's own refresh holds the lock); True when
+        the current version changed.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            published = self._watcher.poll()
+            if published is None or published.version == self.current.version:
+                return False
+            log.info(
+                "following version %s published by another API server (was %s)", published.version, self.current.version
+            )
+            self.current, self.resolved_at = published, time.time()
+            return True
+        finally:
+            self._lock.release()
 
     # -- background thread ------------------------------------------------------------------
 

@@ -7,8 +7,10 @@ bookkeeping that needs to see every worker's answers lives here.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +29,9 @@ from serving.refresher import ModelRefresher
 from serving.schema import FeedbackRequest, RequestError, RequestSchema
 from serving.state import RuntimeLayout, read_worker_statuses
 
+log = logging.getLogger("serving")
+
+HOUSEKEEPING_SECONDS = 0.5  # /metrics lags the requests of other API server processes by at most this
 BODY_OVERHEAD_BYTES = 4096  # the JSON around the rows: keys, brackets, a request id, a receipt
 NUMBER_BYTES = 24  # the longest float64 JSON number, e.g. -1.2345678901234567e-300
 LAYOUT_BYTES = 24  # per value: ": ", ",\n" and pretty-printing indentation
@@ -78,6 +83,7 @@ class ServingContext:
         )
         self.workers_ready: Callable[[], bool] = lambda: False
         self.inline: InlinePredictor | None = None  # small ONNX requests answered in this process
+        self._housekeeping: asyncio.TimerHandle | None = None
         self._class_labels = schema.class_labels
         self._class_values = schema.class_values
 
@@ -89,13 +95,38 @@ class ServingContext:
         if self.inline is not None:
             self.inline.start()
         self.refresher.start()
+        self._schedule_housekeeping()
 
     def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
         self.refresher.stop()
         if self.inline is not None:
             self.inline.stop()
+        metrics.flush_pending()  # the counts of this process's last requests reach the metric files
         self.feedback_log.close()
         self.ledger.close()
+
+    def _schedule_housekeeping(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (unit use)
+            return
+        self._housekeeping = loop.call_later(HOUSEKEEPING_SECONDS, self._housekeep)
+
+    def _housekeep(self) -> None:
+        """Every ``HOUSEKEEPING_SECONDS`` on the event loop: flush pending metric counts, follow published versions.
+
+        A scrape of ``/metrics`` reaches one API server process and flushes only that one's counts, so
+        every process flushes its own on this timer too: ``/metrics`` is exact up to this delay.
+        """
+        try:
+            metrics.flush_pending()
+            self.refresher.follow_published()
+        except Exception:  # never let the timer die
+            log.exception("housekeeping failed")
+        self._schedule_housekeeping()
 
     def current_version(self) -> str:
         return self.refresher.current.version
@@ -186,6 +217,7 @@ class ServingContext:
         Raw error texts (refresh exceptions, worker load errors) only when
         ``detailed`` (a caller with the admin token); otherwise safe summaries.
         """
+        self.refresher.follow_published()
         workers = read_worker_statuses(self.layout)
         ready = self.workers_ready()
         desired = self.refresher.current
