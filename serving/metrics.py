@@ -22,6 +22,7 @@ earlier processes survive into the max.
 
 from __future__ import annotations
 
+import glob
 import os
 from bisect import bisect_left
 from typing import Any
@@ -209,6 +210,31 @@ def failing_log_writers(model: str, track: str) -> dict[str, int]:
     return failing
 
 
+def _feedback_counts(families: Any) -> dict[tuple[str, str, str], list[float]]:
+    """``{(model, model_version, track): [correct, incorrect]}`` from collected metric families."""
+    counts: dict[tuple[str, str, str], list[float]] = {}
+    for family in families:
+        if family.name != "ml_serving_feedback":
+            continue
+        for sample in family.samples:
+            if sample.name != "ml_serving_feedback_total":
+                continue
+            labels = sample.labels
+            entry = counts.setdefault((labels["model"], labels["model_version"], labels["track"]), [0.0, 0.0])
+            entry[0 if labels["outcome"] == "correct" else 1] += sample.value
+    return counts
+
+
+def merged_accuracy(model: str, model_version: str, track: str) -> float | None:
+    """Live accuracy over the feedback of every process of this server (reads the counter files only)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return None
+    files = glob.glob(os.path.join(directory, "counter_*.db"))
+    correct, incorrect = _feedback_counts(MultiProcessCollector.merge(files)).get((model, model_version, track), (0, 0))
+    return correct / (correct + incorrect) if correct + incorrect else None
+
+
 class _MergedRegistry(CollectorRegistry):
     """The multiprocess files, with ``ml_serving_live_accuracy`` recomputed from the merged feedback counters.
 
@@ -224,16 +250,7 @@ class _MergedRegistry(CollectorRegistry):
 
     def collect(self) -> Any:
         families = list(super().collect())
-        counts: dict[tuple[str, str, str], list[float]] = {}
-        for family in families:
-            if family.name == "ml_serving_feedback":
-                for sample in family.samples:
-                    if sample.name != "ml_serving_feedback_total":
-                        continue
-                    labels = sample.labels
-                    key = (labels["model"], labels["model_version"], labels["track"])
-                    entry = counts.setdefault(key, [0.0, 0.0])
-                    entry[0 if labels["outcome"] == "correct" else 1] += sample.value
+        counts = _feedback_counts(families)
         for family in families:
             if family.name != "ml_serving_live_accuracy":
                 continue

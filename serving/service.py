@@ -187,6 +187,9 @@ class ServingContext:
             metrics.FEEDBACK.labels(self.model, "incorrect", version, track).inc(total - correct)
         accuracy = self.accuracy.record(version, correct, total, track)
         metrics.LIVE_ACCURACY.labels(self.model, version, track).set(accuracy)
+        if self.config.api_servers > 1:  # this process saw part of the feedback: the server's share from all of it
+            merged = metrics.merged_accuracy(self.model, version, track)
+            accuracy = accuracy if merged is None else merged
         values = self._class_values
         self.feedback_log.submit(
             partial(

@@ -8,6 +8,8 @@ One folder per running server (the *runtime dir*) holds:
   its inode changes.
 - ``workers/<id>.json``: what each worker has loaded, so ``/health`` can tell
   "all workers on the desired version" from "swap in progress" or "load failed".
+- ``refresh_status.json``: the last registry refresh of any API server process
+  (time, error, reachability), so ``/health`` says the same whichever process answers.
 - ``stopping``: present once the main process is stopping the server (see
   :mod:`serving.supervision`).
 - ``models/``: the downloaded model versions (see :mod:`serving.registry`).
@@ -39,6 +41,11 @@ class RuntimeLayout:
     @property
     def marker(self) -> Path:
         return self.root / "desired_model.json"
+
+    @property
+    def refresh_status(self) -> Path:
+        """The outcome of the last registry refresh by any API server process (``/health``'s ``mlflow`` block)."""
+        return self.root / "refresh_status.json"
 
     @property
     def stop_marker(self) -> Path:

@@ -79,8 +79,8 @@ class RequestChannel:
         """
         payload = pickle.dumps(item, protocol=_PROTOCOL)
         was_idle = not self._pending
-        if self._fd is None:
-            self._pipe_index = int(item[0] or 0) % len(self._pipes)
+        if self._fd is None and isinstance(item, tuple) and isinstance(item[0], int):
+            self._pipe_index = item[0] % len(self._pipes)  # LitServe's response_queue_id: this API server
         self._pending += struct.pack("!i", len(payload)) + payload  # the framing Connection.recv_bytes reads
         if was_idle:
             asyncio.get_running_loop().call_soon(self._write)

@@ -74,6 +74,13 @@ def test_each_api_server_process_knows_its_response_queue_id_and_sends_it_with_e
     assert "port, num_api_servers, log_level, sockets, api_server_worker_type" in run  # _start_server's arguments
 
 
+def test_prometheus_merge_reads_the_counter_files_for_the_live_accuracy_of_all_processes():
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    assert params(MultiProcessCollector.merge) == ["files", "accumulate"]
+    assert isinstance(inspect.getattr_static(MultiProcessCollector, "merge"), staticmethod)
+
+
 def test_uvicorn_protocol_hooks_and_config_accept_our_class():
     for name in (
         "connection_made",
