@@ -7,6 +7,9 @@ the per-process log files (``predictions-<track>-<pid>.jsonl``, ``feedback-<trac
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -190,4 +193,51 @@ def test_admin_reload_swaps_the_version_in_every_api_process(
         body = health.json()
         assert body["model"]["version"] == target
         assert body["model"]["inline"]["model_version"] == target
-    assert len({h.json()["model"]["inline"]["pid"] for h in healths}) >= 1
+        assert body["mlflow"]["last_refresh_at"] is not None  # the reload ran in one process; all report it
+    assert body["status"] == "ok"
+
+
+def test_sigterm_drains_both_api_processes_and_flushes_their_logs(two_api_servers: ServingProcess):
+    """Under single-row load over many connections, killpg(SIGTERM): nothing reset, every answer logged. Runs last."""
+    server = two_api_servers
+    results: list[tuple[str, str]] = []
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            request_id = f"drain-{i}-{n}"
+            n += 1
+            try:  # a new connection every few requests, so both processes keep getting some
+                with httpx.Client(base_url=server.url, timeout=30) as session:
+                    for _ in range(5):
+                        response = session.post(
+                            "/predict", json={"features": [SETOSA]}, headers={"X-Request-ID": request_id}
+                        )
+                        results.append((request_id, str(response.status_code)))
+                        request_id = f"drain-{i}-{n}"
+                        n += 1
+            except httpx.ConnectError:
+                results.append((request_id, "refused"))
+                time.sleep(0.05)
+            except httpx.HTTPError as exc:
+                results.append((request_id, type(exc).__name__))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGTERM)
+    code = server.process.wait(60)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    outcomes = Counter(status for _, status in results)
+    assert code == 0, server.tail()
+    assert set(outcomes) <= {"200", "refused"}, outcomes
+    assert outcomes["200"] > 50
+    answered = {request_id for request_id, status in results if status == "200"}
+    owners = _answered_by(server.log_dir, "predictions")
+    assert answered <= set(owners), f"{len(answered - set(owners))} answered requests missing from the log"
+    assert len({owners[rid] for rid in answered}) == 2
