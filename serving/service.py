@@ -27,7 +27,7 @@ from serving.inline import InlinePredictor
 from serving.predlog import JsonlWriter, render_feedback
 from serving.refresher import ModelRefresher
 from serving.schema import FeedbackRequest, RequestError, RequestSchema
-from serving.state import RuntimeLayout, read_worker_statuses
+from serving.state import RuntimeLayout, read_inline_statuses, read_worker_statuses
 
 log = logging.getLogger("serving")
 
@@ -225,7 +225,9 @@ class ServingContext:
         ready = self.workers_ready()
         desired = self.refresher.current
         inline = self.inline.status() if self.inline is not None else None
-        answering = [*workers, inline] if inline else workers
+        # every API process's own model (with several API processes, a swap is complete only when all swapped)
+        others = [s for s in read_inline_statuses(self.layout) if inline is None or s.get("pid") != inline.get("pid")]
+        answering = [*workers, *([inline] if inline else []), *others]
         serving_versions = sorted({w["model_version"] for w in answering if w.get("model_version")})
         runtimes = sorted({w["runtime"] for w in answering if w.get("runtime")})
         problems = []
@@ -241,6 +243,9 @@ class ServingContext:
             problems += [f"worker {w['worker_id']}: {_worker_error(w, detailed)}" for w in workers if w.get("error")]
             if inline and inline.get("error"):
                 problems.append(f"API process model: {_worker_error(inline, detailed)}")
+            problems += [
+                f"API process {s.get('pid')} model: {_worker_error(s, detailed)}" for s in others if s.get("error")
+            ]
             for event, code in sorted(metrics.failing_log_writers(self.model, self.track).items()):
                 name = errno.errorcode.get(code, str(code))
                 problems.append(f"the {event} log cannot be written ({name}); its lines are dropped and counted")
@@ -282,6 +287,15 @@ class ServingContext:
                     "runtime": inline.get("runtime"),
                     "error": _worker_error(inline, detailed) if inline.get("error") else None,
                 },
+                "api_processes": [
+                    {
+                        "pid": s.get("pid"),
+                        "model_version": s.get("model_version"),
+                        "runtime": s.get("runtime"),
+                        "error": _worker_error(s, detailed) if s.get("error") else None,
+                    }
+                    for s in read_inline_statuses(self.layout)
+                ],
             },
             "mlflow": self.refresher.snapshot(detailed),
         }

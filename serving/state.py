@@ -112,6 +112,22 @@ def write_worker_status(layout: RuntimeLayout, worker_id: int | str, status: dic
     write_json_atomic(layout.worker_status_path(worker_id), {**status, "worker_id": str(worker_id), "pid": os.getpid()})
 
 
+def write_inline_status(layout: RuntimeLayout, status: dict[str, Any]) -> None:
+    """What one API server process's own model serves (``inline-<pid>.json``), for the ``/health`` of every process."""
+    write_json_atomic(layout.workers_dir / f"inline-{os.getpid()}.json", {**status, "pid": os.getpid()})
+
+
+def read_inline_statuses(layout: RuntimeLayout) -> list[dict[str, Any]]:
+    """The models of every API server process that loaded one, sorted by pid."""
+    statuses = []
+    for path in layout.workers_dir.glob("inline-*.json"):
+        try:
+            statuses.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(statuses, key=lambda s: int(s.get("pid") or 0))
+
+
 def read_worker_statuses(layout: RuntimeLayout) -> list[dict[str, Any]]:
     """Status of every worker that has reported, sorted by worker id."""
     statuses = []

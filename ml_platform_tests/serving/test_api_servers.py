@@ -194,6 +194,9 @@ def test_admin_reload_swaps_the_version_in_every_api_process(
         assert body["model"]["version"] == target
         assert body["model"]["inline"]["model_version"] == target
         assert body["mlflow"]["last_refresh_at"] is not None  # the reload ran in one process; all report it
+        processes = body["model"]["api_processes"]  # every API process's own model, whichever process answers
+        assert len(processes) == 2 and {p["model_version"] for p in processes} == {target}
+        assert body["model"]["serving_versions"] == [target] and body["model"]["swap_in_progress"] is False
     assert body["status"] == "ok"
 
 
