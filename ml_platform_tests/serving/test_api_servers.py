@@ -244,3 +244,24 @@ def test_sigterm_drains_both_api_processes_and_flushes_their_logs(two_api_server
     owners = _answered_by(server.log_dir, "predictions")
     assert answered <= set(owners), f"{len(answered - set(owners))} answered requests missing from the log"
     assert len({owners[rid] for rid in answered}) == 2
+
+
+def test_a_second_download_of_a_version_never_removes_the_complete_copy(mlflow_store: MlflowStore, tmp_path: Path):
+    """Two API processes refreshing at once both download a new version: the first complete folder stays.
+
+    Replacing it would pull the files from under a worker or another API process loading them.
+    """
+    from ml_platform_tests.conftest import reset_mlflow_globals
+    from serving.registry import RegistryClient, parse_model_uri
+
+    registry = RegistryClient(mlflow_store.tracking_uri, tmp_path / "models")
+    try:
+        bundle = registry.fetch(parse_model_uri(f"models:/{MODEL_NAME}/{mlflow_store.onnx_version}"))
+        target = Path(bundle.local_dir)
+        (target / "in-use").write_text("a reader holds this copy")
+        before = target.stat().st_ino
+        registry._download(MODEL_NAME, mlflow_store.onnx_version, target)  # the slower process finishes its copy
+    finally:
+        reset_mlflow_globals()
+    assert target.stat().st_ino == before and (target / "in-use").exists()
+    assert not list(target.parent.glob(".*.partial"))  # its own staging copy is cleaned up
