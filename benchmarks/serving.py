@@ -688,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="connections for single-row requests")
     parser.add_argument("--batch-concurrency", type=int, default=8, help="connections for 1,000-row requests")
     parser.add_argument("--workers", type=int, default=None, help="WORKERS for our service (default: its own)")
+    parser.add_argument("--api-servers", type=int, default=None, help="API_SERVERS for our service (default: its own)")
     parser.add_argument("--max-batch-size", type=int, default=None, help="MAX_BATCH_SIZE for our service")
     parser.add_argument("--batch-timeout", type=float, default=None, help="BATCH_TIMEOUT for our service")
     parser.add_argument("--only", default="ours,peer,fastapi,mlflow", help="comma-separated subset of servers")
@@ -727,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_env = {**env, "PREDICTION_LOG_DIR": str(workdir / "predictions"), "LOG_LEVEL": "warning"}
         for value, name in (
             (args.workers, "WORKERS"),
+            (args.api_servers, "API_SERVERS"),
             (args.max_batch_size, "MAX_BATCH_SIZE"),
             (args.batch_timeout, "BATCH_TIMEOUT"),
         ):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ml_platform.settings import mlflow_tracking_uri, platform_paths
 from serving.config import ConfigError, ServingConfig, load_config
+from serving.feedback import LEDGER_ENV
 from serving.registry import (
     ModelResolutionError,
     RegistryClient,
@@ -65,6 +66,10 @@ def _serve(config: ServingConfig, layout: RuntimeLayout) -> int:
     )
 
     log_dir = config.prediction_log_dir or platform_paths().prediction_log_dir(config.model_name)
+    if config.api_servers > 1 and not os.environ.get(LEDGER_ENV, "").strip():
+        # every API server process must see the same labelled rows: a SQLite ledger in this server's runtime
+        # folder (gone with the server, as an in-memory one would be); set FEEDBACK_LEDGER to share across replicas
+        os.environ[LEDGER_ENV] = str(layout.root / "feedback-ledger.sqlite")
     refresher = ModelRefresher(ref, registry, layout, schema, bundle, config.model_auto_refresh_seconds)
     refresher.server_version = refresher.probe_server_version()
     context = ServingContext(config, layout, schema, refresher, Path(log_dir))

@@ -44,7 +44,7 @@ from serving.feedback import FeedbackSigner
 from serving.predlog import JsonlWriter, PredictionLogFormat
 from serving.registry import ModelBundle, load_bundle_spec
 from serving.runtime import ModelRuntime, Prediction, load_runtime
-from serving.state import MarkerWatcher, RuntimeLayout, read_desired_model, write_worker_status
+from serving.state import MarkerWatcher, RuntimeLayout, read_desired_model, write_inline_status, write_worker_status
 from serving.supervision import die_with_parent
 
 log = logging.getLogger("serving.worker")
@@ -387,6 +387,7 @@ class ModelAPI(ls.LitAPI):
         }
         if self.inline:
             self.inline_status = {**status, "worker_id": self.worker_id, "pid": os.getpid()}
+            write_inline_status(self.layout, self.inline_status)  # the other API processes' /health sees it
         else:
             write_worker_status(self.layout, self.worker_id, status)
 

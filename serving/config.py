@@ -39,6 +39,7 @@ class ServingConfig:
     port: int = 8000
     track: str = "stable"
     workers: int = 2
+    api_servers: int = 2
     max_batch_size: int = 32
     batch_timeout: float = 0.0
     batch_row_limit: int = 512
@@ -182,6 +183,13 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("port", "PORT", _port, "TCP port", 8000),
     _Option("track", "TRACK", _track, "deployment track label, e.g. stable or canary", "stable"),
     _Option("workers", "WORKERS", _positive_int, "inference worker processes", 2),
+    _Option(
+        "api_servers",
+        "API_SERVERS",
+        _positive_int,
+        "HTTP (API server) processes sharing the port; each answers small ONNX requests itself",
+        2,
+    ),
     _Option("max_batch_size", "MAX_BATCH_SIZE", _positive_int, "requests merged into one model call", 32),
     _Option("batch_timeout", "BATCH_TIMEOUT", _non_negative_float, "seconds a worker waits to fill a batch", 0.0),
     _Option(

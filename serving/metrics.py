@@ -9,10 +9,11 @@ its own memory-mapped files under ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics``
 merges them. :func:`serving.state.prepare_multiproc_dir` must run (it sets the variable)
 before this module is imported anywhere, which ``serving.__main__`` ensures.
 
-Gauges use ``multiprocess_mode="max"``: ``ml_serving_live_accuracy`` has one
-writer (the API process, which owns the feedback bookkeeping), so "max" is its
-value, exported as a single series without a ``pid`` label that queries can use
-directly ("liveall" would add a ``pid`` label and new series on every restart).
+Gauges use ``multiprocess_mode="max"`` (a single series without a ``pid`` label
+that queries can use directly; "liveall" would add a ``pid`` label and new series
+on every restart). ``ml_serving_live_accuracy`` is written by every API server
+process, but what ``/metrics`` exports is recomputed from the merged feedback
+counters (see :class:`_MergedRegistry`).
 ``ml_serving_model_info`` is written by every worker: "max" reads "at least one
 worker serves this version with this runtime", which is what a swap in progress
 looks like. The multiprocess dir is emptied at start-up, so no stale files of
@@ -21,6 +22,7 @@ earlier processes survive into the max.
 
 from __future__ import annotations
 
+import glob
 import os
 from bisect import bisect_left
 from typing import Any
@@ -208,9 +210,65 @@ def failing_log_writers(model: str, track: str) -> dict[str, int]:
     return failing
 
 
+def _feedback_counts(families: Any) -> dict[tuple[str, str, str], list[float]]:
+    """``{(model, model_version, track): [correct, incorrect]}`` from collected metric families."""
+    counts: dict[tuple[str, str, str], list[float]] = {}
+    for family in families:
+        if family.name != "ml_serving_feedback":
+            continue
+        for sample in family.samples:
+            if sample.name != "ml_serving_feedback_total":
+                continue
+            labels = sample.labels
+            entry = counts.setdefault((labels["model"], labels["model_version"], labels["track"]), [0.0, 0.0])
+            entry[0 if labels["outcome"] == "correct" else 1] += sample.value
+    return counts
+
+
+def merged_accuracy(model: str, model_version: str, track: str) -> float | None:
+    """Live accuracy over the feedback of every process of this server (reads the counter files only)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return None
+    files = glob.glob(os.path.join(directory, "counter_*.db"))
+    correct, incorrect = _feedback_counts(MultiProcessCollector.merge(files)).get((model, model_version, track), (0, 0))
+    return correct / (correct + incorrect) if correct + incorrect else None
+
+
+class _MergedRegistry(CollectorRegistry):
+    """The multiprocess files, with ``ml_serving_live_accuracy`` recomputed from the merged feedback counters.
+
+    Each API server process counts the feedback it receives: its own accuracy would be a share of
+    part of the feedback, and "max" over processes is no accuracy at all. The merged
+    ``ml_serving_feedback_total`` counts every process's feedback exactly once, so the gauge is
+    derived from it at each scrape (correct / (correct + incorrect) per model, version and track).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        MultiProcessCollector(self)
+
+    def collect(self) -> Any:
+        families = list(super().collect())
+        counts = _feedback_counts(families)
+        for family in families:
+            if family.name != "ml_serving_live_accuracy":
+                continue
+            samples = []
+            for sample in family.samples:
+                labels = sample.labels
+                correct, incorrect = counts.get((labels["model"], labels["model_version"], labels["track"]), (0, 0))
+                if correct + incorrect:
+                    samples.append(sample._replace(value=correct / (correct + incorrect)))
+            family.samples = samples
+        return iter(families)
+
+
 def render_metrics() -> tuple[bytes, str]:
-    """The merged metrics of all processes in Prometheus text format (this process's pending counts included)."""
+    """The merged metrics of all processes in Prometheus text format.
+
+    This process's pending counts are flushed first; other API server processes flush theirs every
+    ``serving.service.HOUSEKEEPING_SECONDS`` (0.5 s), so their last half second may be missing.
+    """
     flush_pending()
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(_MergedRegistry()), CONTENT_TYPE_LATEST

@@ -11,7 +11,9 @@ retries back off exponentially (from ``min(1 s, interval)`` up to
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,9 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ml_platform.ml.safe_load import ModelRefused
-from serving.registry import ModelBundle, ModelRef, ModelResolutionError, RegistryClient, load_bundle_spec, redact_uri
+from serving.registry import (
+    ModelBundle,
+    ModelRef,
+    ModelResolutionError,
+    RegistryClient,
+    load_bundle_spec,
+    redact_uri,
+    write_json_atomic,
+)
 from serving.schema import RequestSchema
-from serving.state import RuntimeLayout, publish_desired_model
+from serving.state import MarkerWatcher, RuntimeLayout, publish_desired_model
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +101,8 @@ class ModelRefresher:
         self.failures = 0
         self.on_reachability: Callable[[bool], None] | None = None  # set by the serving context
         self._lock = threading.Lock()
+        self._watcher = MarkerWatcher(layout, interval=0.0)
+        self._status_seen: tuple[int, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -113,6 +125,7 @@ class ModelRefresher:
                 self.server_version = self.probe_server_version()
                 self._set_reachable(True)
                 self.last_refresh_error, self.last_refresh_public, self.failures = None, None, 0
+                self._share_status()
                 return RefreshOutcome(previous, self.current.version, None)
             except Exception as exc:
                 self.failures += 1
@@ -122,6 +135,7 @@ class ModelRefresher:
                 self.last_refresh_error = str(exc)[:500]
                 self._set_reachable(reachable)
                 log.warning("model refresh failed (%d in a row): %s", self.failures, self.last_refresh_error)
+                self._share_status()
                 return RefreshOutcome(previous, previous, self.last_refresh_error)
 
     def probe_server_version(self) -> str | None:
@@ -142,6 +156,68 @@ class ModelRefresher:
             return self.interval
         base = min(1.0, self.interval)
         return min(base * 2 ** (self.failures - 1), max(self.interval, BACKOFF_CAP_FLOOR))
+
+    def follow_published(self) -> bool:
+        """Adopt a version another API server process published (its refresh or ``/admin/reload``).
+
+        Every API server process runs a refresher; the one that sees a new version first publishes
+        the desired-model marker, and the others take it from there instead of waiting for their own
+        next look at the registry, so ``/health`` answers the same whichever process gets the
+        request. Non-blocking (skipped while this process's own refresh holds the lock); True when
+        the current version changed.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._adopt_shared_status()
+            published = self._watcher.poll()
+            if published is None or published.version == self.current.version:
+                return False
+            log.info(
+                "following version %s published by another API server (was %s)", published.version, self.current.version
+            )
+            self.current, self.resolved_at = published, time.time()
+            return True
+        finally:
+            self._lock.release()
+
+    def _share_status(self) -> None:
+        """Write the outcome of this refresh for the other API server processes (their ``/health``)."""
+        status = {
+            "pid": os.getpid(),
+            "last_refresh_at": self.last_refresh_at,
+            "last_refresh_error": self.last_refresh_error,
+            "last_refresh_public": self.last_refresh_public,
+            "reachable": self.reachable,
+            "failures": self.failures,
+            "server_version": self.server_version,
+        }
+        try:
+            write_json_atomic(self.layout.refresh_status, status)
+        except OSError:  # the runtime folder is gone (shutting down): nothing to share
+            log.debug("cannot write the refresh status", exc_info=True)
+
+    def _adopt_shared_status(self) -> None:
+        """Take the registry status of a more recent refresh by another API server process."""
+        try:
+            st = os.stat(self.layout.refresh_status)
+            key = (st.st_ino, st.st_mtime_ns)
+            if key == self._status_seen:
+                return
+            self._status_seen = key
+            status = json.loads(self.layout.refresh_status.read_text())
+        except (OSError, ValueError):
+            return
+        at = status.get("last_refresh_at")
+        if status.get("pid") == os.getpid() or at is None or (self.last_refresh_at or 0.0) >= at:
+            return
+        self.last_refresh_at = at
+        self.last_refresh_public = status.get("last_refresh_public")
+        self.last_refresh_error = status.get("last_refresh_error")
+        self.failures = int(status.get("failures") or 0)
+        self.server_version = status.get("server_version")
+        if bool(status.get("reachable")) != self.reachable:
+            self._set_reachable(bool(status.get("reachable")))
 
     # -- background thread ------------------------------------------------------------------
 

@@ -228,9 +228,17 @@ class RegistryClient:
             )
             if not (staging / "MLmodel").exists():
                 raise ModelResolutionError(f"models:/{name}/{version}: downloaded artifacts have no MLmodel file")
+            # Several API server processes may download the same version at once (each refreshes): a complete
+            # folder is never removed, since another process or a worker may be reading it; the first one wins.
+            if (target / "MLmodel").exists():
+                return
             if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)  # workers never see a half-written folder
+                shutil.rmtree(target)  # a leftover without its MLmodel file: never complete
+            try:
+                os.replace(staging, target)  # workers never see a half-written folder
+            except OSError:
+                if not (target / "MLmodel").exists():  # not another process's complete copy: a real failure
+                    raise
         except ModelResolutionError:
             raise
         except Exception as exc:

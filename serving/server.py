@@ -22,8 +22,13 @@ server and the workers, graceful shutdown. This subclass swaps in
   waking the main thread; ours watches every child, and the shutdown order is
   API server first (drains in-flight requests), then the workers (each
   flushes its prediction log on a stop message). The main process closes its
-  copy of the listening socket once the API server has it, so the port closes
-  with the API server.
+  copy of the listening socket once the API servers have it, so the port closes
+  with the API servers;
+- several API server processes (``API_SERVERS``, LitServe's ``num_api_servers``),
+  forked after the socket is bound, each with its own request and response
+  pipe, its own inline model and its own refresher; what they must agree on
+  is shared through files: the desired-model marker, the feedback ledger
+  (SQLite), the metric files.
 
 LitServe's gzip middleware is removed: responses are small for single rows,
 and for 1,000-row batches compressing costs more CPU than the local network
@@ -124,7 +129,7 @@ class ServingServer(ls.LitServer):
         self.transport_config.num_consumers = num_api_servers
         self.workers_setup_status = manager.dict()
         for lit_api in self.litapi_connector:
-            self.litapi_request_queues[lit_api.api_path] = RequestChannel(ctx)
+            self.litapi_request_queues[lit_api.api_path] = RequestChannel(ctx, num_api_servers)
         self._logger_connector.run(self)
         self._transport = PipeTransport(num_api_servers, ctx)
         # The main thread waits on this; a signal handler sets it (a manager Event would be a socket round trip).
@@ -247,14 +252,15 @@ class ServingServer(ls.LitServer):
     def serve(self) -> None:
         """Run until SIGTERM/SIGINT or until a child process dies (then :class:`ChildProcessDied`).
 
-        One API server process; inference parallelism comes from WORKERS.
+        ``API_SERVERS`` API server processes share the listening socket (the kernel hands each
+        connection to one of them); inference parallelism for larger requests comes from WORKERS.
         """
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.request_stop)
         self.run(
             host=self.config.host,
             port=self.config.port,
-            num_api_servers=1,
+            num_api_servers=self.config.api_servers,
             log_level=self.config.log_level,
             generate_client_file=False,
             api_server_worker_type="process",

@@ -7,6 +7,7 @@ bookkeeping that needs to see every worker's answers lives here.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import logging
@@ -26,8 +27,11 @@ from serving.inline import InlinePredictor
 from serving.predlog import JsonlWriter, render_feedback
 from serving.refresher import ModelRefresher
 from serving.schema import FeedbackRequest, RequestError, RequestSchema
-from serving.state import RuntimeLayout, read_worker_statuses
+from serving.state import RuntimeLayout, read_inline_statuses, read_worker_statuses
 
+log = logging.getLogger("serving")
+
+HOUSEKEEPING_SECONDS = 0.5  # /metrics lags the requests of other API server processes by at most this
 BODY_OVERHEAD_BYTES = 4096  # the JSON around the rows: keys, brackets, a request id, a receipt
 NUMBER_BYTES = 24  # the longest float64 JSON number, e.g. -1.2345678901234567e-300
 LAYOUT_BYTES = 24  # per value: ": ", ",\n" and pretty-printing indentation
@@ -82,6 +86,7 @@ class ServingContext:
         )
         self.workers_ready: Callable[[], bool] = lambda: False
         self.inline: InlinePredictor | None = None  # small ONNX requests answered in this process
+        self._housekeeping: asyncio.TimerHandle | None = None
         self._class_labels = schema.class_labels
         self._class_values = schema.class_values
 
@@ -93,13 +98,38 @@ class ServingContext:
         if self.inline is not None:
             self.inline.start()
         self.refresher.start()
+        self._schedule_housekeeping()
 
     def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
         self.refresher.stop()
         if self.inline is not None:
             self.inline.stop()
+        metrics.flush_pending()  # the counts of this process's last requests reach the metric files
         self.feedback_log.close()
         self.ledger.close()
+
+    def _schedule_housekeeping(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (unit use)
+            return
+        self._housekeeping = loop.call_later(HOUSEKEEPING_SECONDS, self._housekeep)
+
+    def _housekeep(self) -> None:
+        """Every ``HOUSEKEEPING_SECONDS`` on the event loop: flush pending metric counts, follow published versions.
+
+        A scrape of ``/metrics`` reaches one API server process and flushes only that one's counts, so
+        every process flushes its own on this timer too: ``/metrics`` is exact up to this delay.
+        """
+        try:
+            metrics.flush_pending()
+            self.refresher.follow_published()
+        except Exception:  # never let the timer die
+            log.exception("housekeeping failed")
+        self._schedule_housekeeping()
 
     def current_version(self) -> str:
         return self.refresher.current.version
@@ -163,6 +193,9 @@ class ServingContext:
             metrics.FEEDBACK.labels(self.model, "incorrect", version, track).inc(total - correct)
         accuracy = self.accuracy.record(version, correct, total, track)
         metrics.LIVE_ACCURACY.labels(self.model, version, track).set(accuracy)
+        if self.config.api_servers > 1:  # this process saw part of the feedback: the server's share from all of it
+            merged = metrics.merged_accuracy(self.model, version, track)
+            accuracy = accuracy if merged is None else merged
         values = self._class_values
         self.feedback_log.submit(
             partial(
@@ -193,11 +226,14 @@ class ServingContext:
         Raw error texts (refresh exceptions, worker load errors) only when
         ``detailed`` (a caller with the admin token); otherwise safe summaries.
         """
+        self.refresher.follow_published()
         workers = read_worker_statuses(self.layout)
         ready = self.workers_ready()
         desired = self.refresher.current
         inline = self.inline.status() if self.inline is not None else None
-        answering = [*workers, inline] if inline else workers
+        # every API process's own model (with several API processes, a swap is complete only when all swapped)
+        others = [s for s in read_inline_statuses(self.layout) if inline is None or s.get("pid") != inline.get("pid")]
+        answering = [*workers, *([inline] if inline else []), *others]
         serving_versions = sorted({w["model_version"] for w in answering if w.get("model_version")})
         runtimes = sorted({w["runtime"] for w in answering if w.get("runtime")})
         problems = []
@@ -213,6 +249,9 @@ class ServingContext:
             problems += [f"worker {w['worker_id']}: {_worker_error(w, detailed)}" for w in workers if w.get("error")]
             if inline and inline.get("error"):
                 problems.append(f"API process model: {_worker_error(inline, detailed)}")
+            problems += [
+                f"API process {s.get('pid')} model: {_worker_error(s, detailed)}" for s in others if s.get("error")
+            ]
             for event, code in sorted(metrics.failing_log_writers(self.model, self.track).items()):
                 name = errno.errorcode.get(code, str(code))
                 problems.append(f"the {event} log cannot be written ({name}); its lines are dropped and counted")
@@ -254,6 +293,15 @@ class ServingContext:
                     "runtime": inline.get("runtime"),
                     "error": _worker_error(inline, detailed) if inline.get("error") else None,
                 },
+                "api_processes": [
+                    {
+                        "pid": s.get("pid"),
+                        "model_version": s.get("model_version"),
+                        "runtime": s.get("runtime"),
+                        "error": _worker_error(s, detailed) if s.get("error") else None,
+                    }
+                    for s in read_inline_statuses(self.layout)
+                ],
             },
             "mlflow": self.refresher.snapshot(detailed),
         }

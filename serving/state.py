@@ -8,6 +8,8 @@ One folder per running server (the *runtime dir*) holds:
   its inode changes.
 - ``workers/<id>.json``: what each worker has loaded, so ``/health`` can tell
   "all workers on the desired version" from "swap in progress" or "load failed".
+- ``refresh_status.json``: the last registry refresh of any API server process
+  (time, error, reachability), so ``/health`` says the same whichever process answers.
 - ``stopping``: present once the main process is stopping the server (see
   :mod:`serving.supervision`).
 - ``models/``: the downloaded model versions (see :mod:`serving.registry`).
@@ -39,6 +41,11 @@ class RuntimeLayout:
     @property
     def marker(self) -> Path:
         return self.root / "desired_model.json"
+
+    @property
+    def refresh_status(self) -> Path:
+        """The outcome of the last registry refresh by any API server process (``/health``'s ``mlflow`` block)."""
+        return self.root / "refresh_status.json"
 
     @property
     def stop_marker(self) -> Path:
@@ -103,6 +110,22 @@ class MarkerWatcher:
 
 def write_worker_status(layout: RuntimeLayout, worker_id: int | str, status: dict[str, Any]) -> None:
     write_json_atomic(layout.worker_status_path(worker_id), {**status, "worker_id": str(worker_id), "pid": os.getpid()})
+
+
+def write_inline_status(layout: RuntimeLayout, status: dict[str, Any]) -> None:
+    """What one API server process's own model serves (``inline-<pid>.json``), for the ``/health`` of every process."""
+    write_json_atomic(layout.workers_dir / f"inline-{os.getpid()}.json", {**status, "pid": os.getpid()})
+
+
+def read_inline_statuses(layout: RuntimeLayout) -> list[dict[str, Any]]:
+    """The models of every API server process that loaded one, sorted by pid."""
+    statuses = []
+    for path in layout.workers_dir.glob("inline-*.json"):
+        try:
+            statuses.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(statuses, key=lambda s: int(s.get("pid") or 0))
 
 
 def read_worker_statuses(layout: RuntimeLayout) -> list[dict[str, Any]]:

@@ -19,8 +19,9 @@ without any helper thread:
   several workers never interleave); the API process's event loop reads when
   the pipe is readable (``add_reader``).
 
-Together about 2 ms less CPU per request (see benchmarks/serving.py). The API
-side assumes a single API server process, which is how the server runs.
+Together about 2 ms less CPU per request (see benchmarks/serving.py). With
+several API server processes (``API_SERVERS``) each has its own request pipe
+and its own response pipe.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import struct
 import time
 from collections import deque
 from contextlib import suppress
+from multiprocessing.connection import wait
 from multiprocessing.context import BaseContext
 from queue import Empty
 from typing import Any
@@ -53,13 +55,20 @@ def _pipe(ctx: BaseContext) -> tuple[Any, Any]:
 
 
 class RequestChannel:
-    """API process -> workers. Quacks like the queue LitServe expects (``put``, ``get``, ``get_nowait``)."""
+    """API servers -> workers. Quacks like the queue LitServe expects (``put``, ``get``, ``get_nowait``).
 
-    def __init__(self, ctx: BaseContext) -> None:
-        self._reader, self._writer = _pipe(ctx)
-        self._read_lock = ctx.Lock()
+    One pipe per API server process (a request's first item, LitServe's ``response_queue_id``, picks
+    it): the non-blocking writes below may be partial, and two processes writing partial frames into
+    one pipe would interleave them. Each pipe has its own read lock; a worker takes the next request
+    from whichever pipe is readable.
+    """
+
+    def __init__(self, ctx: BaseContext, api_servers: int = 1) -> None:
+        self._pipes = [(*_pipe(ctx), ctx.Lock()) for _ in range(api_servers)]
         self._pending = bytearray()
         self._fd: int | None = None
+        self._pipe_index = 0  # the pipe this API server writes (set at its first put)
+        self._next_read = 0  # a worker starts its scan here, so no pipe starves
 
     # -- API process (event-loop thread only) --------------------------------------------------
 
@@ -70,13 +79,15 @@ class RequestChannel:
         """
         payload = pickle.dumps(item, protocol=_PROTOCOL)
         was_idle = not self._pending
+        if self._fd is None and isinstance(item, tuple) and isinstance(item[0], int):
+            self._pipe_index = item[0] % len(self._pipes)  # LitServe's response_queue_id: this API server
         self._pending += struct.pack("!i", len(payload)) + payload  # the framing Connection.recv_bytes reads
         if was_idle:
             asyncio.get_running_loop().call_soon(self._write)
 
     def _write(self) -> None:
         if self._fd is None:
-            self._fd = self._writer.fileno()
+            self._fd = self._pipes[self._pipe_index][1].fileno()
             os.set_blocking(self._fd, False)
         if not self._pending:
             return
@@ -94,15 +105,15 @@ class RequestChannel:
     # -- main process -------------------------------------------------------------------------
 
     def stop_workers(self, count: int, timeout: float = 5.0) -> bool:
-        """Queue ``count`` stop messages (one per worker), after any requests still in the pipe.
+        """Queue ``count`` stop messages (one per worker), after any requests still in the first pipe.
 
-        Called by the main process once the API server has exited (no other
+        Called by the main process once every API server has exited (no other
         writer left). Non-blocking writes with a deadline: a full pipe whose
         readers are gone cannot hang the shutdown. True when all were written.
         """
         stop = pickle.dumps(STOP_MESSAGE, protocol=_PROTOCOL)
         pending = (struct.pack("!i", len(stop)) + stop) * count
-        fd = self._writer.fileno()
+        fd = self._pipes[0][1].fileno()
         os.set_blocking(fd, False)
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
@@ -118,18 +129,48 @@ class RequestChannel:
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """The next request; raises ``queue.Empty`` after ``timeout`` seconds (or at once if not ``block``)."""
+        if len(self._pipes) == 1:
+            return self._get_one(self._pipes[0], block, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._read_lock.acquire(block, timeout):
+        readers = [reader for reader, _, _ in self._pipes]
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = set(wait(readers, 0.0 if not block else remaining))
+            count = len(self._pipes)
+            for step in range(count):
+                index = (self._next_read + step) % count
+                reader, _, lock = self._pipes[index]
+                if reader not in ready:
+                    continue
+                # another worker may be reading this pipe: wait briefly for its lock rather than spin
+                if not lock.acquire(True, 0.01):
+                    continue
+                try:
+                    if not reader.poll(0):
+                        continue
+                    data = reader.recv_bytes()
+                finally:
+                    lock.release()
+                self._next_read = index + 1
+                return pickle.loads(data)
+            if not block or (deadline is not None and time.monotonic() >= deadline):
+                raise Empty
+
+    @staticmethod
+    def _get_one(pipe: tuple[Any, Any, Any], block: bool, timeout: float | None) -> Any:
+        reader, _, lock = pipe
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not lock.acquire(block, timeout):
             raise Empty
         try:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not block:
                 remaining = 0.0
-            if not self._reader.poll(remaining):
+            if not reader.poll(remaining):
                 raise Empty
-            data = self._reader.recv_bytes()
+            data = reader.recv_bytes()
         finally:
-            self._read_lock.release()
+            lock.release()
         return pickle.loads(data)
 
     def get_nowait(self) -> Any:

@@ -22,6 +22,7 @@ MODEL_NAME = "iris-random-forest"
 WINE_MODEL_NAME = "wine-gradient-boosting"
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 START_TIMEOUT = 180.0
+METRICS_FLUSH_SECONDS = 0.6  # API server processes flush pending metric counts every 0.5 s
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,12 @@ class ServingProcess:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """The merged metrics, once every API process has flushed its pending counts.
+
+        A scrape reaches one API server process; the others flush every 0.5 s (docs/serving.md), so
+        ``/metrics`` is exact after that delay.
+        """
+        time.sleep(METRICS_FLUSH_SECONDS)
         return parse_metrics(httpx.get(f"{self.url}/metrics", timeout=10).text)
 
 

@@ -141,6 +141,42 @@ def test_request_channel_and_pipe_transport_carry_large_messages_and_batches():
         requests.get_nowait()
 
 
+def _api_server_writes(requests: RequestChannel, api_server: int, count: int) -> None:
+    async def write() -> None:
+        for i in range(count):  # each larger than the pipe buffer: written in many partial, non-blocking writes
+            requests.put((api_server, f"{api_server}-{i}", np.full(150_000, api_server * 1000 + i, dtype=np.float64)))
+            await asyncio.sleep(0)
+        while requests._pending:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(write())
+
+
+def test_request_channel_with_two_api_servers_never_interleaves_their_messages():
+    """Two API server processes writing big requests at once: each has its own pipe, every message arrives whole."""
+    requests = RequestChannel(mp.get_context("spawn"), api_servers=2)
+    fork = mp.get_context("fork")
+    writers = [fork.Process(target=_api_server_writes, args=(requests, i, 12)) for i in range(2)]
+    for writer in writers:
+        writer.start()
+    received = [requests.get(timeout=20) for _ in range(24)]
+    for writer in writers:
+        writer.join(20)
+        assert writer.exitcode == 0
+
+    assert sorted(uid for _, uid, _ in received) == sorted(f"{a}-{i}" for a in range(2) for i in range(12))
+    for api_server, uid, rows in received:
+        assert uid.startswith(f"{api_server}-") and np.all(rows == api_server * 1000 + int(uid.split("-")[1]))
+    # per API server, in the order it sent them
+    for api_server in range(2):
+        order = [int(uid.split("-")[1]) for a, uid, _ in received if a == api_server]
+        assert order == sorted(order)
+    assert requests.stop_workers(2)
+    assert [requests.get(timeout=5)[1] for _ in range(2)] == [None, None]  # the stop sentinel, whichever pipe
+    with pytest.raises(Empty):
+        requests.get_nowait()
+
+
 def test_log_writer_renders_one_line_per_request_and_flushes_on_close(tmp_path: Path):
     writer = JsonlWriter(tmp_path, "predictions", "stable", model="iris", flush_interval=60).start()
     log_format = PredictionLogFormat("iris", ["a", "b"], [0, 1], ["no", "yes"])

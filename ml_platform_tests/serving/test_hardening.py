@@ -76,9 +76,9 @@ def listening_pids(port: int) -> list[int]:
 
 
 def api_server_pid(server: ServingProcess) -> int:
+    """An API server process (the one with the lowest pid when there are several)."""
     assert server.process is not None
-    (pid,) = [p for p in listening_pids(server.port) if p != server.process.pid]
-    return pid
+    return min(p for p in listening_pids(server.port) if p != server.process.pid)
 
 
 def worker_pids(server: ServingProcess) -> list[int]:
@@ -135,6 +135,7 @@ def guarded(mlflow_store: MlflowStore, tmp_path_factory: pytest.TempPathFactory)
             "INLINE_MAX_ROWS": "0",  # the worker answers (and logs) every request; test_inline_path.py: the API process
             "MAX_BATCH_ROWS": str(GUARDED_ROWS),
             "MAX_INFLIGHT_BODY_BYTES": str(INFLIGHT_BUDGET),
+            "API_SERVERS": "1",  # the RSS and in-flight budget of one API process (each process has its own)
             "HEADER_TIMEOUT": str(HEADER_TIMEOUT),
             "BODY_TIMEOUT": str(BODY_TIMEOUT),
             "ADMIN_API_TOKEN": ADMIN_TOKEN,

@@ -47,6 +47,8 @@ def inline_server(mlflow_store: MlflowStore, tmp_path_factory: pytest.TempPathFa
             "MODEL_URI": f"models:/{MODEL_NAME}/{mlflow_store.onnx_version}",
             "WORKERS": "1",
             "FEEDBACK_SIGNING_KEY": FEEDBACK_KEY,
+            # these tests follow one API process (its pid, log file, file-size limit); test_api_servers.py: two
+            "API_SERVERS": "1",
         },
     )
     with running(server):

@@ -55,6 +55,32 @@ def test_litserver_run_waits_on_the_shutdown_event_then_shuts_down_through_our_h
         assert name in init
 
 
+def test_each_api_server_process_knows_its_response_queue_id_and_sends_it_with_each_request():
+    """Several API servers (API_SERVERS): each writes its own request pipe, picked by the request's first item.
+
+    LitServe forks API server ``i`` right after setting ``self.app.response_queue_id = i`` (so the child
+    keeps ``i``), and every request it submits starts with that id.
+    """
+    start = inspect.getsource(ls.LitServer._start_server)
+    assert "for response_queue_id in range(num_uvicorn_servers):" in start
+    assert "self.app.response_queue_id = response_queue_id" in start
+    assert start.index("self.app.response_queue_id = response_queue_id") < start.index("w.start()")
+    assert 'ctx = mp.get_context("fork")' in start
+    submit = inspect.getsource(ls.server.BaseRequestHandler._submit_request)
+    assert "response_queue_id = self.server.app.response_queue_id" in submit
+    assert "request_queue.put((response_queue_id, uid, time.monotonic(), payload))" in submit
+    run = inspect.getsource(ls.LitServer.run)
+    assert "manager = self._init_manager(num_api_servers)" in run
+    assert "port, num_api_servers, log_level, sockets, api_server_worker_type" in run  # _start_server's arguments
+
+
+def test_prometheus_merge_reads_the_counter_files_for_the_live_accuracy_of_all_processes():
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    assert params(MultiProcessCollector.merge) == ["files", "accumulate"]
+    assert isinstance(inspect.getattr_static(MultiProcessCollector, "merge"), staticmethod)
+
+
 def test_uvicorn_protocol_hooks_and_config_accept_our_class():
     for name in (
         "connection_made",
