@@ -4,7 +4,9 @@ A :class:`TrackReading` holds *cumulative* counters of one track and model
 version at one instant, whichever source produced it (a scrape of
 ``/metrics`` or PromQL over Prometheus). Analyses work on the difference of
 two readings, so both sources are judged by the same arithmetic. A counter
-that went down (the process restarted) counts from zero again.
+that went down (the process restarted) counts from zero again; a scrape of
+several replicas keeps each target's counters (``parts``), so one replica's
+restart resets only its share of the sum.
 
 :class:`RouterSample` lists what the router (the local nginx) saw of each
 request it sent to the canary: its status and upstream time. The router sees
@@ -34,6 +36,9 @@ class TrackReading:
     feedback_incorrect: float = 0.0
     reachable: bool = True
     detail: str = ""
+    # Per scrape target (its /metrics URL) when the reading sums several processes (replicas): a restart
+    # then resets only that target's counters, and only that target counts from zero again.
+    parts: tuple[tuple[str, TrackReading], ...] = ()
 
     @property
     def feedback(self) -> float:
@@ -43,6 +48,10 @@ class TrackReading:
         """The activity between ``base`` and this reading."""
         if base is None:
             base = TrackReading(at=self.at)
+        if self.parts and base.parts:
+            base_parts = dict(base.parts)
+            windows = [part.minus(base_parts.get(target, TrackReading(at=base.at))) for target, part in self.parts]
+            return _sum_windows(windows, max(self.at - base.at, 0.0))
 
         def delta(now: float, then: float) -> float:
             return now if now < then else now - then  # a reset: the process restarted
@@ -94,6 +103,22 @@ class TrackWindow:
         total = ordered[-1][1]
         bound = next(((le, count) for le, count in ordered if le >= seconds and not math.isinf(le)), None)
         return 0.0 if bound is None else max(total - bound[1], 0.0)
+
+
+def _sum_windows(windows: list[TrackWindow], seconds: float) -> TrackWindow:
+    """Several targets' windows over the same span, added up."""
+    buckets: dict[float, float] = {}
+    for window in windows:
+        for le, count in window.latency_buckets:
+            buckets[le] = buckets.get(le, 0.0) + count
+    return TrackWindow(
+        seconds=seconds,
+        requests=sum(w.requests for w in windows),
+        errors=sum(w.errors for w in windows),
+        latency_buckets=tuple(sorted(buckets.items())),
+        feedback_correct=sum(w.feedback_correct for w in windows),
+        feedback_incorrect=sum(w.feedback_incorrect for w in windows),
+    )
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:

@@ -15,6 +15,7 @@ the feedback counts of one track and model version
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable
@@ -139,7 +140,15 @@ class MetricSource(BaseModel):
                 except httpx.HTTPError as exc:
                     return TrackReading(at=at, reachable=False, detail=f"scrape of {url} failed: {exc!r}"[:300])
                 texts.append(response.text)
-        return reading_from_text(texts, track, model_version, at, model)
+        total = reading_from_text(texts, track, model_version, at, model)
+        if len(targets) == 1:
+            return total
+        # Replicas: keep each target's counters too, so one replica's restart resets only its share.
+        parts = tuple(
+            (url, reading_from_text([text], track, model_version, at, model))
+            for url, text in zip(targets, texts, strict=True)
+        )
+        return dataclasses.replace(total, parts=parts)
 
     # -- prometheus ------------------------------------------------------------------------
 

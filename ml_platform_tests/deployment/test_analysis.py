@@ -224,3 +224,52 @@ def test_the_router_log_is_read_incrementally(tmp_path) -> None:
         handle.write(json.dumps(feedback) + "\n")
     assert contacts.latest_contact() == 6.5  # any path counts as contact: feedback keeps a canary alive
     assert contacts.latest_contact() is None
+
+
+def _exposition(requests: int, correct: int) -> str:
+    return "\n".join(
+        [
+            'ml_serving_requests_total{endpoint="/predict",status="200",model_version="7",track="canary"} '
+            f"{requests}",
+            f'ml_serving_feedback_total{{outcome="correct",model_version="7",track="canary"}} {correct}',
+        ]
+    )
+
+
+def test_one_replica_restarting_resets_only_its_share_of_the_summed_counters() -> None:
+    """Two replicas scraped over real HTTP; one restarts between two readings (its counters start again)."""
+    import http.server
+    import threading
+
+    from ml_platform.deployment.metric_source import MetricSource
+
+    bodies = {"a": _exposition(1000, 400), "b": _exposition(1000, 400)}
+
+    class Replica(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = bodies[self.path.strip("/").split("/")[0]].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Replica)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        targets = [f"{base_url}/a/metrics", f"{base_url}/b/metrics"]
+        source = MetricSource()
+        before = source.read("canary", "7", targets)
+        bodies["a"] = _exposition(30, 10)  # replica a restarted and has answered 30 since
+        bodies["b"] = _exposition(1100, 450)  # replica b answered 100 more
+        after = source.read("canary", "7", targets)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (before.requests, after.requests) == (2000, 1130)  # the sum dropped
+    window = after.minus(before)
+    assert (window.requests, window.feedback_correct) == (130, 60)  # not 1130: only a's share restarted

@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -223,3 +225,61 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> Non
     with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(10)
+
+
+@dataclass
+class DrainOutcome:
+    """What clients saw while the server's process group got SIGTERM under load."""
+
+    exit_code: int
+    outcomes: Counter[str]  # status code as text, "refused" or an httpx error name
+    answered: set[str]  # request ids answered 200
+
+
+def sigterm_under_load(
+    server: ServingProcess, rows: list[list[float]], *, clients: int = 6, per_connection: int | None = None
+) -> DrainOutcome:
+    """Load ``server`` from ``clients`` threads, killpg(SIGTERM) it after 1.5 s, and collect every outcome.
+
+    ``per_connection`` opens a new connection every so many requests (so several API processes
+    sharing the port all get some); None keeps one connection per client.
+    """
+    assert server.process is not None
+    results: list[tuple[str, str]] = []
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            request_id = f"drain-{i}-{n}"
+            try:
+                with httpx.Client(base_url=server.url, timeout=30) as session:
+                    sent = 0
+                    while not stop.is_set() and (per_connection is None or sent < per_connection):
+                        request_id = f"drain-{i}-{n}"
+                        n += 1
+                        sent += 1
+                        response = session.post(
+                            "/predict", json={"features": rows}, headers={"X-Request-ID": request_id}
+                        )
+                        results.append((request_id, str(response.status_code)))
+            except httpx.ConnectError:
+                results.append((request_id, "refused"))  # after the API server stopped accepting: fine
+                time.sleep(0.05)
+            except httpx.HTTPError as exc:
+                results.append((request_id, type(exc).__name__))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    os.killpg(server.process.pid, signal.SIGTERM)
+    code = server.process.wait(60)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return DrainOutcome(
+        code,
+        Counter(status for _, status in results),
+        {request_id for request_id, status in results if status == "200"},
+    )

@@ -7,9 +7,6 @@ the per-process log files (``predictions-<track>-<pid>.jsonl``, ``feedback-<trac
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 import uuid
 from collections import Counter
@@ -22,7 +19,15 @@ import httpx
 import pytest
 
 from ml_platform_tests.serving.conftest import ADMIN_TOKEN
-from ml_platform_tests.serving.helpers import MODEL_NAME, MlflowStore, ServingProcess, metric_sum, read_jsonl, running
+from ml_platform_tests.serving.helpers import (
+    MODEL_NAME,
+    MlflowStore,
+    ServingProcess,
+    metric_sum,
+    read_jsonl,
+    running,
+    sigterm_under_load,
+)
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.9, 3.1, 5.4, 2.1]
@@ -203,47 +208,14 @@ def test_admin_reload_swaps_the_version_in_every_api_process(
 def test_sigterm_drains_both_api_processes_and_flushes_their_logs(two_api_servers: ServingProcess):
     """Under single-row load over many connections, killpg(SIGTERM): nothing reset, every answer logged. Runs last."""
     server = two_api_servers
-    results: list[tuple[str, str]] = []
-    stop = threading.Event()
-
-    def client(i: int) -> None:
-        n = 0
-        while not stop.is_set():
-            request_id = f"drain-{i}-{n}"
-            n += 1
-            try:  # a new connection every few requests, so both processes keep getting some
-                with httpx.Client(base_url=server.url, timeout=30) as session:
-                    for _ in range(5):
-                        response = session.post(
-                            "/predict", json={"features": [SETOSA]}, headers={"X-Request-ID": request_id}
-                        )
-                        results.append((request_id, str(response.status_code)))
-                        request_id = f"drain-{i}-{n}"
-                        n += 1
-            except httpx.ConnectError:
-                results.append((request_id, "refused"))
-                time.sleep(0.05)
-            except httpx.HTTPError as exc:
-                results.append((request_id, type(exc).__name__))
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    time.sleep(1.5)
-    assert server.process is not None
-    os.killpg(server.process.pid, signal.SIGTERM)
-    code = server.process.wait(60)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    outcomes = Counter(status for _, status in results)
-    assert code == 0, server.tail()
-    assert set(outcomes) <= {"200", "refused"}, outcomes
-    assert outcomes["200"] > 50
-    answered = {request_id for request_id, status in results if status == "200"}
+    drained = sigterm_under_load(server, [SETOSA], per_connection=5)  # new connections: both processes get some
+    assert drained.exit_code == 0, server.tail()
+    assert set(drained.outcomes) <= {"200", "refused"}, drained.outcomes
+    assert drained.outcomes["200"] > 50
     owners = _answered_by(server.log_dir, "predictions")
-    assert answered <= set(owners), f"{len(answered - set(owners))} answered requests missing from the log"
-    assert len({owners[rid] for rid in answered}) == 2
+    missing = drained.answered - set(owners)
+    assert not missing, f"{len(missing)} answered requests missing from the log"
+    assert len({owners[rid] for rid in drained.answered}) == 2
 
 
 def test_a_second_download_of_a_version_never_removes_the_complete_copy(mlflow_store: MlflowStore, tmp_path: Path):

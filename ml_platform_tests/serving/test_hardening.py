@@ -25,7 +25,15 @@ import httpx
 import pytest
 
 from ml_platform_tests.serving.conftest import ADMIN_TOKEN
-from ml_platform_tests.serving.helpers import MODEL_NAME, MlflowStore, ServingProcess, metric_sum, read_jsonl, running
+from ml_platform_tests.serving.helpers import (
+    MODEL_NAME,
+    MlflowStore,
+    ServingProcess,
+    metric_sum,
+    read_jsonl,
+    running,
+    sigterm_under_load,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -317,45 +325,14 @@ def test_a_failing_log_disk_degrades_health_and_logging_resumes(guarded: Serving
 def test_sigterm_to_the_process_group_drains_in_flight_requests(guarded: ServingProcess):
     """What the local deployer does (killpg SIGTERM) under load: nothing in flight is reset, every answered
     request is in the prediction log, exit code 0. Runs last: it stops the module's server."""
-    results: list[tuple[str, str]] = []
-    stop = threading.Event()
-
-    def client(i: int) -> None:
-        with httpx.Client(base_url=guarded.url, timeout=30) as session:
-            n = 0
-            while not stop.is_set():
-                request_id = f"drain-{i}-{n}"
-                n += 1
-                try:
-                    response = session.post(
-                        "/predict", json={"features": [ROW] * 400}, headers={"X-Request-ID": request_id}
-                    )
-                    results.append((request_id, str(response.status_code)))
-                except httpx.ConnectError:
-                    results.append((request_id, "refused"))  # after the API server stopped accepting: fine
-                    time.sleep(0.05)
-                except httpx.HTTPError as exc:
-                    results.append((request_id, type(exc).__name__))
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    time.sleep(1.5)
-    assert guarded.process is not None
-    os.killpg(guarded.process.pid, signal.SIGTERM)
-    code = guarded.process.wait(60)
-    stop.set()
-    for thread in threads:
-        thread.join()
-
-    outcomes = Counter(status for _, status in results)
-    assert code == 0, guarded.tail()
-    assert set(outcomes) <= {"200", "refused"}, outcomes
-    assert outcomes["200"] > 20
-    answered = {request_id for request_id, status in results if status == "200"}
+    drained = sigterm_under_load(guarded, [ROW] * 400)
+    assert drained.exit_code == 0, guarded.tail()
+    assert set(drained.outcomes) <= {"200", "refused"}, drained.outcomes
+    assert drained.outcomes["200"] > 20
     logged = {r["request_id"] for r in read_jsonl(guarded.log_dir, "date=*/predictions-*.jsonl")}
-    assert answered <= logged, f"{len(answered - logged)} answered requests missing from the log"
-    assert group_pids(guarded.process.pid) == []
+    missing = drained.answered - logged
+    assert not missing, f"{len(missing)} answered requests missing from the log"
+    assert guarded.process is not None and group_pids(guarded.process.pid) == []
 
 
 # --- supervision ------------------------------------------------------------------------------------------------

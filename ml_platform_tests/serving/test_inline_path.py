@@ -8,14 +8,10 @@ defaults: single rows are answered by the API process itself, straight from the 
 from __future__ import annotations
 
 import json
-import os
 import resource
-import signal
 import socket
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 
 import httpx
@@ -29,6 +25,7 @@ from ml_platform_tests.serving.helpers import (
     metric_sum,
     read_jsonl,
     running,
+    sigterm_under_load,
 )
 
 pytestmark = pytest.mark.slow
@@ -280,38 +277,10 @@ def test_smoke_traffic_is_tagged_in_the_log_on_both_paths(inline_server: Serving
 
 def test_sigterm_drains_inline_requests_and_flushes_the_api_process_log(inline_server: ServingProcess):
     """Under single-row load, killpg(SIGTERM): nothing reset, every answered request logged, exit 0. Runs last."""
-    results: list[tuple[str, str]] = []
-    stop = threading.Event()
-
-    def client(i: int) -> None:
-        with httpx.Client(base_url=inline_server.url, timeout=30) as session:
-            n = 0
-            while not stop.is_set():
-                request_id = f"drain-{i}-{n}"
-                n += 1
-                try:
-                    response = session.post("/predict", json={"features": [ROW]}, headers={"X-Request-ID": request_id})
-                    results.append((request_id, str(response.status_code)))
-                except httpx.ConnectError:
-                    results.append((request_id, "refused"))
-                    time.sleep(0.05)
-                except httpx.HTTPError as exc:
-                    results.append((request_id, type(exc).__name__))
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    time.sleep(1.5)
-    assert inline_server.process is not None
-    os.killpg(inline_server.process.pid, signal.SIGTERM)
-    code = inline_server.process.wait(60)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    outcomes = Counter(status for _, status in results)
-    assert code == 0, inline_server.tail()
-    assert set(outcomes) <= {"200", "refused"}, outcomes
-    assert outcomes["200"] > 50
-    answered = {request_id for request_id, status in results if status == "200"}
+    drained = sigterm_under_load(inline_server, [ROW])
+    assert drained.exit_code == 0, inline_server.tail()
+    assert set(drained.outcomes) <= {"200", "refused"}, drained.outcomes
+    assert drained.outcomes["200"] > 50
     logged = {r["request_id"] for r in read_jsonl(inline_server.log_dir, "date=*/predictions-*.jsonl")}
-    assert answered <= logged, f"{len(answered - logged)} answered requests missing from the log"
+    missing = drained.answered - logged
+    assert not missing, f"{len(missing)} answered requests missing from the log"
