@@ -241,7 +241,7 @@ OPTIONS: tuple[_Option, ...] = (
     ),
     _Option("request_timeout", "REQUEST_TIMEOUT", _non_negative_float, "seconds a request may wait for a worker", 30.0),
     _Option("runtime", "MODEL_RUNTIME", _runtime, "auto (ONNX when verified, else sklearn) or sklearn", "auto"),
-    _Option("feedback_cache_size", "FEEDBACK_CACHE_SIZE", _positive_int, "recent requests kept for /feedback", 100_000),
+    _Option("feedback_cache_size", "FEEDBACK_CACHE_SIZE", _positive_int, "feedback ids kept in memory", 100_000),
     _Option("log_level", "LOG_LEVEL", _log_level, "log verbosity", "info"),
     _Option("prometheus_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR", Path, "metric files shared by all processes"),
     _Option(

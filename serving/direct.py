@@ -26,8 +26,8 @@ the in-flight body budget (``MAX_INFLIGHT_BODY_BYTES``) concerns bodies that
 do. Responses carry the same headers (``content-type``, ``content-length``,
 ``x-request-id``, uvicorn's ``date`` and ``server``), and ``Connection:
 close`` when the connection will close (HTTP/1.0, ``Connection: close``, a
-draining server). Metrics, the prediction log, the feedback cache and the
-receipts are those of the ASGI path.
+draining server). Metrics, the prediction log and the receipts are those of
+the ASGI path.
 """
 
 from __future__ import annotations

@@ -214,9 +214,10 @@ class ServingServer(ls.LitServer):
             # Everything imported so far (MLflow, pandas, ...) is permanent: keep the cyclic GC from walking it
             # again and again, which shows up as 100+ ms pauses in the API process's tail latency.
             gc.freeze()
-            # The feedback cache keeps up to FEEDBACK_CACHE_SIZE predictions alive: with the default thresholds a
-            # full collection walked them every few seconds under load (20-40 ms pauses, the p99). Young
-            # generations are collected less often too (every 10,000 allocations: still well under a millisecond).
+            # Long-lived bookkeeping (the in-memory feedback ledger holds up to FEEDBACK_CACHE_SIZE request ids):
+            # with the default thresholds a full collection walked it every few seconds under load (20-40 ms
+            # pauses, the p99). Young generations are collected less often too (every 10,000 allocations: still
+            # well under a millisecond).
             gc.set_threshold(*GC_THRESHOLDS)
             die_with_parent(signal.SIGTERM, self._main_pid)  # a vanished main process: drain and exit
             self.context.start()
