@@ -37,6 +37,7 @@ import time
 from http import HTTPStatus
 from typing import Any
 
+from ml_platform.monitoring.traffic import traffic_class
 from serving import metrics
 from serving.api import PredictPayload
 from serving.errors import error_body
@@ -76,8 +77,8 @@ class DirectPredict:
                 content_type = value.decode("latin-1")
             elif name == b"transfer-encoding":
                 return None
-            elif name == TRAFFIC_HEADER and value.strip().lower() == b"smoke":
-                traffic = "smoke"
+            elif name == TRAFFIC_HEADER:
+                traffic = traffic_class(value.decode("latin-1"))
         if not is_json_media_type(content_type):
             return None  # 415
         started = time.perf_counter()

@@ -34,6 +34,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ml_platform.monitoring.traffic import TRAFFIC_HEADER as TRAFFIC_HEADER_NAME
+from ml_platform.monitoring.traffic import traffic_class
 from serving import metrics
 from serving.errors import JSON, error_body
 
@@ -46,7 +48,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("serving")
 
 JSON_BYTES = JSON.encode()
-TRAFFIC_HEADER = b"x-ml-platform-traffic"  # "smoke": the platform's own probes, tagged in the prediction log
+TRAFFIC_HEADER = TRAFFIC_HEADER_NAME.lower().encode()  # "smoke": the platform's own probes, tagged in the log
 KNOWN_ENDPOINTS = frozenset({"/predict", "/feedback", "/health", "/metrics", "/admin/reload"})
 JSON_BODY_ENDPOINTS = frozenset({"/predict", "/feedback"})
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -141,8 +143,9 @@ class ServingMiddleware:
         valid_id = offered is None or REQUEST_ID.fullmatch(offered) is not None
         request_id = offered if offered and valid_id else new_request_id()
         state["request_id"] = request_id
-        if (_header(scope, TRAFFIC_HEADER) or "").strip().lower() == "smoke":
-            state["traffic"] = "smoke"
+        traffic = traffic_class(_header(scope, TRAFFIC_HEADER))
+        if traffic is not None:
+            state["traffic"] = traffic
         id_header = (b"x-request-id", request_id.encode())
         status = 500  # if the app dies before answering, the error middleware answers 500
 

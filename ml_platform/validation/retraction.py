@@ -20,7 +20,6 @@ from ml_platform.validation.landing import RetractionError, RetractionRecord, Un
 from ml_platform.validation.landing_zone import ModelLandingZone
 from ml_platform.validation.names import InvalidKeyError, split_partition_key
 
-TRAINING_BATCHES_ARTIFACT = "training_batches.json"
 RETRACTED_TAG = "data.retracted_batches"
 RETRACTED_AT_TAG = "data.retracted_at"
 RETRACTED_REASON_TAG = "data.retraction_reason"
@@ -55,6 +54,7 @@ def training_batches(client: Any, model_name: str, version: str) -> list[str]:
     """
     from mlflow.exceptions import MlflowException
 
+    from ml_platform.ml.registry import TRAINING_BATCHES_ARTIFACT
     from ml_platform.ml.registry import training_batches as recorded_batches
 
     try:
